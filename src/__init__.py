@@ -1,0 +1,14 @@
+"""Distillery: score distillation as one algebra of small parts.
+
+Module map (DESIGN.md "Layout"):
+  diffusion.py       noise-schedule math shared by every part (METHODS.md "Conventions")
+  cameras.py         ViewBatch and view samplers (particle index, Gaussian code, orbit cameras)
+  schedules.py       timestep rules (the `schedule` config group)
+  backbones/         frozen priors: analytic mog2d / shapes, Stable Diffusion
+  representations/   what is optimized: particles, affine, image, nerf, gaussians
+  scoremodels/       psi, the score model of the rendered distribution (VSD, ESD, SIM)
+  guidance/          the seven estimators G (METHODS.md "The methods")
+  rewards/           differentiable rewards for Dive3D-style terms
+  trainer.py         the single loop: render -> encode -> G -> step -> psi update
+  train.py           Hydra entry point (`python -m src.train`)
+"""

@@ -1,0 +1,109 @@
+"""The prior interface every guidance method talks to (DESIGN.md "Interfaces").
+
+A backbone exposes its noise schedule (``alphas_cumprod``), a map between
+renders and backbone space (``encode`` / ``decode``), text conditioning
+(``embed`` one prompt, ``conditioning`` for a run) and the epsilon prediction
+``predict_eps(x_t, t, emb)``. Classifier-free guidance in the diffusers
+convention (METHODS.md) is implemented once, here, as one batched call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from src.cameras import VIEW_NAMES
+
+
+@dataclass
+class Conditioning:
+    """Text conditioning of one run.
+
+    cond:    (V, *E) one embedding per view-prompt variant (V = len(VIEW_NAMES) when
+             view-dependent prompting is on, else 1).
+    uncond:  (*E) the null / negative-prompt embedding.
+    prompts: the V prompt strings, for logs.
+    """
+
+    cond: Tensor
+    uncond: Tensor
+    prompts: list[str]
+
+    def select(self, view_idx: Tensor) -> Tensor:
+        """Per-sample conditional embeddings, (B,) -> (B, *E)."""
+        if self.cond.shape[0] == 1:
+            view_idx = torch.zeros_like(view_idx)
+        return self.cond[view_idx.to(self.cond.device)]
+
+    def null(self, batch: int) -> Tensor:
+        """(B, *E) copies of the null embedding."""
+        return self.uncond.unsqueeze(0).expand(batch, *self.uncond.shape)
+
+
+class Backbone(nn.Module):
+    """Base class of the frozen priors.
+
+    Subclasses set ``space`` ("vector", "pixel" or "latent"), register a float64
+    buffer ``alphas_cumprod`` (T,), and implement ``embed`` and ``predict_eps``.
+    """
+
+    space: str = "pixel"
+    #: representation kinds this backbone can drive (see Representation.kind)
+    supported_representations: tuple[str, ...] = ("image", "3d")
+    #: prompt used when the config leaves ``prompt`` empty
+    default_prompt: str = ""
+    #: which psi (src.scoremodels) fits this backbone when guidance.score_model=auto
+    default_score_model: str = "unet"
+
+    alphas_cumprod: Tensor
+
+    @property
+    def num_timesteps(self) -> int:
+        return int(self.alphas_cumprod.shape[0])
+
+    # --- text -----------------------------------------------------------------
+    def embed(self, text: str) -> Tensor:
+        """Embedding of one prompt, (*E). Unknown vocabulary must raise ValueError."""
+        raise NotImplementedError
+
+    def validate_prompt(self, prompt: str) -> None:
+        """Raise ValueError (listing what is allowed) before any compute."""
+        self.embed(prompt)
+
+    def conditioning(
+        self, prompt: str, negative: str = "", view_dependent: bool = False
+    ) -> Conditioning:
+        prompts = [f"{prompt}, {v} view" for v in VIEW_NAMES] if view_dependent else [prompt]
+        cond = torch.stack([self.embed(p) for p in prompts])
+        return Conditioning(cond=cond, uncond=self.embed(negative), prompts=prompts)
+
+    # --- space ----------------------------------------------------------------
+    def encode(self, rgb: Tensor) -> Tensor:
+        """Render -> backbone space, keeping the graph."""
+        return rgb
+
+    def decode(self, x: Tensor) -> Tensor:
+        """Backbone space -> render space (for logging / rewards)."""
+        return x
+
+    # --- the model ------------------------------------------------------------
+    def predict_eps(self, x_t: Tensor, t: Tensor, emb: Tensor) -> Tensor:
+        """The raw epsilon prediction e(x_t, t, y): (B, ...), (B,), (B, *E) -> (B, ...)."""
+        raise NotImplementedError
+
+    def eps_pair(self, x_t: Tensor, t: Tensor, emb: Tensor, null: Tensor) -> tuple[Tensor, Tensor]:
+        """(e(x_t; y), e(x_t; null)) in one batched call."""
+        B = x_t.shape[0]
+        e = self.predict_eps(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([emb, null]))
+        return e[:B], e[B:]
+
+    def eps(
+        self, x_t: Tensor, t: Tensor, emb: Tensor, null: Tensor | None = None, scale: float = 1.0
+    ) -> Tensor:
+        """CFG prediction e_s = e(null) + s (e(y) - e(null)); s = 1 is e(y) alone (one call)."""
+        if scale == 1.0 or null is None:
+            return self.predict_eps(x_t, t, emb)
+        e_c, e_u = self.eps_pair(x_t, t, emb, null)
+        return e_u + scale * (e_c - e_u)

@@ -1,0 +1,120 @@
+"""DSD (papers/dsd.txt Algorithm 3). METHODS.md:
+t decreasing; t_d = min(t + delta, T-1); x(t_d) = DDIM from the run's fixed eps* with the
+view prompt y_c (at most n_ddim steps from T); e_d = e_s(x(t_d); y_c);
+xh(t) = alpha_t x + sigma_t e_d, xh(t_d) = alpha_{t_d} x + sigma_{t_d} e_d;
+G = w(t) (e_s(xh(t); y_c) - e_{s_d}(xh(t_d); y_c)).
+
+The DDIM trajectory runs on a fixed grid T-1, T-1-D, ... (D = T // n_ddim) plus one partial
+step to t_d. With ``cache=True`` the grid states are kept (per object and view prompt), so
+each step costs about one extra UNet call instead of up to n_ddim; because the cached and
+recomputed paths do the same arithmetic they agree exactly (tests/test_guidance.py).
+``delta=previous`` sets t_d to the previous step's t: with the DDIM grid as schedule this
+is DSD*, which reproduces the DDIM sample (paper App. A; tests/test_exactness.py)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from src.cameras import ViewBatch
+from src.diffusion import alpha_sigma, bcast, ddim_step
+from src.guidance import noise
+from src.guidance.base import Guidance, GuidanceOutput
+
+DSD_DELTAS = ("official", "previous")
+# Official code: delta = U * 0.1 * (t - t_min), U ~ U[0, 1].
+OFFICIAL_DELTA_FRACTION = 0.1
+
+
+class DSD(Guidance):
+    def __init__(self, *args, scale_td: float = 1.0, n_ddim: int = 10, delta: str = "official",
+                 cache: bool = True, **kwargs):
+        if delta not in DSD_DELTAS:
+            raise ValueError(f"guidance.delta={delta!r} is unknown; valid: {', '.join(DSD_DELTAS)}")
+        if n_ddim < 1:
+            raise ValueError(f"guidance.n_ddim must be >= 1, got {n_ddim}")
+        if scale_td < 1.0:
+            raise ValueError(f"guidance.scale_td must be >= 1, got {scale_td}")
+        representation = kwargs.get("representation")
+        super().__init__(*args, **kwargs)
+        self.scale_td, self.delta, self.cache = float(scale_td), delta, cache
+        T = self.backbone.num_timesteps
+        self.grid = list(range(T - 1, -1, -(T // n_ddim)))[:n_ddim]
+        self.n_objects = getattr(representation, "n_objects", 1)
+        self.n_views = self.cond.cond.shape[0]
+        self._states: dict[int, Tensor] = {}
+        self.prev_t: int | None = None
+
+    # --- the DDIM trajectory from eps* ----------------------------------------------
+    def _keys(self, views: ViewBatch) -> Tensor:
+        view = views.view_idx if self.n_views > 1 else torch.zeros_like(views.view_idx)
+        return views.index * self.n_views + view
+
+    def _ddim(self, x: Tensor, t_from: int, t_to: int) -> Tensor:
+        """One DDIM step for every (object, view prompt) trajectory at once."""
+        n = x.shape[0]
+        view = torch.arange(n) % self.n_views
+        emb, null = self.cond.cond[view.to(self.cond.cond.device)], self.cond.null(n)
+        t = torch.full((n,), t_from, dtype=torch.long, device=x.device)
+        with torch.no_grad():
+            e = self.backbone.eps(x, t, emb, null, self.scale)
+        abar = self.abar.to(x.device)
+        return ddim_step(x, e, abar[t], abar[torch.full_like(t, t_to)]).to(x.dtype)
+
+    def trajectory(self, t_d: int, like: Tensor) -> Tensor:
+        """x(t_d) for every (object, view) key: (n_objects * n_views, *like.shape[1:])."""
+        n = self.n_objects * self.n_views
+        cached = [g for g in self._states if g >= t_d] if self.cache else []
+        if cached:
+            tau = min(cached)
+            x = self._states[tau]
+        else:
+            tau = self.grid[0]
+            index = torch.arange(n) // self.n_views
+            fake = ViewBatch(index=index, view_idx=index, cam=torch.zeros(n, 1))
+            x = noise.fixed_per_object(like.new_empty((n, *like.shape[1:])), fake, self.seed)
+            if self.cache:
+                self._states[tau] = x
+        for g in self.grid:
+            if t_d < g < tau:
+                x = self._ddim(x, tau, g)
+                tau = g
+                if self.cache:
+                    self._states[tau] = x
+        if t_d < tau:
+            x = self._ddim(x, tau, t_d)
+        return x
+
+    # --- the estimator ----------------------------------------------------------------
+    def target_time(self, t: int, step: int) -> int:
+        T = self.backbone.num_timesteps
+        if self.delta == "previous":
+            return T - 1 if self.prev_t is None else self.prev_t
+        t_min = int(round(self.schedule.t_min * T))
+        u = float(torch.rand((), generator=self.rng(step, stream=3)))
+        return min(t + int(u * OFFICIAL_DELTA_FRACTION * max(t - t_min, 0)), T - 1)
+
+    def forward(self, x, views, step, out=None):
+        x = x.detach()
+        t = self.timesteps(step, x.shape[0]).to(x.device)
+        t0 = int(t[0])  # decreasing schedules give the whole batch one t
+        t_d = torch.full_like(t, self.target_time(t0, step))
+        x_td = self.trajectory(int(t_d[0]), x)[self._keys(views).to(x.device)]
+        emb, null = self.text(views)
+        a_t, s_t = alpha_sigma(self.abar, t)
+        a_d, s_d = alpha_sigma(self.abar, t_d)
+        with torch.no_grad():
+            e_d = self.backbone.eps(x_td, t_d, emb, null, self.scale)
+            xh_t = bcast(a_t, x) * x + bcast(s_t, x) * e_d
+            xh_d = bcast(a_d, x) * x + bcast(s_d, x) * e_d
+            e_t = self.backbone.eps(xh_t, t, emb, null, self.scale)
+            e_td = self.backbone.eps(xh_d, t_d, emb, null, self.scale_td)
+        self.prev_t = t0
+        return GuidanceOutput(grad=self.w(t, x) * (e_t - e_td), t=t, logs={"t_d": float(t_d[0])})
+
+    # prev_t is the only state the trajectory cannot rebuild: it travels with checkpoints
+    def get_extra_state(self):
+        return {"prev_t": self.prev_t}
+
+    def set_extra_state(self, state):
+        self.prev_t = (state or {}).get("prev_t")

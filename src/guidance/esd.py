@@ -1,0 +1,34 @@
+"""ESD (papers/esd.txt Eq. 9, Algorithm 1). METHODS.md:
+G = w(t) (e_s(x_t; y_c) - lam e_psi(x_t; y, null) - (1 - lam) e_psi(x_t; y, c)).
+lam = 0 is VSD exactly; psi is trained with camera dropout p_drop (paper 0.5)."""
+
+from __future__ import annotations
+
+import torch
+
+from src.diffusion import add_noise
+from src.guidance import noise
+from src.guidance.base import Guidance, GuidanceOutput
+
+
+class ESD(Guidance):
+    uses_score_model = True
+
+    def __init__(self, *args, lam: float = 0.5, **kwargs):
+        if not 0.0 <= lam <= 1.0:
+            raise ValueError(f"guidance.lam must be in [0, 1], got {lam}")
+        super().__init__(*args, **kwargs)
+        self.lam = float(lam)
+
+    def forward(self, x, views, step, out=None):
+        x = x.detach()
+        t = self.timesteps(step, x.shape[0]).to(x.device)
+        eps = noise.fresh(x, self.rng(step))
+        x_t = add_noise(x, eps, self.abar, t)
+        emb, null = self.text(views)
+        with torch.no_grad():
+            e = self.backbone.eps(x_t, t, emb, null, self.scale)
+            e_cam = self.psi_eps(x_t, t, views.cam) if self.lam < 1.0 else 0.0
+            e_null = self.psi_eps(x_t, t, None) if self.lam > 0.0 else 0.0
+        e_psi = self.lam * e_null + (1.0 - self.lam) * e_cam
+        return GuidanceOutput(grad=self.w(t, x) * (e - e_psi), t=t)

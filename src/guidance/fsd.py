@@ -1,0 +1,49 @@
+"""FSD (papers/fsd.txt Eq. 14-16). METHODS.md: the SDS residual with noise that is a
+deterministic function of the camera, and a decreasing t(tau):
+x_t = alpha_t x + sigma_t eps(c), G = w(t) (e_s(x_t; y_c) - eps(c)),
+eps(c) = sqrt(beta) eps_fixed(c) + sqrt(1 - beta) eps_fresh.
+
+eps_fixed(c): the world-map noise of 3D cameras (noise_worldmap.py, masked by the
+rendered opacity), or one fixed eps per object for fixed-camera 2D and the toys.
+Proposition 1: on a 2D image with beta = 1, w = 1 and SGD steps
+lr_k = sigma_k/alpha_k - sigma_{k+1}/alpha_{k+1}, this is DDIM (tests/test_exactness.py)."""
+
+from __future__ import annotations
+
+import torch
+
+from src.diffusion import add_noise
+from src.guidance import noise
+from src.guidance.base import Guidance, GuidanceOutput
+
+
+class FSD(Guidance):
+    def __init__(self, *args, beta: float = 1.0, world_map: dict | None = None, **kwargs):
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"guidance.beta must be in [0, 1], got {beta}")
+        super().__init__(*args, **kwargs)
+        self.beta = float(beta)
+        self.world_map = dict(world_map or {})
+
+    def camera_noise(self, x, views, step, out=None):
+        if views.c2w is not None:
+            from src.guidance.noise_worldmap import world_map_noise
+
+            opacity = None if out is None else out.opacity
+            return world_map_noise(
+                x.shape, views, opacity, self.beta, self.seed, self.rng(step), **self.world_map
+            ).to(x)
+        fixed = noise.fixed_per_object(x, views, self.seed)
+        if self.beta == 1.0:
+            return fixed
+        return self.beta**0.5 * fixed + (1.0 - self.beta) ** 0.5 * noise.fresh(x, self.rng(step))
+
+    def forward(self, x, views, step, out=None):
+        x = x.detach()
+        t = self.timesteps(step, x.shape[0]).to(x.device)
+        eps = self.camera_noise(x, views, step, out)
+        x_t = add_noise(x, eps, self.abar, t)
+        emb, null = self.text(views)
+        with torch.no_grad():
+            e = self.backbone.eps(x_t, t, emb, null, self.scale)
+        return GuidanceOutput(grad=self.w(t, x) * (e - eps), t=t)

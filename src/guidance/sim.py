@@ -1,0 +1,102 @@
+"""Score implicit matching / Dive3D (papers/dive3d_sim.txt Eq. 15-16, App. A; METHODS.md "SIM").
+
+Divergence D = int w(t) E_{x_t ~ q_t} d(s_p(x_t) - s_q(x_t)) dt, d = ||u||^2 (l2, Dive3D)
+or sqrt(||u||^2 + c^2) - c (pseudo-Huber, SIM paper); s = -e / sigma; s_q from psi.
+Dive3D's objective combines three such terms:
+  (1 + gamma) D(s_p(.|y), s_q) - gamma D(s_p(.), s_q) + reward_weight D(grad_{x_t} r(y, x0hat), s_q).
+
+Estimator (per term, psi and the prior frozen):
+  L = + d'(y_t)^T (s_q(x_t) - grad log q_t(x_t | x)),  y_t = s_p(x_t) - s_q(x_t),
+  x_t = alpha_t x + sigma_t eps, grad log q_t(x_t | x) = -eps / sigma_t,  G = w(t) dL/dx.
+Note the sign against the paper's Eq. 24 (there the loss is stated for ascent).
+
+Which gradient path is unbiased (``grad_through``), settled on the affine-Gaussian toy
+where D is closed form (tests/test_sim.py):
+  - ``inputs`` (default, unbiased): gradient flows through x_t everywhere, i.e. into the
+    inputs of both score networks and through d'(y_t). Its Monte-Carlo mean equals
+    grad_theta D with the sampling distribution held at the current theta.
+  - ``residual_only`` (cheaper, BIASED): y_t is detached, so no backward pass through the
+    prior; only s_q's input carries gradient. On the toy it gets grad_b right but about
+    half of grad_A. Offered for speed experiments only, clearly labelled.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from src.diffusion import add_noise, alpha_sigma, bcast, x0_from_eps
+from src.guidance import noise
+from src.guidance.base import Guidance, GuidanceOutput
+
+SIM_DISTANCES = ("l2", "pseudo_huber")
+SIM_GRAD_PATHS = ("inputs", "residual_only")
+
+
+def distance_grad(u: Tensor, kind: str, c: float) -> Tensor:
+    """d'(u) per sample for d(u) = ||u||^2 or sqrt(||u||^2 + c^2) - c; u (B, ...)."""
+    if kind == "l2":
+        return 2.0 * u
+    norm2 = (u * u).flatten(1).sum(1)
+    return u / bcast((norm2 + c * c).sqrt(), u)
+
+
+class SIM(Guidance):
+    uses_score_model = True
+
+    def __init__(self, *args, gamma: float = 6.5, distance: str = "l2", huber_c: float = 1.0,
+                 reward_weight: float = 0.0, grad_through: str = "inputs",
+                 psi_camera: bool = False, **kwargs):
+        if distance not in SIM_DISTANCES:
+            raise ValueError(f"guidance.distance={distance!r} is unknown; valid: {', '.join(SIM_DISTANCES)}")
+        if grad_through not in SIM_GRAD_PATHS:
+            raise ValueError(f"guidance.grad_through={grad_through!r} is unknown; valid: {', '.join(SIM_GRAD_PATHS)}")
+        if gamma < 0:
+            raise ValueError(f"guidance.gamma must be >= 0, got {gamma}")
+        if huber_c <= 0:
+            raise ValueError(f"guidance.huber_c must be > 0, got {huber_c}")
+        kwargs["scale"] = 1.0 + gamma  # Dive3D's gamma is CFG s = 1 + gamma (METHODS.md)
+        super().__init__(*args, **kwargs)
+        if reward_weight != 0.0 and self.reward is None:
+            raise ValueError("guidance.reward_weight != 0 needs a reward: set reward=<name> (not none)")
+        self.gamma, self.distance, self.huber_c = float(gamma), distance, float(huber_c)
+        self.reward_weight, self.grad_through, self.psi_camera = float(reward_weight), grad_through, psi_camera
+
+    def prior_scores(self, x_t: Tensor, t: Tensor, views) -> list[tuple[float, Tensor]]:
+        """[(coefficient, s_p^i(x_t))] of the objective's terms, differentiable in x_t."""
+        emb, null = self.text(views)
+        _, sigma = alpha_sigma(self.abar, t)
+        sig = bcast(sigma, x_t)
+        e_c, e_u = self.backbone.eps_pair(x_t, t, emb, null)
+        terms = []
+        if self.distance == "l2":
+            # d' is linear: (1+gamma) d'(s_y - s_q) - gamma d'(s_0 - s_q) = d'(s_cfg - s_q)
+            terms.append((1.0, -(e_u + self.scale * (e_c - e_u)) / sig))
+        else:
+            terms += [(1.0 + self.gamma, -e_c / sig)]
+            if self.gamma > 0:
+                terms.append((-self.gamma, -e_u / sig))
+        if self.reward_weight != 0.0:
+            x0 = x0_from_eps(x_t, e_c, self.abar, t)
+            r = self.reward(x0, self.prompt).sum()
+            s_r = torch.autograd.grad(r, x_t, create_graph=self.grad_through == "inputs")[0]
+            terms.append((self.reward_weight, s_r))
+        return terms
+
+    def forward(self, x, views, step, out=None):
+        t = self.timesteps(step, x.shape[0]).to(x.device)
+        eps = noise.fresh(x, self.rng(step))
+        _, sigma = alpha_sigma(self.abar, t)
+        with torch.enable_grad():
+            x_ = x.detach().requires_grad_(True)
+            x_t = add_noise(x_, eps, self.abar, t)
+            s_q = -self.psi_eps(x_t, t, views.cam if self.psi_camera else None) / bcast(sigma, x_t)
+            target = s_q + eps / bcast(sigma, x_t)  # s_q(x_t) - grad log q_t(x_t | x)
+            L = x_t.new_zeros(())
+            for coef, s_p in self.prior_scores(x_t, t, views):
+                y = s_p - s_q
+                if self.grad_through == "residual_only":
+                    y = y.detach()
+                L = L + coef * (distance_grad(y, self.distance, self.huber_c) * target).sum()
+            grad = torch.autograd.grad(L, x_)[0]
+        return GuidanceOutput(grad=self.w(t, x) * grad.detach(), t=t)

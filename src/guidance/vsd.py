@@ -1,0 +1,25 @@
+"""VSD (ProlificDreamer). METHODS.md: G = w(t) (e_s(x_t; y_c) - e_psi(x_t; y, c)),
+then one denoising score-matching step on psi (Guidance.update)."""
+
+from __future__ import annotations
+
+import torch
+
+from src.diffusion import add_noise
+from src.guidance import noise
+from src.guidance.base import Guidance, GuidanceOutput
+
+
+class VSD(Guidance):
+    uses_score_model = True
+
+    def forward(self, x, views, step, out=None):
+        x = x.detach()
+        t = self.timesteps(step, x.shape[0]).to(x.device)
+        eps = noise.fresh(x, self.rng(step))
+        x_t = add_noise(x, eps, self.abar, t)
+        emb, null = self.text(views)
+        with torch.no_grad():
+            e = self.backbone.eps(x_t, t, emb, null, self.scale)
+            e_psi = self.psi_eps(x_t, t, views.cam)
+        return GuidanceOutput(grad=self.w(t, x) * (e - e_psi), t=t)

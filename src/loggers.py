@@ -1,0 +1,76 @@
+"""Run loggers: a local JSONL file always, Weights & Biases optionally (``logger=wandb``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class JSONLLogger:
+    """Appends one JSON object per log call to <run_dir>/metrics.jsonl."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "metrics.jsonl"
+
+    def log(self, scalars: dict, step: int) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **scalars}) + "\n")
+
+    def log_media(self, name: str, path: Path, step: int) -> None:
+        pass
+
+    def finish(self, summary: dict) -> None:
+        pass
+
+
+class WandbLogger:
+    """W&B run in <run_dir>/wandb; ``mode`` offline (default), online or disabled.
+
+    The run id is derived from the run directory so that a resumed run (preemption,
+    requeue) continues the same W&B run.
+    """
+
+    def __init__(self, run_dir: Path, config: dict, mode: str = "offline", project: str = "distillery",
+                 entity: str | None = None, group: str | None = None, tags=(), name: str | None = None):
+        import hashlib
+
+        import wandb
+
+        if mode not in ("offline", "online", "disabled"):
+            raise ValueError(f"logger.wandb.mode={mode!r} is unknown; valid: offline, online, disabled")
+        run_id = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
+        self.wandb = wandb
+        self.run = wandb.init(project=project, entity=entity, group=group, tags=list(tags or []),
+                              name=name or Path(run_dir).name, config=config, dir=str(run_dir),
+                              mode=mode, id=run_id, resume="allow")
+
+    def log(self, scalars: dict, step: int) -> None:
+        self.run.log(scalars, step=step)
+
+    def log_media(self, name: str, path: Path, step: int) -> None:
+        path = Path(path)
+        if path.suffix in (".png", ".jpg"):
+            self.run.log({name: self.wandb.Image(str(path))}, step=step)
+        elif path.suffix in (".mp4", ".gif"):
+            self.run.log({name: self.wandb.Video(str(path))}, step=step)
+
+    def finish(self, summary: dict) -> None:
+        self.run.summary.update(summary)
+        self.run.finish()
+
+
+class Loggers:
+    def __init__(self, loggers: list):
+        self.loggers = loggers
+
+    def log(self, scalars, step):
+        for lg in self.loggers:
+            lg.log(scalars, step)
+
+    def log_media(self, name, path, step):
+        for lg in self.loggers:
+            lg.log_media(name, path, step)
+
+    def finish(self, summary):
+        for lg in self.loggers:
+            lg.finish(summary)

@@ -1,0 +1,72 @@
+"""Toy representations in R^D, driven by the Gaussian-mixture backbones.
+
+- ``Particles``: K free points; the "camera" of particle k is k (IndexSampler).
+- ``Affine``: x = b + A c with c ~ N(0, I) (ESD App. B); the rendered distribution is
+  exactly N(b, A A^T), so psi is closed form (src/scoremodels/analytic.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from src.cameras import ViewBatch
+from src.representations.base import Representation, RenderOutput
+
+
+class Particles(Representation):
+    kind = "vector"
+    default_score_model = "mlp"
+
+    def __init__(self, n_particles: int = 64, dim: int = 2, init: str = "normal",
+                 init_scale: float = 1.0, init_point: list[float] | None = None,
+                 lr: float = 1e-2, backbone=None):
+        super().__init__(lr=lr)
+        if n_particles < 1:
+            raise ValueError(f"representation.n_particles must be >= 1, got {n_particles}")
+        if init == "normal":
+            x = init_scale * torch.randn(n_particles, dim)
+        elif init == "point":
+            if init_point is None or len(init_point) != dim:
+                raise ValueError(f"representation.init=point needs init_point with {dim} numbers")
+            x = torch.tensor(init_point, dtype=torch.float32).expand(n_particles, dim).clone()
+        else:
+            raise ValueError(f"representation.init={init!r} is unknown; valid: normal, point")
+        self.x = nn.Parameter(x)
+        self.dim, self.cam_dim, self.n_objects = dim, n_particles, n_particles
+
+    def render(self, views: ViewBatch) -> RenderOutput:
+        return RenderOutput(rgb=self.x[views.index.to(self.x.device)])
+
+    def export(self, out_dir: Path, views: ViewBatch | None = None) -> list[Path]:
+        path = Path(out_dir) / "particles.pt"
+        torch.save(self.x.detach().cpu(), path)
+        return [path]
+
+
+class Affine(Representation):
+    kind = "vector"
+    default_score_model = "analytic"
+
+    def __init__(self, dim: int = 2, code_dim: int | None = None, init_scale: float = 1.0,
+                 lr: float = 1e-2, backbone=None):
+        super().__init__(lr=lr)
+        code_dim = code_dim or dim
+        self.b = nn.Parameter(torch.zeros(dim))
+        self.A = nn.Parameter(init_scale * torch.eye(dim, code_dim))
+        self.dim, self.cam_dim, self.n_objects = dim, code_dim, 1
+
+    def render(self, views: ViewBatch) -> RenderOutput:
+        c = views.cam.to(self.A.device, self.A.dtype)
+        return RenderOutput(rgb=self.b + c @ self.A.T)
+
+    @property
+    def covariance(self) -> Tensor:
+        return self.A @ self.A.T
+
+    def export(self, out_dir: Path, views: ViewBatch | None = None) -> list[Path]:
+        path = Path(out_dir) / "affine.pt"
+        torch.save({"b": self.b.detach().cpu(), "A": self.A.detach().cpu()}, path)
+        return [path]

@@ -1,0 +1,131 @@
+"""Timestep rules (the ``schedule`` config group; METHODS.md "Timestep sampling").
+
+Every rule maps (step, batch, generator) to integer timesteps ``t`` (B,) in
+[0, T-1]. Fractions ``t_min``/``t_max`` are of T. Stochastic rules draw i.i.d.
+per sample; deterministic rules give the whole batch the same t.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def _check_range(t_min: float, t_max: float) -> None:
+    if not 0.0 <= t_min <= t_max <= 1.0:
+        raise ValueError(
+            f"schedule needs 0 <= t_min <= t_max <= 1 (fractions of T), got t_min={t_min}, t_max={t_max}"
+        )
+
+
+class TimestepSchedule:
+    def __init__(self, num_timesteps: int, max_steps: int, t_min: float = 0.02, t_max: float = 0.98,
+                 alphas_cumprod: Tensor | None = None):
+        _check_range(t_min, t_max)
+        self.T, self.max_steps = num_timesteps, max(int(max_steps), 1)
+        self.t_min, self.t_max = t_min, t_max
+
+    def _int(self, frac: Tensor | float) -> Tensor:
+        t = torch.as_tensor(frac, dtype=torch.float64) * self.T
+        return t.round().long().clamp(0, self.T - 1)
+
+    def sample(self, step: int, batch: int, generator: torch.Generator) -> Tensor:
+        raise NotImplementedError
+
+
+class Uniform(TimestepSchedule):
+    """t ~ U[t_min, t_max] i.i.d. (DreamFusion)."""
+
+    def bounds(self, step: int) -> tuple[float, float]:
+        return self.t_min, self.t_max
+
+    def sample(self, step, batch, generator):
+        lo, hi = self.bounds(step)
+        u = torch.rand(batch, generator=generator, dtype=torch.float64)
+        return self._int(lo + (hi - lo) * u)
+
+
+class Anneal(Uniform):
+    """Uniform with t_max dropped to ``t_max_end`` at ``anneal_step``
+    (ProlificDreamer: 0.98 -> 0.5 at step 5000; SSD: [20, 980] -> [20, 500] at 5000)."""
+
+    def __init__(self, num_timesteps, max_steps, t_min=0.02, t_max=0.98, t_max_end=0.5,
+                 anneal_step=5000, alphas_cumprod=None):
+        super().__init__(num_timesteps, max_steps, t_min, t_max)
+        _check_range(t_min, t_max_end)
+        self.t_max_end, self.anneal_step = t_max_end, anneal_step
+
+    def bounds(self, step):
+        return self.t_min, (self.t_max if step < self.anneal_step else self.t_max_end)
+
+
+class Deterministic(TimestepSchedule):
+    """t(tau) decreasing from t_max to t_min over the run; tau = step / (max_steps - 1)."""
+
+    def frac(self, tau: float) -> float:
+        raise NotImplementedError
+
+    def sample(self, step, batch, generator):
+        tau = min(step / max(self.max_steps - 1, 1), 1.0)
+        return self._int(self.frac(tau)).expand(batch).clone()
+
+
+class LinearDecreasing(Deterministic):
+    """Linear in tau (FSD's follow-up code; ``t(tau)`` of FSD Eq. 9)."""
+
+    def frac(self, tau):
+        return self.t_max - (self.t_max - self.t_min) * tau
+
+
+class Sqrt(Deterministic):
+    """HiFA / DSD's square-root annealing: t = t_max - (t_max - t_min) sqrt(tau)."""
+
+    def frac(self, tau):
+        return self.t_max - (self.t_max - self.t_min) * math.sqrt(tau)
+
+
+# DreamTime (Huang et al. 2023, "DreamTime: An Improved Optimization Strategy for
+# Text-to-3D Content Creation", Eq. 6-7): prior weight W_p, a Gaussian around m with
+# different widths on the two sides, times the diffusion weight W_d = sqrt((1-abar)/abar).
+DREAMTIME_M = 500
+DREAMTIME_S1 = 125
+DREAMTIME_S2 = 125
+
+
+class DreamTime(Deterministic):
+    """Time-prioritized schedule: t(tau) = argmin_t |sum_{t'>=t} p(t') - tau|, p ~ W_d W_p."""
+
+    def __init__(self, num_timesteps, max_steps, alphas_cumprod: Tensor, t_min=0.02, t_max=0.98,
+                 m=DREAMTIME_M, s1=DREAMTIME_S1, s2=DREAMTIME_S2):
+        super().__init__(num_timesteps, max_steps, t_min, t_max)
+        t = torch.arange(num_timesteps, dtype=torch.float64)
+        abar = alphas_cumprod.double()
+        w_d = ((1 - abar) / abar).sqrt()
+        w_p = torch.where(t > m, torch.exp(-((t - m) ** 2) / (2 * s1**2)), torch.exp(-((t - m) ** 2) / (2 * s2**2)))
+        lo, hi = int(round(t_min * num_timesteps)), int(round(t_max * num_timesteps))
+        p = w_d * w_p
+        p[:lo] = 0
+        p[hi + 1 :] = 0
+        p = p / p.sum()
+        # tail[t] = sum_{t' >= t} p(t')
+        self.tail = torch.flip(torch.cumsum(torch.flip(p, [0]), 0), [0])
+
+    def sample(self, step, batch, generator):
+        tau = min(step / max(self.max_steps - 1, 1), 1.0)
+        t = int(torch.argmin((self.tail - tau).abs()))
+        return torch.full((batch,), t, dtype=torch.long)
+
+
+class Grid(TimestepSchedule):
+    """An explicit list of integer timesteps, one per step (DDIM grids for FSD / DSD* tests)."""
+
+    def __init__(self, num_timesteps, max_steps, timesteps: list[int], alphas_cumprod=None):
+        super().__init__(num_timesteps, max_steps, 0.0, 1.0)
+        self.grid = [int(t) for t in timesteps]
+        if any(not 0 <= t < num_timesteps for t in self.grid):
+            raise ValueError(f"schedule.timesteps must lie in [0, {num_timesteps - 1}]")
+
+    def sample(self, step, batch, generator):
+        return torch.full((batch,), self.grid[min(step, len(self.grid) - 1)], dtype=torch.long)

@@ -1,0 +1,43 @@
+"""A small time- and camera-conditioned MLP psi for the particle toys.
+
+Input: x_t (D), a sinusoidal embedding of t, and the camera features (one-hot particle
+index; zeros = the null camera). Trained online by the VSD rule (base.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from src.scoremodels.base import ScoreModel
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Transformer/DDPM sinusoidal embedding, (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs.to(t.device)[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class MLPScore(ScoreModel):
+    def __init__(self, alphas_cumprod: Tensor, dim: int, cam_dim: int, hidden: int = 128,
+                 t_embed: int = 32, depth: int = 3, **kwargs):
+        kwargs.setdefault("lr", 1e-3)
+        super().__init__(alphas_cumprod, **kwargs)
+        self.dim, self.cam_dim, self.t_embed = dim, cam_dim, t_embed
+        layers: list[nn.Module] = [nn.Linear(dim + t_embed + cam_dim, hidden), nn.SiLU()]
+        for _ in range(depth - 1):
+            layers += [nn.Linear(hidden, hidden), nn.SiLU()]
+        layers.append(nn.Linear(hidden, dim))
+        self.net = nn.Sequential(*layers)
+
+    def eps(self, x_t: Tensor, t: Tensor, cam: Tensor | None, emb: Tensor | None = None) -> Tensor:
+        B = x_t.shape[0]
+        if cam is None:
+            cam = torch.zeros(B, self.cam_dim, device=x_t.device)
+        p = next(self.net.parameters())
+        h = torch.cat([x_t.to(p.dtype), timestep_embedding(t, self.t_embed).to(p), cam.to(p)], -1)
+        return self.net(h).to(x_t.dtype)

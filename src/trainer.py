@@ -1,0 +1,279 @@
+"""The single trainer (DESIGN.md "Data flow of one step").
+
+    views = cameras.sample(step)          out = representation.render(views)
+    x     = backbone.encode(out.rgb)      g   = guidance(x, views, step)
+    loss  = 0.5 ||x - sg(x - G)||^2 + reg(out)   (sum over pixels, mean over batch: dL/dx = G)
+    loss.backward(); optimizer.step();    guidance.update(x.detach(), views, step)
+
+It knows no method, representation or backbone: it moves tensors between the interfaces
+and owns the loop, seeding, checkpoints (atomic, automatic resume), logging, final
+metrics and export. All randomness is drawn from generators seeded by (seed, step), so a
+run killed at step k and resumed ends bit-identical to an uninterrupted one (on the CPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from src.guidance.base import step_generator
+from src.loggers import JSONLLogger, Loggers, WandbLogger
+from src.runinfo import run_info, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = Path("checkpoints") / "last.pt"
+# Config keys that do not change a run's result; every other key defines the run, and a run
+# dir holding a checkpoint of another run is refused rather than silently mixed.
+NON_IDENTITY_KEYS = ("device", "num_threads", "logger", "trainer.progress", "trainer.log_every",
+                     "trainer.checkpoint_every", "trainer.step_sleep", "trainer.export")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+CAMERA_STREAM, STEP_SEED_STREAM = 0, 5
+
+
+class ConfigError(ValueError):
+    """Invalid configuration, reported before any compute."""
+
+
+# --- validation ---------------------------------------------------------------------------
+def _check(ok: bool, key: str, value, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Cheap checks of the composed config, before anything is built."""
+    tr = cfg.trainer
+    _check(int(tr.max_steps) >= 1, "trainer.max_steps", tr.max_steps, "must be an integer >= 1")
+    _check(int(tr.checkpoint_every) >= 1, "trainer.checkpoint_every", tr.checkpoint_every, "must be >= 1")
+    _check(int(tr.log_every) >= 1, "trainer.log_every", tr.log_every, "must be >= 1")
+    _check(int(tr.warmup_steps) >= 0, "trainer.warmup_steps", tr.warmup_steps, "must be >= 0")
+    _check(tr.dtype in DTYPES, "trainer.dtype", tr.dtype, f"allowed: {', '.join(DTYPES)}")
+    g = cfg.guidance
+    if "scale" in g:
+        _check(float(g.scale) >= 1.0, "guidance.scale", g.scale,
+               "must be >= 1 (diffusers CFG convention; threestudio's guidance_scale g is s = g + 1)")
+    for key in ("lam", "beta"):
+        if key in g:
+            _check(0.0 <= float(g[key]) <= 1.0, f"guidance.{key}", g[key], "a probability-like weight in [0, 1]")
+    if g.get("score_model") is not None and g.score_model.get("p_drop") is not None:
+        p = float(g.score_model.p_drop)
+        _check(0.0 <= p <= 1.0, "guidance.score_model.p_drop", p, "a probability in [0, 1]")
+    rep_cls = get_class(cfg.representation._target_)
+    bb_cls = get_class(cfg.backbone._target_)
+    kind, allowed = getattr(rep_cls, "kind", "?"), getattr(bb_cls, "supported_representations", ())
+    if kind not in allowed:
+        raise ConfigError(
+            f"representation={rep_cls.__name__} (kind {kind!r}) cannot be driven by backbone "
+            f"{bb_cls.__name__}: it drives kinds {list(allowed)}. Toy backbones (mog2d, gauss2d, "
+            f"ssd_toy) drive particles/affine; image backbones (shapes, sd*) drive image/nerf/gaussians."
+        )
+
+
+# --- building -------------------------------------------------------------------------------
+@dataclass
+class Components:
+    backbone: object
+    representation: object
+    cameras: object
+    schedule: object
+    guidance: object
+    reward: object | None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_components(cfg: DictConfig, device: torch.device | str = "cpu") -> Components:
+    """Instantiate every part from the composed config (also used by src.export)."""
+    torch.manual_seed(int(cfg.seed))  # parameter inits
+    dtype = DTYPES[cfg.trainer.dtype]
+    backbone = instantiate(cfg.backbone).to(device)
+    backbone.requires_grad_(False)
+    prompt = str(cfg.prompt or "")
+    backbone.validate_prompt(prompt)
+    representation = instantiate(cfg.representation, backbone=backbone).to(device=device, dtype=dtype)
+    cameras = instantiate(cfg.camera)
+    sched_cfg = cfg.schedule if cfg.schedule.get("_target_") else cfg.guidance.schedule
+    schedule = instantiate(sched_cfg, num_timesteps=backbone.num_timesteps,
+                           max_steps=int(cfg.trainer.max_steps),
+                           alphas_cumprod=backbone.alphas_cumprod.cpu())
+    reward = instantiate(cfg.reward, backbone=backbone) if cfg.reward.get("_target_") else None
+    gcfg = OmegaConf.to_container(cfg.guidance, resolve=True)
+    gcfg.pop("schedule", None)
+    guidance = instantiate(gcfg, backbone=backbone, schedule=schedule, prompt=prompt,
+                           negative_prompt=str(cfg.negative_prompt or ""), seed=int(cfg.seed),
+                           representation=representation, reward=reward, _convert_="all")
+    guidance.to(device=device)
+    if guidance.psi is not None and guidance.psi.trainable_parameters():
+        guidance.psi.to(dtype=dtype)
+    return Components(backbone, representation, cameras, schedule, guidance, reward)
+
+
+# --- checkpoints ----------------------------------------------------------------------------
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomic: write a temp file in the same directory, fsync, then rename over the old one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def identity(cfg: DictConfig) -> dict:
+    ident = OmegaConf.to_container(cfg, resolve=True)
+    for key in NON_IDENTITY_KEYS:
+        *parents, leaf = key.split(".")
+        node = ident
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return ident
+
+
+# --- the loop -------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.device = resolve_device(str(cfg.device))
+        if cfg.get("num_threads"):
+            torch.set_num_threads(int(cfg.num_threads))
+        self.c = build_components(cfg, self.device)
+        rep = self.c.representation
+        opt = str(cfg.trainer.get("optimizer", "adam"))
+        if opt not in OPTIMIZERS:
+            raise ConfigError(f"trainer.optimizer={opt!r} is unknown; valid: {', '.join(OPTIMIZERS)}")
+        self.optimizer = OPTIMIZERS[opt](rep.param_groups())
+        warm = int(cfg.trainer.warmup_steps)
+        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm > 0 else 1.0)
+        self.step = 0
+
+    # state --------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"step": self.step, "representation": self.c.representation.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict(),
+                "guidance": self.c.guidance.state_dict(), "identity": identity(self.cfg)}
+
+    def load(self, state: dict) -> None:
+        if state.get("identity") != identity(self.cfg):
+            raise ConfigError(
+                f"{self.run_dir} holds a checkpoint of a different run (its config differs); "
+                "use a fresh hydra.run.dir or delete that directory")
+        self.c.representation.load_state_dict(state["representation"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
+        self.c.guidance.load_state_dict(state["guidance"])
+        self.step = int(state["step"])
+
+    def save(self) -> None:
+        save_checkpoint(self.run_dir / CHECKPOINT, self.state())
+
+    # one step -----------------------------------------------------------------------------
+    def train_step(self, step: int) -> dict[str, float]:
+        c, dtype = self.c, DTYPES[self.cfg.trainer.dtype]
+        # anything that draws from the global RNG (e.g. stratified ray samples) is step-seeded
+        torch.manual_seed(int(step_generator(int(self.cfg.seed), step, STEP_SEED_STREAM).initial_seed()))
+        c.representation.update_step(step, int(self.cfg.trainer.max_steps))
+        views = c.cameras.sample(step, step_generator(int(self.cfg.seed), step, CAMERA_STREAM)).to(self.device)
+        out = c.representation.render(views)
+        x = c.backbone.encode(out.rgb)
+        g = c.guidance(x, views, step, out=out)
+        target = (x - g.grad.to(x.dtype)).detach()
+        loss_sd = 0.5 * ((x - target) ** 2).flatten(1).sum(1).mean()
+        regs = c.representation.regularizers(out, step)
+        loss = loss_sd + sum(regs.values(), torch.zeros((), device=loss_sd.device, dtype=loss_sd.dtype))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.trainer.grad_clip:
+            torch.nn.utils.clip_grad_norm_(c.representation.parameters(), float(self.cfg.trainer.grad_clip))
+        self.optimizer.step()
+        self.lr_schedule.step()
+        logs = c.guidance.update(x.detach().to(dtype), views, step)
+        return {"loss": float(loss.detach()), "grad_norm": float(g.grad.flatten(1).norm(dim=1).mean()),
+                "t": float(g.t.float().mean()), **{f"reg/{k}": float(v) for k, v in regs.items()},
+                **g.logs, **logs}
+
+    # the run ------------------------------------------------------------------------------
+    def fit(self) -> dict[str, float]:
+        cfg, max_steps = self.cfg, int(self.cfg.trainer.max_steps)
+        ckpt = self.run_dir / CHECKPOINT
+        metrics_path = self.run_dir / "metrics.json"
+        if ckpt.exists():
+            self.load(torch.load(ckpt, map_location=self.device, weights_only=False))
+            if self.step >= max_steps and metrics_path.exists():
+                log.info("run in %s already finished (step %d); nothing to do", self.run_dir, self.step)
+                import json
+
+                return json.loads(metrics_path.read_text())
+            log.info("resuming %s from step %d", self.run_dir, self.step)
+        write_json_atomic(self.run_dir / "run_info.json",
+                          {**run_info(int(cfg.seed)), "resumed_from_step": self.step})
+        loggers = self._loggers()
+        sleep = float(cfg.trainer.get("step_sleep", 0) or 0)
+        t0, start = time.time(), self.step
+        bar = self._progress(max_steps)
+        logs: dict[str, float] = {}
+        while self.step < max_steps:
+            logs = self.train_step(self.step)
+            self.step += 1
+            if sleep:
+                time.sleep(sleep)  # only for preemption tests (trainer.step_sleep)
+            if self.step % int(cfg.trainer.log_every) == 0 or self.step == max_steps:
+                loggers.log(logs, self.step)
+            if self.step % int(cfg.trainer.checkpoint_every) == 0 or self.step == max_steps:
+                self.save()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{logs['loss']:.4g}", t=int(logs["t"]))
+        if bar is not None:
+            bar.close()
+        elapsed = time.time() - t0
+        metrics = {**self.evaluate(), "final_loss": logs.get("loss", float("nan")),
+                   "steps": float(self.step), "wall_time_s": elapsed,
+                   "steps_per_s": (self.step - start) / elapsed if elapsed > 0 else float("nan")}
+        if cfg.trainer.export:
+            export_dir = self.run_dir / "export"
+            export_dir.mkdir(exist_ok=True)
+            for path in self.c.representation.export(export_dir, self.c.cameras.eval_views()):
+                loggers.log_media(f"export/{Path(path).stem}", path, self.step)
+        write_json_atomic(metrics_path, metrics)
+        loggers.log({f"final/{k}": v for k, v in metrics.items()}, self.step)
+        loggers.finish(metrics)
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        views = self.c.cameras.eval_views().to(self.device)
+        samples = self.c.representation.samples(views)
+        evaluate = getattr(self.c.backbone, "evaluate", None)
+        return {} if evaluate is None else evaluate(samples, views, str(self.cfg.prompt or ""))
+
+    def _loggers(self) -> Loggers:
+        loggers = [JSONLLogger(self.run_dir)]
+        wcfg = self.cfg.logger.get("wandb")
+        if wcfg is not None and wcfg.get("mode", "offline") != "disabled":
+            loggers.append(WandbLogger(self.run_dir, OmegaConf.to_container(self.cfg, resolve=True),
+                                       **OmegaConf.to_container(wcfg, resolve=True)))
+        return Loggers(loggers)
+
+    def _progress(self, max_steps: int):
+        if not self.cfg.trainer.progress:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=max_steps, initial=self.step, desc=str(self.cfg.guidance._target_).split(".")[-1],
+                    unit="step", dynamic_ncols=True)
