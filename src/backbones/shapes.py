@@ -1,0 +1,470 @@
+"""ShapesWorld: an analytic image prior whose scores are exact (DESIGN.md "analytic backbones").
+
+The world is a finite image set: every (shape, color) class seen from a grid of
+orbit cameras (``n_azimuths`` x ``n_elevations`` at one distance and field of
+view), rendered by ``shapes_render`` through ``cameras_orbit.get_rays`` (the
+trainer's own camera model). The prior for a prompt y is the noised empirical
+distribution of the images x_i that match y, with weights w_i(y) (sum 1):
+
+    p_t(x_t | y) = sum_i w_i N(x_t; alpha_t x_i, v_t I),    v_t = alpha_t^2 s^2 + sigma_t^2
+
+(``s`` smooths the data into small Gaussians so that p_0 has a density). Its score is
+
+    grad log p_t(x_t) = sum_i r_i (alpha_t x_i - x_t) / v_t,
+    r_i = softmax_i( log w_i - ||x_t - alpha_t x_i||^2 / (2 v_t) )
+
+and with the convention score = -eps / sigma_t (METHODS.md) the exact epsilon is
+
+    eps(x_t) = sigma_t (x_t - alpha_t xbar) / v_t,    xbar = sum_i r_i x_i
+
+(s = 0: the ideal denoiser, eps = (x_t - alpha_t E[x_0 | x_t]) / sigma_t). ``ideal_eps``
+computes it with an online softmax over chunks of images, so memory is
+O(batch x chunk) whatever the world's size.
+
+Text: ``embed(prompt)`` is the weight vector w(y) (N,), so ``Conditioning.select``
+gives each sample its own mixture. Grammar: ``[a|an|the] [<color>] <shape>[, <view> view]``
+(``object`` stands for any shape; the null prompt "" is every image), e.g. "a red
+cube", "a cone", "a green sphere, back view". Views follow ``view_prompt_index``.
+The optional front bias weights image i by ``exp(kappa cos azimuth_i)`` (a von Mises
+density over azimuth, like photo collections that favour the front).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from src.backbones.base import Backbone
+from src.backbones.shapes_render import (
+    PALETTE,
+    RENDERER_VERSION,
+    SDFS,
+    colorize,
+    render_coverage,
+)
+from src.cameras import VIEW_NAMES, ViewBatch
+from src.cameras_orbit import make_views
+from src.diffusion import alpha_sigma, bcast, sd_alphas_cumprod
+
+ARTICLES = ("a", "an", "the")
+ANY_SHAPE = "object"  # "a red object": every shape of that color
+CACHE_ENV = "DISTILLERY_CACHE"  # root of on-disk caches; default ~/.cache/distillery
+DEFAULT_CHUNK = 512  # images per chunk of the online softmax
+
+
+# ---------------------------------------------------------------------------------------
+# the exact prior (functional core)
+# ---------------------------------------------------------------------------------------
+def mixture_logits(
+    x_t: Tensor, alpha: Tensor, var: Tensor, data: Tensor, log_w: Tensor, data_norm2: Tensor | None = None
+) -> Tensor:
+    """log w_i - ||x_t - alpha x_i||^2 / (2 v); (B, D), (B,), (B,), (n, D), (B, n) -> (B, n).
+
+    data_norm2: optional precomputed ||x_i||^2 (n,)."""
+    if data_norm2 is None:
+        data_norm2 = (data * data).sum(-1)
+    d2 = (
+        (x_t * x_t).sum(-1, keepdim=True)
+        - 2.0 * alpha[:, None] * (x_t @ data.T)
+        + (alpha**2)[:, None] * data_norm2[None, :]
+    ).clamp_min(0)
+    return log_w - d2 / (2.0 * var[:, None])
+
+
+def mixture_log_density(
+    x_t: Tensor, alpha: Tensor, sigma: Tensor, data: Tensor, weights: Tensor, smoothing: float
+) -> Tensor:
+    """Closed-form log p_t(x_t) of the weighted mixture (unchunked, for tests); -> (B,)."""
+    var = alpha**2 * smoothing**2 + sigma**2
+    D = x_t.shape[-1]
+    logits = mixture_logits(x_t, alpha, var, data, weights.log())
+    return torch.logsumexp(logits, -1) - 0.5 * D * torch.log(2 * torch.pi * var)
+
+
+def ideal_eps(
+    x_t: Tensor,
+    alpha: Tensor,
+    sigma: Tensor,
+    data: Tensor,
+    weights: Tensor,
+    smoothing: float,
+    chunk_size: int | None = DEFAULT_CHUNK,
+    data_norm2: Tensor | None = None,
+) -> Tensor:
+    """Exact epsilon of the noised weighted mixture, chunked over the images.
+
+    x_t: (B, D); alpha, sigma: (B,); data: (N, D) (float64 avoids a copy per chunk);
+    weights: (B, N) >= 0, each row summing to 1 (zeros drop images); chunk_size:
+    images per chunk (None = all); data_norm2: optional cached ||x_i||^2 (N,).
+    Returns (B, D) in float64: eps = sigma (x_t - alpha xbar) / v with
+    xbar = softmax-weighted data mean (online softmax: running max m, normaliser S and
+    weighted sum X, rescaled by exp(m_old - m_new) whenever the max grows).
+    """
+    x_t, alpha, sigma = x_t.double(), alpha.double(), sigma.double()
+    log_w = weights.double().log()
+    var = alpha**2 * smoothing**2 + sigma**2
+    active = (weights > 0).any(0).nonzero().squeeze(1)  # skip images no sample can pick
+    B, N = x_t.shape[0], active.numel()
+    if N == 0:
+        raise ValueError("ideal_eps: every weight is zero")
+    # a prompt's images are contiguous in the data set: slice instead of gathering
+    first = int(active[0])
+    contiguous = int(active[-1]) - first + 1 == N
+    step = N if chunk_size is None else max(1, int(chunk_size))
+    m = torch.full((B, 1), -torch.inf, dtype=torch.float64, device=x_t.device)
+    S = torch.zeros(B, 1, dtype=torch.float64, device=x_t.device)
+    X = torch.zeros_like(x_t)
+    for s in range(0, N, step):
+        idx = slice(first + s, first + min(s + step, N)) if contiguous else active[s : s + step]
+        xi = data[idx].to(x_t)
+        n2 = None if data_norm2 is None else data_norm2[idx].to(x_t)
+        logits = mixture_logits(x_t, alpha, var, xi, log_w[:, idx], n2)  # (B, n)
+        m_new = torch.maximum(m, logits.max(-1, keepdim=True).values)
+        # rows that have seen only zero-weight images so far keep m = -inf: shift by 0
+        # there (every p is 0 and S, X stay 0) instead of computing -inf - -inf = nan
+        shift = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
+        scale = torch.exp(m - shift)
+        p = torch.exp(logits - shift)
+        S = S * scale + p.sum(-1, keepdim=True)
+        X = X * scale + p @ xi
+        m = m_new
+    xbar = X / S
+    return (sigma / var)[:, None] * (x_t - alpha[:, None] * xbar)
+
+
+# ---------------------------------------------------------------------------------------
+# prompts
+# ---------------------------------------------------------------------------------------
+def parse_prompt(
+    text: str, shapes: Sequence[str], colors: Sequence[str]
+) -> tuple[str | None, str | None, str | None]:
+    """(shape, color, view) of a prompt, None = any; unknown words raise ValueError.
+
+    "a red cube" -> ("cube", "red", None); "a cone, back view" -> ("cone", None, "back").
+    """
+    vocab = vocabulary(shapes, colors)
+    clean = text.strip().lower().rstrip(".")
+    if clean == "":
+        return None, None, None
+    head, *tails = [p.strip() for p in clean.split(",")]
+    shape = color = view = None
+    unknown: list[str] = []
+    for w in head.split():
+        if w in ARTICLES or w == ANY_SHAPE:
+            continue
+        if w in shapes:
+            if shape is not None:
+                raise ValueError(f"prompt {text!r} names two shapes; {vocab}")
+            shape = w
+        elif w in colors:
+            if color is not None:
+                raise ValueError(f"prompt {text!r} names two colors; {vocab}")
+            color = w
+        else:
+            unknown.append(w)
+    for tail in tails:
+        words = tail.split()
+        if len(words) == 2 and words[0] in VIEW_NAMES and words[1] == "view" and view is None:
+            view = words[0]
+        else:
+            unknown.append(tail)
+    if unknown:
+        raise ValueError(f"unknown words {unknown} in prompt {text!r}; {vocab}")
+    return shape, color, view
+
+
+def vocabulary(shapes: Sequence[str], colors: Sequence[str]) -> str:
+    views = " | ".join(f"'<prompt>, {v} view'" for v in VIEW_NAMES)
+    return (
+        "ShapesWorld vocabulary: "
+        f"articles: {', '.join(ARTICLES)}; colors: {', '.join(colors)}; "
+        f"shapes: {', '.join(shapes)} (or '{ANY_SHAPE}'); views: {views}; "
+        "grammar: '[a] [color] shape[, <view> view]', '' = every image"
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# the dataset: rendering and on-disk cache
+# ---------------------------------------------------------------------------------------
+def cache_dir() -> Path:
+    root = os.environ.get(CACHE_ENV)
+    return (Path(root) if root else Path.home() / ".cache" / "distillery") / "shapes"
+
+
+def _atomic_save(obj, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename (atomic on POSIX):
+    concurrent runs of a sweep never read a half-written cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ShapesWorld(Backbone):
+    """The analytic ``shapes`` backbone (see the module docstring for the math).
+
+    Images are indexed i = (shape * n_colors + color) * n_views + view, views ordered
+    elevation-major then azimuth (azimuths 0, 360/n, ...). Class id = shape * n_colors
+    + color.
+    """
+
+    space = "pixel"
+    supported_representations = ("image", "3d")
+    default_score_model = "unet"
+
+    def __init__(
+        self,
+        shapes: Sequence[str] = ("sphere", "cube", "cylinder", "cone"),
+        colors: Sequence[str] = ("red", "green", "blue", "yellow"),
+        resolution: int = 32,
+        n_azimuths: int = 16,
+        elevation_range: Sequence[float] = (0.0, 75.0),
+        n_elevations: int = 4,
+        distance: float = 2.0,
+        fovy_deg: float = 40.0,
+        background: Sequence[float] = (1.0, 1.0, 1.0),
+        marker: bool = False,
+        front_bias: float = 0.0,
+        smoothing: float = 0.02,
+        supersample: int = 2,
+        precision_threshold: float = 0.06,
+        eval_elevation_deg: float = 25.0,
+        chunk_size: int = DEFAULT_CHUNK,
+        default_prompt: str = "a red cube",
+        cache: bool = True,
+        verbose: bool = False,
+    ):
+        super().__init__()
+        self.shapes, self.colors = tuple(shapes), tuple(colors)
+        bad = [s for s in self.shapes if s not in SDFS] + [c for c in self.colors if c not in PALETTE]
+        if bad:
+            raise ValueError(f"unknown shapes/colors {bad}; shapes: {list(SDFS)}, colors: {list(PALETTE)}")
+        if not self.shapes or not self.colors:
+            raise ValueError("a ShapesWorld needs at least one shape and one color")
+        self.resolution = int(resolution)
+        self.n_azimuths, self.n_elevations = int(n_azimuths), int(n_elevations)
+        self.elevation_range = tuple(float(e) for e in elevation_range)
+        self.distance, self.fovy_deg = float(distance), float(fovy_deg)
+        self.marker, self.front_bias = bool(marker), float(front_bias)
+        self.smoothing, self.supersample = float(smoothing), int(supersample)
+        self.precision_threshold = float(precision_threshold)
+        self.eval_elevation_deg = float(eval_elevation_deg)
+        self.chunk_size = int(chunk_size)
+        self.default_prompt = default_prompt
+        self.register_buffer("alphas_cumprod", sd_alphas_cumprod())
+        self.register_buffer("background", torch.tensor(list(background), dtype=torch.float32), persistent=False)
+        self.register_buffer(
+            "palette", torch.tensor([PALETTE[c] for c in self.colors], dtype=torch.float32), persistent=False
+        )
+        self.marker_axes = ((1.0, 0.0, 0.0),) if self.marker else ()
+
+        views = self.world_views()
+        V, C = len(views), len(self.colors)
+        shape_idx = torch.arange(len(self.shapes)).repeat_interleave(C * V)
+        color_idx = torch.arange(C).repeat_interleave(V).repeat(len(self.shapes))
+        view_id = torch.arange(V).repeat(len(self.shapes) * C)
+        self.register_buffer("shape_idx", shape_idx, persistent=False)
+        self.register_buffer("color_idx", color_idx, persistent=False)
+        self.register_buffer("class_idx", shape_idx * C + color_idx, persistent=False)
+        self.register_buffer("azimuth_deg", views.azimuth_deg[view_id], persistent=False)
+        self.register_buffer("elevation_deg", views.elevation_deg[view_id], persistent=False)
+        self.register_buffer("image_view_idx", views.view_idx[view_id], persistent=False)
+        # front bias: von Mises weight over azimuth (kappa = 0 is uniform)
+        view_w = torch.exp(self.front_bias * torch.cos(torch.deg2rad(self.azimuth_deg.double())))
+        self.register_buffer("view_weight", view_w.float(), persistent=False)
+
+        # The image set is rendered (or loaded) on first use, so that a bad prompt fails at
+        # once with the vocabulary instead of after the rendering.
+        self._cache, self._verbose = bool(cache), bool(verbose)
+        self.cache_hit, self.cache_path, self.render_seconds = False, None, 0.0
+        self.register_buffer("_data", None, persistent=False)
+
+    @property
+    def data(self) -> Tensor:
+        """The image set flattened for the prior, (N, 3 * H * W) in [-1, 1] (channel-first)."""
+        if self._data is None:
+            t0 = time.perf_counter()
+            images, self.cache_hit, self.cache_path = self._dataset(self.world_views(), self._cache)
+            self.render_seconds = time.perf_counter() - t0
+            if self._verbose:
+                how = "cache hit" if self.cache_hit else "rendered"
+                print(f"ShapesWorld: {images.shape[0]} images, {how} in {self.render_seconds:.2f}s ({self.cache_path})")
+            flat = (2.0 * images - 1.0).permute(0, 3, 1, 2).reshape(images.shape[0], -1)
+            self._data = flat.contiguous().to(self.alphas_cumprod.device)
+        return self._data
+
+    def _prior_data(self) -> tuple[Tensor, Tensor]:
+        """float64 copy of the data set and its squared norms (N,), cached per device:
+        the prior runs in float64 (logits reach ~1e5 at small t) without a copy per call."""
+        data = self.data
+        cached = getattr(self, "_data64", None)
+        if cached is None or cached[0].device != data.device:
+            d64 = data.double()
+            cached = (d64, (d64 * d64).sum(-1))
+            self._data64 = cached
+        return cached
+
+    # --- world --------------------------------------------------------------------------
+    def world_views(self) -> ViewBatch:
+        """The data cameras: elevation-major grid, azimuths 0, 360/n, ... wrapped to (-180, 180]."""
+        az = torch.arange(self.n_azimuths, dtype=torch.float32) * (360.0 / self.n_azimuths)
+        az = torch.where(az > 180.0, az - 360.0, az)
+        lo, hi = self.elevation_range
+        el = torch.linspace(lo, hi, self.n_elevations) if self.n_elevations > 1 else torch.tensor([lo])
+        az_g, el_g = az.repeat(len(el)), el.repeat_interleave(len(az))
+        n = az_g.numel()
+        return make_views(
+            az_g, el_g, torch.full((n,), self.distance), torch.full((n,), self.fovy_deg),
+            self.resolution, self.resolution,
+        )
+
+    @property
+    def n_views(self) -> int:
+        return self.n_azimuths * self.n_elevations
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.shapes) * len(self.colors)
+
+    def class_name(self, class_id: int) -> str:
+        if class_id < 0:
+            return "none"
+        s, c = divmod(int(class_id), len(self.colors))
+        return f"{self.colors[c]} {self.shapes[s]}"
+
+    def world_key(self) -> str:
+        """Hash of everything that changes the rendered pixels (the cache key)."""
+        spec = {
+            "v": RENDERER_VERSION, "shapes": self.shapes,
+            "colors": [PALETTE[c] for c in self.colors], "res": self.resolution,
+            "az": self.n_azimuths, "el": list(self.elevation_range), "nel": self.n_elevations,
+            "d": self.distance, "fov": self.fovy_deg, "bg": self.background.tolist(),
+            "marker": self.marker_axes, "ss": self.supersample,
+        }
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+    def render_classes(
+        self, class_ids: Sequence[int], views: ViewBatch, height: int | None = None,
+        width: int | None = None, markers: Sequence[Sequence[float]] | None = None,
+    ) -> Tensor:
+        """Render classes at the given cameras; -> (K, B, H, W, 3) in [0, 1] (K = len(class_ids))."""
+        markers = self.marker_axes if markers is None else markers
+        out: dict[int, Tensor] = {}
+        by_shape: dict[int, list[int]] = {}
+        for k in class_ids:
+            by_shape.setdefault(int(k) // len(self.colors), []).append(int(k))
+        for s, ks in by_shape.items():
+            cov = render_coverage(self.shapes[s], views, height, width, markers, self.supersample)
+            for k in ks:
+                out[k] = colorize(cov, self.palette[k % len(self.colors)], self.background)
+        return torch.stack([out[int(k)] for k in class_ids])
+
+    def marker_coverage(self, class_id: int, views: ViewBatch, height: int, width: int) -> Tensor:
+        """Pixels covered by the marker in the truth at each view; -> (B,) pixel counts."""
+        cov = render_coverage(
+            self.shapes[int(class_id) // len(self.colors)], views, height, width,
+            self.marker_axes, self.supersample,
+        )
+        return cov[..., 3].sum((-1, -2))
+
+    def _dataset(self, views: ViewBatch, cache: bool) -> tuple[Tensor, bool, Path | None]:
+        path = cache_dir() / f"{self.world_key()}.pt" if cache else None
+        if path is not None and path.exists():
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True), True, path
+            except Exception:  # a corrupt file (not ours: we write atomically) is re-rendered
+                pass
+        imgs = self.render_classes(range(self.n_classes), views)  # (K, V, H, W, 3)
+        imgs = imgs.reshape(-1, *imgs.shape[2:]).contiguous()
+        if path is not None:
+            _atomic_save(imgs, path)
+        return imgs, False, path
+
+    # --- images <-> backbone space ----------------------------------------------------------
+    def encode(self, rgb: Tensor) -> Tensor:
+        """(B, H, W, 3) in [0, 1] -> (B, 3, H, W) in [-1, 1], keeping the graph."""
+        return rgb.permute(0, 3, 1, 2) * 2.0 - 1.0
+
+    def decode(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) in [0, 1]."""
+        return ((x + 1.0) * 0.5).permute(0, 2, 3, 1)
+
+    def images(self) -> Tensor:
+        """The data set, (N, H, W, 3) in [0, 1]."""
+        R = self.resolution
+        return self.decode(self.data.reshape(-1, 3, R, R))
+
+    # --- text ----------------------------------------------------------------------------
+    def vocabulary(self) -> str:
+        return vocabulary(self.shapes, self.colors)
+
+    def prompt_mask(self, text: str, use_view: bool = True) -> Tensor:
+        """(N,) bool: the images a prompt describes (raises on unknown words / no match)."""
+        shape, color, view = parse_prompt(text, self.shapes, self.colors)
+        mask = torch.ones_like(self.shape_idx, dtype=torch.bool)
+        if shape is not None:
+            mask &= self.shape_idx == self.shapes.index(shape)
+        if color is not None:
+            mask &= self.color_idx == self.colors.index(color)
+        if view is not None and use_view:
+            mask &= self.image_view_idx == VIEW_NAMES.index(view)
+        if not mask.any():
+            raise ValueError(
+                f"prompt {text!r} matches no image of this world (elevations "
+                f"{list(self.elevation_range)} x {self.n_azimuths} azimuths); {self.vocabulary()}"
+            )
+        return mask
+
+    def prompt_classes(self, text: str) -> list[int]:
+        """Class ids a prompt describes, ignoring its view suffix."""
+        return sorted(set(self.class_idx[self.prompt_mask(text, use_view=False)].tolist()))
+
+    def embed(self, text: str) -> Tensor:
+        """Mixture weights w(y) over the data set, (N,) float32 summing to 1."""
+        w = self.prompt_mask(text).float() * self.view_weight
+        return w / w.sum()
+
+    # --- the model -------------------------------------------------------------------------
+    def predict_eps(self, x_t: Tensor, t: Tensor, emb: Tensor, chunk_size: int | None = None) -> Tensor:
+        """Exact eps of p_t(x_t | y); (B, 3, H, W), (B,), (B, N) -> (B, 3, H, W) in x_t's dtype."""
+        if x_t.shape[1:] != (3, self.resolution, self.resolution):
+            raise ValueError(
+                f"ShapesWorld is {self.resolution}px: got x_t of shape {tuple(x_t.shape)}, "
+                f"expected (B, 3, {self.resolution}, {self.resolution})"
+            )
+        alpha, sigma = alpha_sigma(self.alphas_cumprod, t.long())
+        data, norm2 = self._prior_data()
+        eps = ideal_eps(
+            x_t.reshape(x_t.shape[0], -1), alpha, sigma, data, emb.to(x_t.device),
+            self.smoothing, self.chunk_size if chunk_size is None else chunk_size, norm2,
+        )
+        return eps.reshape(x_t.shape).to(x_t.dtype)
+
+    def x0_mean(self, x_t: Tensor, t: Tensor, emb: Tensor) -> Tensor:
+        """E[x_0 | x_t] of the smoothed mixture (Tweedie); for logs and tests."""
+        alpha, sigma = alpha_sigma(self.alphas_cumprod, t.long())
+        eps = self.predict_eps(x_t, t, emb)
+        return (x_t - bcast(sigma, x_t) * eps) / bcast(alpha, x_t)
+
+    # --- metrics -------------------------------------------------------------------------
+    def evaluate(self, samples: Tensor, views: ViewBatch, prompt: str) -> dict[str, float]:
+        """Exact ShapesWorld metrics of renders ``samples`` (B, H, W, 3) in [0, 1] at ``views``."""
+        from src.metrics.shapes import shapes_metrics
+
+        return shapes_metrics(self, samples, views, prompt)
+
+
+__all__ = ["ShapesWorld", "ideal_eps", "mixture_log_density", "parse_prompt", "vocabulary"]

@@ -1,0 +1,1 @@
+"""Metrics: exact ShapesWorld metrics (shapes.py); sweep-level metrics live in scripts/."""

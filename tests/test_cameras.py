@@ -1,0 +1,148 @@
+"""Orbit camera model (src/cameras_orbit.py): geometry of rays, samplers, configs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from src.cameras import VIEW_NAMES, view_prompt_index
+from src.cameras_orbit import (
+    FixedSampler,
+    OrbitSampler,
+    get_rays,
+    make_views,
+    orbit_position,
+)
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _views(az, el, dist=2.0, fovy=40.0, H=5, W=5):
+    az, el = torch.tensor(az, dtype=torch.float32), torch.tensor(el, dtype=torch.float32)
+    n = az.numel()
+    return make_views(az, el, torch.full((n,), dist), torch.full((n,), fovy), H, W)
+
+
+def test_center_ray_hits_origin():
+    # odd H, W: the middle pixel's centre is the principal point
+    v = _views([0.0, 37.0, -120.0, 180.0, 10.0], [0.0, 20.0, -10.0, 60.0, 89.0], dist=1.7, H=7, W=9)
+    o, d = get_rays(v)
+    assert o.shape == d.shape == (5, 7, 9, 3)
+    torch.testing.assert_close(d.norm(dim=-1), torch.ones(5, 7, 9))
+    oc, dc = o[:, 3, 4], d[:, 3, 4]
+    closest = oc - (oc * dc).sum(-1, keepdim=True) * dc  # point of the ray nearest the origin
+    assert closest.norm(dim=-1).max() < 1e-5
+    assert ((oc * dc).sum(-1) < 0).all()  # the origin is in front of the camera
+
+
+def test_c2w_is_a_rotation_and_opengl():
+    v = _views([0.0, 90.0, -45.0, 180.0], [0.0, 30.0, 90.0, -90.0])
+    R, pos = v.c2w[:, :3, :3], v.c2w[:, :3, 3]
+    assert torch.isfinite(v.c2w).all()  # straight overhead / below: no NaN
+    torch.testing.assert_close(R.transpose(1, 2) @ R, torch.eye(3).expand(4, 3, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.linalg.det(R), torch.ones(4), atol=1e-5, rtol=0)
+    # camera looks down its -z axis, at the origin; z-up world: azimuth 0 sits on +x
+    torch.testing.assert_close(-R[:, :, 2], -pos / pos.norm(dim=-1, keepdim=True), atol=1e-5, rtol=0)
+    torch.testing.assert_close(pos[0], torch.tensor([2.0, 0.0, 0.0]), atol=1e-6, rtol=0)
+    assert R[1, 2, 1] > 0  # at elevation 30 the camera's up has a world +z component
+    assert v.cam.shape == (4, 16)
+    torch.testing.assert_close(v.cam, v.c2w.reshape(4, 16))
+
+
+def test_pinhole_intrinsics_and_image_orientation():
+    H = W = 9
+    fovy = 50.0
+    v = _views([30.0], [10.0], fovy=fovy, H=H, W=W)
+    _, d = get_rays(v)
+    R = v.c2w[0, :3, :3]
+    d_cam = d[0] @ R  # world -> camera coordinates (R orthonormal)
+    focal = 0.5 * H / math.tan(math.radians(fovy) / 2)
+    # top-centre pixel: up component / forward component = (H/2 - 0.5) / focal
+    top = d_cam[0, W // 2]
+    assert top[1] > 0 and top[2] < 0  # row 0 is the top of the picture, looking down -z
+    assert abs(top[1] / -top[2] - (H / 2 - 0.5) / focal) < 1e-5
+    right = d_cam[H // 2, -1]
+    assert right[0] > 0 and abs(right[0] / -right[2] - (W / 2 - 0.5) / focal) < 1e-5
+    # get_rays at another resolution keeps the field of view (supersampling)
+    _, d2 = get_rays(v, 2 * H, 2 * W)
+    assert d2.shape == (1, 2 * H, 2 * W, 3)
+    edge2 = (d2[0, 0, W] @ R)
+    assert abs(edge2[1] / -edge2[2] - (H - 0.5) / (2 * focal)) < 1e-5
+
+
+def test_sampler_deterministic_stratified_and_in_range():
+    s = OrbitSampler(batch_size=8, height=16, width=16, elevation_range=(0, 75),
+                     distance_range=(1.5, 2.5), fovy_range=(30, 50),
+                     camera_perturb=0, center_perturb=0, up_perturb=0)
+    a = s.sample(0, torch.Generator().manual_seed(3))
+    b = s.sample(0, torch.Generator().manual_seed(3))
+    c = s.sample(0, torch.Generator().manual_seed(4))
+    for f in ("c2w", "azimuth_deg", "elevation_deg", "distance", "fovy_deg", "view_idx", "index"):
+        assert torch.equal(getattr(a, f), getattr(b, f)), f
+    assert not torch.equal(a.azimuth_deg, c.azimuth_deg)
+    # one azimuth in each of the 8 bins of 45 deg (threestudio's batch_uniform_azimuth)
+    bins = torch.floor((a.azimuth_deg + 180.0) / 45.0).long()
+    assert sorted(bins.tolist()) == list(range(8))
+    assert ((a.elevation_deg >= 0) & (a.elevation_deg <= 75)).all()
+    assert ((a.distance >= 1.5) & (a.distance <= 2.5)).all()
+    assert ((a.fovy_deg >= 30) & (a.fovy_deg <= 50)).all()
+    assert torch.equal(a.view_idx, view_prompt_index(a.azimuth_deg, a.elevation_deg))
+    assert torch.equal(a.index, torch.zeros(8, dtype=torch.long))
+    torch.testing.assert_close(a.c2w[:, :3, 3], orbit_position(a.azimuth_deg, a.elevation_deg, a.distance))
+    assert (a.height, a.width) == (16, 16) and a.cam.shape == (8, 16)
+
+
+def test_sampler_perturbations_and_objects():
+    s = OrbitSampler(batch_size=4, n_objects=4)  # threestudio defaults incl. perturbations
+    v = s.sample(0, torch.Generator().manual_seed(0))
+    assert sorted(v.index.tolist()) == [0, 1, 2, 3]  # each particle once per batch
+    R = v.c2w[:, :3, :3]
+    torch.testing.assert_close(R.transpose(1, 2) @ R, torch.eye(3).expand(4, 3, 3), atol=1e-5, rtol=0)
+
+
+def test_eval_views_turntable():
+    s = OrbitSampler(height=8, width=8, distance_range=(2, 2), fovy_range=(40, 40), eval_elevation_deg=20)
+    v = s.eval_views(8)
+    w = s.eval_views(8)
+    assert torch.equal(v.c2w, w.c2w)
+    torch.testing.assert_close(v.azimuth_deg, torch.tensor([0.0, 45, 90, 135, 180, -135, -90, -45]))
+    assert (v.elevation_deg == 20).all() and (v.distance == 2).all() and (v.fovy_deg == 40).all()
+    assert v.view_idx[0] == VIEW_NAMES.index("front") and v.view_idx[4] == VIEW_NAMES.index("back")
+    assert len(s.eval_views()) == s.n_eval_views
+
+
+def test_fixed_sampler():
+    s = FixedSampler(height=8, width=8, n_objects=3)
+    a, b = s.sample(0, torch.Generator().manual_seed(0)), s.sample(5, torch.Generator().manual_seed(1))
+    assert torch.equal(a.c2w, b.c2w) and a.index.tolist() == [0, 1, 2]
+    assert (a.view_idx == VIEW_NAMES.index("front")).all()
+
+
+@pytest.mark.parametrize("camera", ["orbit", "nerf", "gaussians", "image"])
+def test_camera_configs_follow_the_world(camera):
+    """conf/camera/*.yaml read the ShapesWorld's resolution, elevations, distance, fov."""
+    def load(name):
+        cfg = OmegaConf.load(CONF / "camera" / f"{name}.yaml")
+        if "defaults" in cfg:
+            base = load(cfg.defaults[0])
+            cfg = OmegaConf.merge(base, {k: v for k, v in cfg.items() if k != "defaults"})
+        return cfg
+
+    backbone = OmegaConf.load(CONF / "backbone" / "shapes.yaml")
+    root = OmegaConf.create({"backbone": backbone, "camera": load(camera)})
+    cam = OmegaConf.to_container(root.camera, resolve=True)
+    assert cam["height"] == cam["width"] == backbone.resolution
+    if camera == "image":
+        assert cam["distance"] == backbone.distance and cam["fovy_deg"] == backbone.fovy_deg
+    else:
+        assert cam["elevation_range"] == list(backbone.elevation_range)
+        assert cam["distance_range"] == [backbone.distance] * 2
+        assert cam["fovy_range"] == [backbone.fovy_deg] * 2
+    # without a world (e.g. Stable Diffusion) the threestudio defaults apply
+    bare = OmegaConf.to_container(OmegaConf.create({"backbone": {}, "camera": load(camera)}).camera, resolve=True)
+    if camera != "image":
+        assert bare["elevation_range"] == [-10.0, 90.0] and bare["fovy_range"] == [40.0, 70.0]

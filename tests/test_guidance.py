@@ -1,0 +1,143 @@
+"""Exact properties of the estimators and their shared parts on the analytic backbones."""
+
+import pytest
+import torch
+
+from src.backbones.mog import GaussianMixture
+from src.cameras import IndexSampler, ViewBatch
+from src.diffusion import alpha_sigma
+from src.guidance.dsd import DSD
+from src.guidance.esd import ESD
+from src.guidance.fsd import FSD
+from src.guidance.sds import SDS
+from src.guidance.ssd import SSD
+from src.guidance.vsd import VSD
+from src.representations.toys import Particles
+from tests.helpers import make_guidance, pixel_mixture
+
+
+@pytest.fixture
+def mog():
+    return GaussianMixture(means=[[-2, -2], [2, 2], [0, 0]], covs=[0.05, 0.05, 0.5],
+                           tags=[["y"], ["y"], []], default_prompt="y")
+
+
+def views_for(n):
+    return IndexSampler(n).sample(0, torch.Generator().manual_seed(0))
+
+
+def test_eps_is_exact_score(mog):
+    """e = -sigma grad log p_t: compare with autograd of the closed-form log density."""
+    x = torch.randn(16, 2, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 1000, (16,))
+    emb = mog.embed("y").expand(16, -1)
+    grad = torch.autograd.grad(mog.log_prob_t(x, t, emb).sum(), x)[0]
+    _, sigma = alpha_sigma(mog.alphas_cumprod, t)
+    assert torch.allclose(mog.predict_eps(x.detach(), t, emb), -sigma[:, None] * grad, atol=1e-10)
+
+
+def test_cfg_is_one_batched_call_equal_to_separate_calls(mog):
+    x = torch.randn(8, 2, dtype=torch.float64)
+    t = torch.full((8,), 300)
+    emb, null = mog.embed("y").expand(8, -1), mog.embed("").expand(8, -1)
+    e_c, e_u = mog.predict_eps(x, t, emb), mog.predict_eps(x, t, null)
+    assert torch.allclose(mog.eps(x, t, emb, null, 7.5), e_u + 7.5 * (e_c - e_u))
+    assert torch.equal(mog.eps(x, t, emb, null, 1.0), e_c)
+
+
+def test_unknown_prompt_lists_vocabulary(mog):
+    with pytest.raises(ValueError, match=r"vocabulary.*'y'"):
+        mog.embed("dragon")
+
+
+def test_sds_mean_gradient_matches_closed_form():
+    """One Gaussian target: E_eps[e_p(x_t) - eps] = sigma alpha M (x - mu), M = (alpha^2 S + sigma^2 I)^-1."""
+    S = torch.tensor([[1.0, 0.3], [0.3, 0.5]], dtype=torch.float64)
+    mu = torch.tensor([0.5, -1.0], dtype=torch.float64)
+    bb = GaussianMixture(means=[mu.tolist()], covs=[S.tolist()], tags=[["g"]], default_prompt="g")
+    sds = make_guidance(SDS, bb, t=500, scale=1.0, weighting="uniform")
+    N = 200_000
+    x0 = torch.tensor([1.5, 0.5], dtype=torch.float64)
+    x = x0.expand(N, 2).clone()
+    z = torch.zeros(N, dtype=torch.long)
+    G = sds(x, ViewBatch(index=z, view_idx=z, cam=torch.zeros(N, 1)), 0).grad.mean(0)
+    alpha, sigma = (float(v) for v in alpha_sigma(bb.alphas_cumprod, torch.tensor([500])))
+    M = torch.linalg.inv(alpha**2 * S + sigma**2 * torch.eye(2, dtype=torch.float64))
+    exact = sigma * alpha * M @ (x0 - mu)
+    assert (G - exact).norm() / exact.norm() < 0.01
+
+
+def test_esd_lam0_is_vsd_exactly(mog):
+    torch.manual_seed(3)
+    rep = Particles(n_particles=8).double()
+    views = views_for(8)
+    outs = []
+    for cls, kw in ((VSD, {}), (ESD, {"lam": 0.0})):
+        torch.manual_seed(11)  # same psi init
+        g = make_guidance(cls, mog, representation=rep, score_model={"kind": "mlp"}, seed=2, **kw)
+        x = rep.render(views).rgb
+        outs.append(g(x, views, 5).grad)
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_esd_interpolates_conditional_and_unconditional_psi(mog):
+    rep = Particles(n_particles=4).double()
+    views = views_for(4)
+    x = rep.render(views).rgb
+    torch.manual_seed(0)
+    grads = {}
+    for lam in (0.0, 0.3, 1.0):
+        torch.manual_seed(11)
+        g = make_guidance(ESD, mog, t=400, representation=rep, score_model={"kind": "mlp"}, lam=lam)
+        grads[lam] = g(x, views, 0).grad
+    assert torch.allclose(grads[0.3], 0.7 * grads[0.0] + 0.3 * grads[1.0], atol=1e-12)
+
+
+def test_ssd_branches(mog):
+    x = torch.randn(64, 2, dtype=torch.float64)
+    views = views_for(64)
+    hi = make_guidance(SSD, mog, t=600, M=200, weighting="uniform", scale=1.0)
+    dis = make_guidance(SSD, mog, t=600, M=200, terms="disengaging", weighting="uniform", scale=1.0)
+    assert torch.equal(hi(x, views, 0).grad, dis(x, views, 0).grad)  # t > M: E = h
+    lo = make_guidance(SSD, mog, t=100, M=200, weighting="uniform", scale=1.0)
+    dlo = make_guidance(SSD, mog, t=100, M=200, terms="disengaging", weighting="uniform", scale=1.0)
+    E, h = lo(x, views, 0).grad, dlo(x, views, 0).grad
+    assert torch.allclose(E.norm(dim=1), h.norm(dim=1))  # rescaled to ||h||
+    assert not torch.allclose(E, h)
+
+
+def test_fsd_noise_is_fixed_per_object_and_beta0_is_fresh(mog):
+    views = views_for(4)
+    x = torch.zeros(4, 2, dtype=torch.float64)
+    f = make_guidance(FSD, mog, beta=1.0, seed=1)
+    n0, n1 = f.camera_noise(x, views, 0), f.camera_noise(x, views, 1)
+    assert torch.equal(n0, n1) and not torch.allclose(n0[0], n0[1])
+    f0 = make_guidance(FSD, mog, beta=0.0, seed=1)
+    assert not torch.allclose(f0.camera_noise(x, views, 0), f0.camera_noise(x, views, 1))
+
+
+def test_dsd_cached_trajectory_equals_recomputed():
+    bb = pixel_mixture((3, 4, 4))
+    rep_n = 3
+    rep = Particles(n_particles=rep_n, dim=48).double()
+    views = views_for(rep_n)
+    ts = [980, 930, 870, 800, 760, 700, 610, 540, 500, 420, 330, 250]
+    grads = {}
+    for cache in (True, False):
+        g = make_guidance(DSD, bb, t=ts, representation=rep, cache=cache, seed=3, scale=2.0)
+        x = rep.render(views).rgb.detach()
+        grads[cache] = [g(x, views, k).grad for k in range(len(ts))]
+        calls = len(g._states)
+        if cache:
+            assert calls <= 10  # grid states only, not one trajectory per step
+    for a, b in zip(grads[True], grads[False]):
+        assert torch.equal(a, b)
+
+
+def test_guidance_rejects_out_of_range(mog):
+    with pytest.raises(ValueError, match="scale must be >= 1"):
+        make_guidance(SDS, mog, scale=0.5)
+    with pytest.raises(ValueError, match=r"lam must be in \[0, 1\]"):
+        make_guidance(ESD, mog, lam=1.5, score_model={"kind": "mlp"}, representation=Particles(4))
+    with pytest.raises(ValueError, match="terms"):
+        make_guidance(SSD, mog, terms="both")

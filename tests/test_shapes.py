@@ -1,0 +1,204 @@
+"""ShapesWorld (src/backbones/shapes.py): exact prior, prompts, cache, renderer, metrics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from src.backbones.shapes import ShapesWorld, ideal_eps, mixture_log_density
+from src.backbones.shapes_render import render_coverage
+from src.cameras import VIEW_NAMES
+from src.cameras_orbit import make_views
+from src.diffusion import alpha_sigma
+
+SMALL = dict(shapes=("sphere", "cube"), colors=("red", "blue"), n_azimuths=8, n_elevations=2,
+             elevation_range=(0.0, 70.0))
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    """One cache folder for the whole module (so each small world renders once)."""
+    monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path_factory.getbasetemp() / "shapes_cache"))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """8 px, for the prior's math (the dataset is just some vectors)."""
+    return ShapesWorld(resolution=8, smoothing=0.05, cache=False, **SMALL)
+
+
+def _autograd_eps(x_t, alpha, sigma, data, weights, s):
+    x = x_t.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(mixture_log_density(x, alpha, sigma, data, weights, s).sum(), x)
+    return -sigma[:, None] * g  # score = -eps / sigma
+
+
+@pytest.mark.parametrize("s", [0.0, 0.1])
+def test_ideal_eps_is_minus_sigma_times_score(s):
+    g = torch.Generator().manual_seed(0)
+    N, D, B = 7, 12, 5
+    data = torch.rand(N, D, generator=g, dtype=torch.float64) * 2 - 1
+    weights = torch.rand(B, N, generator=g, dtype=torch.float64)
+    weights[1, :3] = 0  # some samples see only part of the data
+    weights = weights / weights.sum(-1, keepdim=True)
+    abar = torch.linspace(0.999, 0.01, B, dtype=torch.float64)
+    alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
+    x_t = alpha[:, None] * data[:B] + sigma[:, None] * torch.randn(B, D, generator=g, dtype=torch.float64)
+    want = _autograd_eps(x_t, alpha, sigma, data, weights, s)
+    for chunk in (None, 1, 3):
+        torch.testing.assert_close(ideal_eps(x_t, alpha, sigma, data, weights, s, chunk), want)
+
+
+def test_world_eps_matches_autograd_and_chunking(tiny):
+    emb = torch.stack([tiny.embed("a red cube"), tiny.embed(""), tiny.embed("a sphere, back view")])
+    t = torch.tensor([10, 500, 990])
+    g = torch.Generator().manual_seed(1)
+    x0 = tiny.data[[5, 40, 60]].reshape(3, 3, 8, 8).double()
+    alpha, sigma = alpha_sigma(tiny.alphas_cumprod, t)
+    x_t = alpha.view(-1, 1, 1, 1) * x0 + sigma.view(-1, 1, 1, 1) * torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    eps = tiny.predict_eps(x_t, t, emb)
+    assert eps.shape == x_t.shape and eps.dtype == torch.float64
+    want = _autograd_eps(x_t.reshape(3, -1), alpha, sigma, tiny.data.double(), emb.double(), tiny.smoothing)
+    torch.testing.assert_close(eps.reshape(3, -1), want)
+    torch.testing.assert_close(tiny.predict_eps(x_t, t, emb, chunk_size=5), tiny.predict_eps(x_t, t, emb, chunk_size=None))
+    # float32 in, float32 out; CFG path of the base class works with (B, N) embeddings
+    e32 = tiny.eps(x_t.float(), t, emb, null=tiny.embed("").expand(3, -1), scale=7.5)
+    assert e32.dtype == torch.float32 and torch.isfinite(e32).all()
+
+
+def test_denoiser_recovers_a_data_image(tiny):
+    """At small t, E[x0 | x_t = alpha x_i] is x_i itself (the ideal denoiser)."""
+    i = int(tiny.embed("a blue sphere").nonzero()[0])
+    x0 = tiny.data[i].reshape(1, 3, 8, 8)
+    t = torch.tensor([0])
+    alpha, _ = alpha_sigma(tiny.alphas_cumprod, t)
+    x_t = (alpha.view(-1, 1, 1, 1) * x0).float()
+    torch.testing.assert_close(tiny.x0_mean(x_t, t, tiny.embed("a blue sphere")[None]), x0, atol=1e-3, rtol=0)
+
+
+def test_cache_hit_on_second_construction(tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))
+    a = ShapesWorld(resolution=8, **SMALL)
+    b = ShapesWorld(resolution=8, **SMALL)
+    _ = a.data, b.data  # rendered / loaded on first use
+    assert not a.cache_hit and b.cache_hit and a.cache_path == b.cache_path
+    assert a.cache_path.parent == tmp_path / "cache" / "shapes"
+    assert [p.name for p in a.cache_path.parent.iterdir()] == [a.cache_path.name]  # no temp files left
+    assert torch.equal(a.data, b.data)
+    c = ShapesWorld(resolution=8, marker=True, **SMALL)  # a different world, a different key
+    _ = c.data
+    assert not c.cache_hit and c.cache_path != a.cache_path
+
+
+def test_prompt_grammar(tiny):
+    V = tiny.n_views
+    w = tiny.embed("a red cube")
+    assert w.shape == (tiny.data.shape[0],) and abs(float(w.sum()) - 1) < 1e-6
+    sel = w > 0
+    assert sel.sum() == V
+    assert (tiny.shape_idx[sel] == 1).all() and (tiny.color_idx[sel] == 0).all()
+    assert (tiny.embed("A Red Cube.") == w).all()
+    assert (tiny.embed("a cube") > 0).sum() == 2 * V
+    assert (tiny.embed("a red object") > 0).sum() == 2 * V
+    assert (tiny.embed("") > 0).all()
+    assert tiny.prompt_classes("a cube") == [2, 3] and tiny.class_name(2) == "red cube"
+    fresh = ShapesWorld(resolution=64, cache=False, **SMALL)
+    with pytest.raises(ValueError) as e:
+        fresh.validate_prompt("a purple dragon")
+    assert fresh._data is None  # failed at once: nothing was rendered
+    msg = str(e.value)
+    for word in ("dragon", "purple", "sphere", "cube", "red", "blue", "back view"):
+        assert word in msg
+    with pytest.raises(ValueError, match="two colors"):
+        tiny.embed("a red blue cube")
+    with pytest.raises(ValueError, match="unknown"):
+        tiny.embed("a cube, sideways")
+
+
+def test_view_prompt_restricts_views(tiny):
+    back = tiny.embed("a red cube, back view") > 0
+    assert back.sum() > 0
+    az, el = tiny.azimuth_deg[back], tiny.elevation_deg[back]
+    assert (az.abs() >= 135).all() and (el <= 60).all()
+    assert (tiny.embed("a red cube, overhead view") > 0).sum() == tiny.n_azimuths  # the 70 deg ring
+    # the four view prompts split the class's images
+    total = sum(int((tiny.embed(f"a red cube, {v} view") > 0).sum()) for v in VIEW_NAMES)
+    assert total == tiny.n_views
+    cond = tiny.conditioning("a red cube", view_dependent=True)
+    assert cond.cond.shape == (4, tiny.data.shape[0])
+    assert torch.equal(cond.select(torch.tensor([2]))[0], tiny.embed("a red cube, back view"))
+    low = ShapesWorld(resolution=8, **{**SMALL, "elevation_range": (0.0, 30.0)})
+    with pytest.raises(ValueError, match="matches no image"):
+        low.embed("a cube, overhead view")
+
+
+def test_front_bias_weights():
+    world = ShapesWorld(resolution=8, front_bias=1.5, **SMALL)
+    w = world.embed("a red cube")
+    front = w[(world.azimuth_deg == 0) & (w > 0)]
+    back = w[(world.azimuth_deg == 180) & (w > 0)]
+    torch.testing.assert_close(front / back, torch.full_like(front, math.exp(3.0)))
+
+
+def test_encode_decode():
+    world = ShapesWorld(resolution=8, **SMALL)
+    rgb = torch.rand(2, 8, 8, 3, requires_grad=True)
+    x = world.encode(rgb)
+    assert x.shape == (2, 3, 8, 8) and x.requires_grad
+    torch.testing.assert_close(world.decode(x), rgb)
+    imgs = world.images()
+    assert imgs.shape == (world.data.shape[0], 8, 8, 3) and imgs.min() >= 0 and imgs.max() <= 1
+
+
+def test_renderer_sphere_silhouette_matches_projection():
+    """The renderer and get_rays agree with pinhole geometry: a sphere of radius R at
+    distance d covers a disc of radius f tan(asin(R / d)) pixels."""
+    H, dist, fovy = 32, 2.0, 40.0
+    v = make_views(torch.tensor([30.0]), torch.tensor([20.0]), torch.tensor([dist]), torch.tensor([fovy]), H, H)
+    cov = render_coverage("sphere", v, supersample=4)
+    area = float((1 - cov[0, ..., 2]).sum())
+    f = 0.5 * H / math.tan(math.radians(fovy) / 2)
+    r = f * math.tan(math.asin(0.5 / dist))
+    assert abs(area / (math.pi * r * r) - 1) < 0.02
+
+
+def test_metrics_on_truth_and_janus():
+    world = ShapesWorld(resolution=32, marker=True, **SMALL)
+    red_cube = world.prompt_classes("a red cube")[0]
+    # the data set's own images at their own cameras (the 0 deg elevation ring)
+    views = world.world_views()
+    ring = torch.arange(world.n_azimuths)
+    sel = world.embed("a red cube").nonzero().squeeze(1)[ring]
+    from src.cameras import ViewBatch
+
+    ring_views = ViewBatch(**{
+        k: (getattr(views, k)[ring] if isinstance(getattr(views, k), torch.Tensor) else getattr(views, k))
+        for k in views.__dataclass_fields__
+    })
+    m = world.evaluate(world.images()[sel], ring_views, "a red cube")
+    assert m["precision"] == 1.0 and m["mode_id"] == red_cube and m["janus_rate"] == 0.0
+    assert world.evaluate(world.images()[sel], ring_views, "a cube")["precision"] == 1.0
+    assert world.evaluate(world.images()[sel], ring_views, "a blue sphere")["precision"] == 0.0
+    # a two-faced object: the marker also on its back
+    two = world.render_classes([red_cube], ring_views, markers=[(1, 0, 0), (-1, 0, 0)])[0]
+    m2 = world.evaluate(two, ring_views, "a red cube")
+    assert m2["janus_rate"] > 0.5 and m2["mode_id"] in (red_cube, -1)
+    # a blank image is no class
+    m3 = world.evaluate(torch.ones_like(two), ring_views, "a red cube")
+    assert m3["precision"] == 0.0 and m3["mode_id"] == -1
+
+
+def test_metrics_2d_compare_with_any_view():
+    """representation=image: one fixed camera; an image of any data view counts."""
+    from src.cameras_orbit import FixedSampler
+
+    world = ShapesWorld(resolution=32, **SMALL)
+    views = FixedSampler(height=32, width=32, n_objects=2).eval_views()
+    back = world.embed("a blue cube, back view").nonzero().squeeze(1)[:1]
+    front = world.embed("a red sphere, front view").nonzero().squeeze(1)[:1]
+    imgs = world.images()[torch.cat([back, front])]
+    m = world.evaluate(imgs, views, "a blue cube")
+    assert m["any_view"] == 1 and m["precision"] == 0.5
+    assert m["mode_id"] in (world.prompt_classes("a blue cube")[0], world.prompt_classes("a red sphere")[0])

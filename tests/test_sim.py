@@ -1,0 +1,114 @@
+"""SIM / Dive3D's estimator on the affine-Gaussian toy, where the score divergence D is
+closed form (dive3d_sim App. A; METHODS.md "SIM"): its Monte-Carlo mean must equal the
+gradient of D taken with the sampling distribution held at the current parameters."""
+
+import pytest
+import torch
+
+from src.backbones.mog import GaussianMixture
+from src.cameras import ViewBatch
+from src.diffusion import alpha_sigma, weighting
+from src.guidance.sim import SIM
+from src.representations.toys import Affine
+from tests.helpers import make_guidance
+
+MU = [1.0, -0.5]
+SIGMA = [[1.0, 0.6], [0.6, 0.8]]
+N = 400_000
+T_FIXED = 400
+
+
+def setup(distance="l2", grad_through="inputs", seed=0):
+    torch.manual_seed(seed)
+    bb = GaussianMixture(means=[MU], covs=[SIGMA], tags=[["target"]], default_prompt="target")
+    rep = Affine(dim=2).double()
+    with torch.no_grad():  # a generic state: not at the optimum, A not symmetric
+        rep.b.copy_(torch.tensor([0.3, 0.2]))
+        rep.A.copy_(torch.tensor([[0.7, 0.2], [-0.1, 0.5]]))
+    sim = make_guidance(SIM, bb, t=T_FIXED, representation=rep, gamma=0.0, distance=distance,
+                        grad_through=grad_through, weighting="sds",
+                        score_model={"kind": "analytic"}, seed=seed)
+    return bb, rep, sim
+
+
+def estimator_grad(rep, sim, seed=0):
+    """Mean over N samples of the parameter gradient the trainer would apply."""
+    g = torch.Generator().manual_seed(seed + 100)
+    c = torch.randn(N, 2, generator=g, dtype=torch.float64)
+    z = torch.zeros(N, dtype=torch.long)
+    views = ViewBatch(index=z, view_idx=z, cam=c)
+    x = rep.render(views).rgb
+    G = sim(x, views, step=0).grad
+    rep.zero_grad()
+    (G * x).sum(1).mean().backward()
+    return torch.cat([rep.b.grad.flatten(), rep.A.grad.flatten()])
+
+
+def scores(rep_b, rep_A, x_t, alpha, sigma):
+    P = torch.linalg.inv(alpha**2 * torch.tensor(SIGMA, dtype=torch.float64) + sigma**2 * torch.eye(2, dtype=torch.float64))
+    Q = torch.linalg.inv(alpha**2 * rep_A @ rep_A.T + sigma**2 * torch.eye(2, dtype=torch.float64))
+    s_p = (alpha * torch.tensor(MU, dtype=torch.float64) - x_t) @ P.T
+    s_q = (alpha * rep_b - x_t) @ Q.T
+    return s_p, s_q
+
+
+def test_sim_l2_matches_closed_form_gradient():
+    _, rep, sim = setup("l2")
+    est = estimator_grad(rep, sim)
+    t = torch.tensor([T_FIXED])
+    alpha, sigma = (float(v) for v in alpha_sigma(sim.abar, t))
+    w = float(weighting("sds", torch.tensor(alpha), torch.tensor(sigma)))
+    b = rep.b.detach().clone().requires_grad_(True)
+    A = rep.A.detach().clone().requires_grad_(True)
+    # D(theta) = E_{x ~ N(m0, C0)} ||K x + k||^2 = ||K m0 + k||^2 + tr(K C0 K^T), (m0, C0) held fixed
+    eye = torch.eye(2, dtype=torch.float64)
+    P = torch.linalg.inv(alpha**2 * torch.tensor(SIGMA, dtype=torch.float64) + sigma**2 * eye)
+    Q = torch.linalg.inv(alpha**2 * A @ A.T + sigma**2 * eye)
+    K = Q - P
+    k = alpha * (P @ torch.tensor(MU, dtype=torch.float64) - Q @ b)
+    m0 = alpha * rep.b.detach()
+    C0 = alpha**2 * rep.A.detach() @ rep.A.detach().T + sigma**2 * eye
+    D = ((K @ m0 + k) ** 2).sum() + torch.trace(K @ C0 @ K.T)
+    exact = w * torch.cat([v.flatten() for v in torch.autograd.grad(D, [b, A])])
+    rel = (est - exact).norm() / exact.norm()
+    assert rel < 0.05, (est, exact, rel)
+
+
+def test_sim_pseudo_huber_matches_monte_carlo_autograd():
+    _, rep, sim = setup("pseudo_huber")
+    est = estimator_grad(rep, sim)
+    t = torch.tensor([T_FIXED])
+    alpha, sigma = (float(v) for v in alpha_sigma(sim.abar, t))
+    w = float(weighting("sds", torch.tensor(alpha), torch.tensor(sigma)))
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():  # x_t ~ q_t at the current parameters, held fixed
+        c = torch.randn(N, 2, generator=g, dtype=torch.float64)
+        e = torch.randn(N, 2, generator=g, dtype=torch.float64)
+        x_t = alpha * (rep.b + c @ rep.A.T) + sigma * e
+    b = rep.b.detach().clone().requires_grad_(True)
+    A = rep.A.detach().clone().requires_grad_(True)
+    s_p, s_q = scores(b, A, x_t, alpha, sigma)
+    c2 = sim.huber_c**2
+    D = (((s_p - s_q) ** 2).sum(1) + c2).sqrt().sub(sim.huber_c).mean()
+    mc = w * torch.cat([v.flatten() for v in torch.autograd.grad(D, [b, A])])
+    rel = (est - mc).norm() / mc.norm()
+    assert rel < 0.05, (est, mc, rel)
+
+
+def test_sim_residual_only_is_biased_on_A():
+    """The cheaper path (y_t detached) gets grad_b but not grad_A: why it is labelled biased."""
+    _, rep, sim = setup("l2", "inputs")
+    full = estimator_grad(rep, sim)
+    _, rep2, cheap = setup("l2", "residual_only")
+    part = estimator_grad(rep2, cheap)
+    assert (part[:2] - full[:2]).norm() / full[:2].norm() < 0.05
+    assert (part[2:] - full[2:]).norm() / full[2:].norm() > 0.2
+
+
+def test_sim_rejects_bad_options():
+    bb = GaussianMixture(means=[MU], covs=[SIGMA], tags=[["target"]], default_prompt="target")
+    rep = Affine(dim=2)
+    with pytest.raises(ValueError, match="distance"):
+        make_guidance(SIM, bb, representation=rep, distance="l1", score_model={"kind": "analytic"})
+    with pytest.raises(ValueError, match="reward"):
+        make_guidance(SIM, bb, representation=rep, reward_weight=1.0, score_model={"kind": "analytic"})
