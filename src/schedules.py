@@ -87,34 +87,35 @@ class Sqrt(Deterministic):
 
 
 # DreamTime (Huang et al. 2023, "DreamTime: An Improved Optimization Strategy for
-# Text-to-3D Content Creation", Eq. 6-7): prior weight W_p, a Gaussian around m with
-# different widths on the two sides, times the diffusion weight W_d = sqrt((1-abar)/abar).
-DREAMTIME_M = 500
-DREAMTIME_S1 = 125
-DREAMTIME_S2 = 125
+# Text-to-3D Content Creation"): a prior weight over t that is flat on [m2, m1] with
+# Gaussian shoulders of widths s1 (above) and s2 (below); t(tau) walks down its tail mass.
+# Constants as in the public implementations of the paper's schedule.
+DREAMTIME_M1, DREAMTIME_M2 = 800, 500
+DREAMTIME_S1, DREAMTIME_S2 = 300, 100
 
 
 class DreamTime(Deterministic):
-    """Time-prioritized schedule: t(tau) = argmin_t |sum_{t'>=t} p(t') - tau|, p ~ W_d W_p."""
+    """Time-prioritized schedule: t(tau) = argmin_t |sum_{t'>=t} p(t') - tau|."""
 
-    def __init__(self, num_timesteps, max_steps, alphas_cumprod: Tensor, t_min=0.02, t_max=0.98,
-                 m=DREAMTIME_M, s1=DREAMTIME_S1, s2=DREAMTIME_S2):
+    def __init__(self, num_timesteps, max_steps, alphas_cumprod=None, t_min=0.02, t_max=0.98,
+                 m1=DREAMTIME_M1, m2=DREAMTIME_M2, s1=DREAMTIME_S1, s2=DREAMTIME_S2):
         super().__init__(num_timesteps, max_steps, t_min, t_max)
         t = torch.arange(num_timesteps, dtype=torch.float64)
-        abar = alphas_cumprod.double()
-        w_d = ((1 - abar) / abar).sqrt()
-        w_p = torch.where(t > m, torch.exp(-((t - m) ** 2) / (2 * s1**2)), torch.exp(-((t - m) ** 2) / (2 * s2**2)))
+        p = torch.ones_like(t)
+        p = torch.where(t > m1, torch.exp(-((t - m1) ** 2) / (2 * s1**2)), p)
+        p = torch.where(t < m2, torch.exp(-((t - m2) ** 2) / (2 * s2**2)), p)
         lo, hi = int(round(t_min * num_timesteps)), int(round(t_max * num_timesteps))
-        p = w_d * w_p
         p[:lo] = 0
         p[hi + 1 :] = 0
         p = p / p.sum()
         # tail[t] = sum_{t' >= t} p(t')
         self.tail = torch.flip(torch.cumsum(torch.flip(p, [0]), 0), [0])
+        self.lo, self.hi = lo, hi
 
     def sample(self, step, batch, generator):
         tau = min(step / max(self.max_steps - 1, 1), 1.0)
-        t = int(torch.argmin((self.tail - tau).abs()))
+        window = self.tail[self.lo : self.hi + 1]
+        t = self.lo + int(torch.argmin((window - tau).abs()))
         return torch.full((batch,), t, dtype=torch.long)
 
 
