@@ -61,7 +61,7 @@ def test_fsd_equals_ddim():
     x_init = x.detach().clone()
     eps = fixed_per_object(x_init, views, seed=4)
     abar = bb.alphas_cumprod
-    rho = [float((alpha_sigma(abar, torch.tensor([t]))[1] / alpha_sigma(abar, torch.tensor([t]))[0])) for t in GRID] + [0.0]
+    rho = [float(alpha_sigma(abar, torch.tensor([t]))[1] / alpha_sigma(abar, torch.tensor([t]))[0]) for t in GRID] + [0.0]
     opt = torch.optim.SGD([x], lr=1.0)
     for k in range(len(GRID)):
         out = fsd(x, views, k)
