@@ -19,6 +19,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 log = logging.getLogger("src.train")
@@ -44,7 +45,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        metrics = run(cfg, run_dir)
+        try:
+            metrics = run(cfg, run_dir)
+        except InstantiationException as wrapped:  # report the builder's own error, not Hydra's
+            raise (wrapped.__cause__ or wrapped) from None
     except (ValueError, FileNotFoundError, OSError) as err:  # config, prompt, missing weights
         _discard_empty_run_dir(run_dir)
         log.error("%s", err)

@@ -20,6 +20,18 @@ class ESD(Guidance):
         super().__init__(*args, **kwargs)
         self.lam = float(lam)
 
+    def psi_mix(self, x_t, t, cam):
+        """lam e_psi(x_t; y, null) + (1 - lam) e_psi(x_t; y, c), both in one batched call."""
+        if self.lam == 0.0:
+            return self.psi_eps(x_t, t, cam)
+        if self.lam == 1.0:
+            return self.psi_eps(x_t, t, None)
+        if not self.psi.null_camera_is_zeros:  # closed-form psi: null = the marginal, not c = 0
+            return self.lam * self.psi_eps(x_t, t, None) + (1.0 - self.lam) * self.psi_eps(x_t, t, cam)
+        B = x_t.shape[0]
+        both = self.psi_eps(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cam, torch.zeros_like(cam)]))
+        return self.lam * both[B:] + (1.0 - self.lam) * both[:B]
+
     def forward(self, x, views, step, out=None):
         x = x.detach()
         t = self.timesteps(step, x.shape[0]).to(x.device)
@@ -28,7 +40,5 @@ class ESD(Guidance):
         emb, null = self.text(views)
         with torch.no_grad():
             e = self.backbone.eps(x_t, t, emb, null, self.scale)
-            e_cam = self.psi_eps(x_t, t, views.cam) if self.lam < 1.0 else 0.0
-            e_null = self.psi_eps(x_t, t, None) if self.lam > 0.0 else 0.0
-        e_psi = self.lam * e_null + (1.0 - self.lam) * e_cam
+            e_psi = self.psi_mix(x_t, t, views.cam)
         return GuidanceOutput(grad=self.w(t, x) * (e - e_psi), t=t)

@@ -18,6 +18,7 @@ from src.scoremodels.base import ScoreModel
 
 
 class AffineGaussianScore(ScoreModel):
+    null_camera_is_zeros = False  # cam=None is the marginal q_t, not the code c = 0
     def __init__(self, alphas_cumprod: Tensor, representation, **kwargs):
         kwargs.pop("lr", None)
         super().__init__(alphas_cumprod, **kwargs)

@@ -23,6 +23,9 @@ class ScoreModel(nn.Module):
     cam=None means camera-unconditional (the null camera, METHODS.md ``c = null``).
     """
 
+    #: networks embed the null camera as zeros, so null and real cameras batch together
+    null_camera_is_zeros = True
+
     def __init__(
         self,
         alphas_cumprod: Tensor,

@@ -1,0 +1,390 @@
+"""Stable Diffusion (any diffusers text-to-image UNet + VAE + CLIP) as a frozen latent prior.
+
+``backbone=sd21`` / ``sd15`` / ``diffusers backbone.path=<id or directory>``. METHODS.md
+conventions: ``x`` is the VAE latent times ``vae.config.scaling_factor``; ``predict_eps``
+returns an epsilon prediction (v-prediction models converted, ``eps = sigma x_t + alpha v``).
+
+Habits (threestudio's StableDiffusionGuidance and ProlificDreamer's, without their magic
+numbers):
+
+- Weights load only from disk (a local diffusers directory or the Hugging Face cache). A
+  missing model fails within seconds with the command that fetches it (``WeightsNotFound``);
+  a run never starts a multi-GB download by surprise. ``download=true`` allows it, unless
+  ``HF_HUB_OFFLINE=1``.
+- UNet / VAE / text encoder frozen in fp16 or bf16 (``dtype``), eval mode, SDPA attention
+  (diffusers' default processor), channels-last UNet, no gradient checkpointing (VSD/ESD/SIM
+  toggle LoRA adapters between forwards, and SIM back-propagates through the UNet input).
+- All guidance math stays float32: ``encode`` returns float32 latents, ``predict_eps``
+  casts its input to the UNet dtype and its output back.
+- Text embeddings (the prompt, its view-dependent variants, the negative prompt) are cached
+  on disk, keyed by model identity + text; the text encoder is loaded only on a cache miss.
+- The big components are *not* submodules: a checkpoint of a guidance (which holds the
+  backbone) stays small, and ``.to(dtype)`` never up-casts the UNet. ``.to(device)`` /
+  ``.cuda()`` still move them (``_apply``).
+- ``self.unet`` is public: psi's LoRA (src/scoremodels/lora.py) adds adapters to this very
+  object; ``predict_eps`` always runs with them disabled, i.e. the pretrained UNet.
+
+Latent-space rendering: a representation may render latents directly; ``encode`` passes a
+render with 4 channels, (B, h, w, 4), through unchanged (it is already ``x``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from src.backbones.base import Backbone
+from src.diffusion import alpha_sigma, bcast, sd_alphas_cumprod, v_to_eps
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+VAE_MODES = ("mean", "sample")
+# Components of a diffusers text-to-image repository that this backbone reads.
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+# A SD latent has 4 channels (AutoencoderKL latent_channels of SD 1.x / 2.x).
+LATENT_CHANNELS = 4
+# the project's cache root (ShapesWorld uses it too); "auto" puts embeddings under it
+CACHE_ENV, CACHE_DEFAULT = "DISTILLERY_CACHE", "~/.cache/distillery"
+
+
+class WeightsNotFound(FileNotFoundError):
+    """Raised before anything is allocated or written when a model is not on disk."""
+
+
+def hub_cache_dir(repo_id: str, cache_dir: str | None = None) -> Path:
+    """Where huggingface_hub keeps ``repo_id``: <HF_HUB_CACHE>/models--owner--name."""
+    from huggingface_hub import constants
+
+    root = Path(cache_dir or constants.HF_HUB_CACHE).expanduser()
+    return root / ("models--" + repo_id.replace("/", "--"))
+
+
+def _hf_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def missing_weights_message(repo_id: str, revision: str | None, tried: list[str], reason: str) -> str:
+    rev = f" --revision {revision}" if revision else ""
+    where = "\n".join(f"    {p}" for p in tried)
+    return (
+        f"Stable Diffusion weights {repo_id!r} are not available on this machine ({reason}).\n"
+        f"  looked in:\n{where}\n"
+        f"  fetch them:   hf download {repo_id}{rev}\n"
+        f"      (older huggingface_hub:  huggingface-cli download {repo_id}{rev})\n"
+        f"  or use a local diffusers directory:   backbone.path=/path/to/model\n"
+        f"  (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}; a run downloads only with "
+        f"backbone.download=true and HF_HUB_OFFLINE unset)"
+    )
+
+
+def resolve_weights(
+    path: str, revision: str | None = None, cache_dir: str | None = None, download: bool = False
+) -> tuple[Path, str]:
+    """(local directory holding the diffusers components, identity string for cache keys).
+
+    Cheap: touches only the file system (plus the Hub when ``download`` and online).
+    Raises WeightsNotFound with the fetch command otherwise.
+    """
+    local = Path(path).expanduser()
+    if local.is_dir():
+        missing = [c for c in COMPONENTS if not (local / c).is_dir()]
+        if missing:
+            raise WeightsNotFound(
+                f"backbone.path={str(local)!r} is not a diffusers text-to-image directory: "
+                f"missing {', '.join(missing)}/ (expected {', '.join(COMPONENTS)}, as in "
+                f"a `hf download <model id>` snapshot)"
+            )
+        return local.resolve(), f"local:{local.resolve()}"
+    if path.startswith((".", "/", "~")) or path.count("/") != 1:
+        raise WeightsNotFound(
+            f"backbone.path={path!r} is neither an existing directory nor a Hugging Face model id "
+            f"(owner/name)"
+        )
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    patterns = [f"{c}/*" for c in COMPONENTS] + ["model_index.json"]
+    tried = [str(hub_cache_dir(path, cache_dir))]
+    try:
+        snap = snapshot_download(
+            path, revision=revision, cache_dir=cache_dir, allow_patterns=patterns, local_files_only=True
+        )
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError) as err:
+        if not download or _hf_offline():
+            reason = "HF_HUB_OFFLINE is set" if _hf_offline() else "not in the Hugging Face cache"
+            raise WeightsNotFound(missing_weights_message(path, revision, tried, reason)) from err
+        try:
+            snap = snapshot_download(path, revision=revision, cache_dir=cache_dir, allow_patterns=patterns)
+        except Exception as err2:  # network errors, gated repos, typos: same guidance
+            raise WeightsNotFound(
+                missing_weights_message(path, revision, tried, f"download failed: {err2}")
+            ) from err2
+    snap = Path(snap)
+    missing = [c for c in COMPONENTS if not (snap / c).is_dir()]
+    if missing:  # an interrupted or partial download
+        raise WeightsNotFound(
+            missing_weights_message(path, revision, [str(snap)], f"incomplete: no {', '.join(missing)}/")
+        )
+    # the snapshot folder's name is the commit hash: embeddings of another revision never collide
+    return snap, f"hub:{path}@{snap.name}"
+
+
+class StableDiffusion(Backbone):
+    """A diffusers text-to-image model as a frozen epsilon predictor in latent space."""
+
+    space = "latent"
+    supported_representations = ("image", "3d")
+    default_score_model = "lora"
+
+    def __init__(
+        self,
+        path: str,
+        revision: str | None = None,
+        dtype: str = "float16",
+        vae_dtype: str | None = None,
+        vae_mode: str = "mean",
+        vae_resolution: int | None = None,
+        channels_last: bool = True,
+        download: bool = False,
+        cache_dir: str | None = None,
+        embedding_cache: str | None = "auto",
+        default_prompt: str = "a DSLR photo of a ceramic lion",
+        name: str = "sd",
+    ):
+        super().__init__()
+        if dtype not in DTYPES or (vae_dtype is not None and vae_dtype not in DTYPES):
+            raise ValueError(f"backbone.dtype must be one of {', '.join(DTYPES)}, got {dtype!r}/{vae_dtype!r}")
+        if vae_mode not in VAE_MODES:
+            raise ValueError(f"backbone.vae_mode must be one of {', '.join(VAE_MODES)}, got {vae_mode!r}")
+        self.name, self.default_prompt, self.vae_mode = name, default_prompt, vae_mode
+        self.dtype = DTYPES[dtype]
+        self.root, self.model_key = resolve_weights(path, revision, cache_dir, download)
+
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+        unet = UNet2DConditionModel.from_pretrained(self.root, subfolder="unet", torch_dtype=self.dtype)
+        vae = AutoencoderKL.from_pretrained(
+            self.root, subfolder="vae", torch_dtype=DTYPES[vae_dtype or dtype]
+        )
+        for m in (unet, vae):
+            m.eval().requires_grad_(False)
+            if hasattr(m, "disable_gradient_checkpointing"):
+                m.disable_gradient_checkpointing()
+        if channels_last:
+            unet.to(memory_format=torch.channels_last)
+        # plain attributes, not submodules (see the module docstring); _apply moves them
+        self.__dict__["unet"], self.__dict__["vae"] = unet, vae
+        self._text: tuple | None = None  # (tokenizer, text_encoder), loaded on a cache miss
+
+        scheduler = DDPMScheduler.from_pretrained(self.root, subfolder="scheduler")
+        self.prediction_type = scheduler.config.prediction_type
+        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise ValueError(f"unsupported prediction_type {self.prediction_type!r} in {self.root}")
+        self.register_buffer("alphas_cumprod", _alphas_cumprod64(scheduler), persistent=False)
+        if self.num_timesteps != 1000:  # METHODS.md fixes T = 1000 (every schedule assumes it)
+            raise ValueError(f"{path}: {self.num_timesteps} training timesteps, expected 1000")
+
+        self.scaling_factor = float(vae.config.scaling_factor)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        # what the prior sees: renders are resized to this before the VAE. SD 2.1-base:
+        # 64 * 8 = 512, the resolution the UNet was trained at. (The render resolution is the
+        # camera group's height / width: 64 by default, as threestudio renders for SD.)
+        self.resolution = int(vae_resolution or unet.config.sample_size * self.vae_scale_factor)
+        self.latent_channels = int(vae.config.latent_channels)
+        if embedding_cache == "auto":
+            embedding_cache = os.path.join(os.environ.get(CACHE_ENV, CACHE_DEFAULT), "embeddings")
+        self.embedding_cache = Path(embedding_cache).expanduser() if embedding_cache else None
+        self.cache_hits = self.cache_misses = 0
+        self._memo: dict[str, Tensor] = {}
+        self._adapters_enabled = False  # psi toggles peft adapters on self.unet (lora.py)
+        self.adapter_parameters: list[torch.nn.Parameter] = []  # psi's LoRA weights (lora.py)
+
+    @classmethod
+    def validate_config(cls, cfg) -> None:
+        """The trainer's pre-build check (no allocation, no writes): are the weights on disk?"""
+        get = cfg.get if hasattr(cfg, "get") else lambda k, d=None: getattr(cfg, k, d)
+        resolve_weights(str(get("path")), get("revision"), get("cache_dir"), bool(get("download", False)))
+
+    # --- device handling: the components follow the module, their dtype does not --------
+    def _apply(self, fn, recurse=True):
+        probe = fn(torch.zeros((), dtype=torch.float32, device=self.alphas_cumprod.device))
+        abar = self.alphas_cumprod.to(probe.device)  # keep float64 whatever fn casts to
+        super()._apply(fn, recurse)
+        self.alphas_cumprod = abar
+        for m in self.components():
+            m.to(probe.device)
+        return self
+
+    def components(self) -> list[torch.nn.Module]:
+        return [self.unet, self.vae] + ([self._text[1]] if self._text else [])
+
+    @property
+    def device(self) -> torch.device:
+        return self.alphas_cumprod.device
+
+    # --- text -------------------------------------------------------------------------
+    def _cache_path(self, text: str) -> Path | None:
+        if self.embedding_cache is None:
+            return None
+        key = hashlib.sha256(f"{self.model_key}\n{text}".encode()).hexdigest()[:32]
+        return self.embedding_cache / f"{key}.pt"
+
+    def _text_encoder(self):
+        if self._text is None:
+            from transformers import CLIPTextModel, CLIPTokenizer
+
+            tok = CLIPTokenizer.from_pretrained(self.root, subfolder="tokenizer")
+            enc = CLIPTextModel.from_pretrained(self.root, subfolder="text_encoder", torch_dtype=self.dtype)
+            enc.eval().requires_grad_(False).to(self.device)
+            self._text = (tok, enc)
+        return self._text
+
+    @torch.no_grad()
+    def _encode_text(self, text: str) -> Tensor:
+        tok, enc = self._text_encoder()
+        ids = tok(
+            [text], padding="max_length", max_length=tok.model_max_length, truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
+        # last_hidden_state: SD 2.x checkpoints already drop CLIP's last layer in their config
+        return enc(ids)[0][0].float().cpu()
+
+    def embed(self, text: str) -> Tensor:
+        """(L, D) float32 token embeddings of one prompt, on self.device (cached)."""
+        if text not in self._memo:
+            path = self._cache_path(text)
+            if path is not None and path.is_file():
+                emb = torch.load(path, map_location="cpu", weights_only=True)
+                self.cache_hits += 1
+            else:
+                emb = self._encode_text(text)
+                self.cache_misses += 1
+                if path is not None:
+                    _atomic_save(emb, path, meta={"model": self.model_key, "text": text})
+            self._memo[text] = emb
+        return self._memo[text].to(self.device)
+
+    def validate_prompt(self, prompt: str) -> None:
+        """CLIP tokenizes anything; only empty prompts are refused."""
+        if not prompt or not prompt.strip():
+            raise ValueError("prompt is empty: Stable Diffusion needs a text prompt (prompt=...)")
+
+    def free_text_encoder(self) -> None:
+        """Drop the text encoder (embeddings already computed stay memoized)."""
+        self._text = None
+
+    # --- space ------------------------------------------------------------------------
+    def encode(self, rgb: Tensor) -> Tensor:
+        """(B, H, W, 3) in [0, 1] -> latents (B, 4, R/8, R/8) float32, keeping the graph.
+
+        A render with 4 channels, (B, h, w, 4), is already a latent (latent rendering).
+        """
+        if rgb.shape[-1] == self.latent_channels:
+            return rgb.permute(0, 3, 1, 2).float()
+        img = rgb.permute(0, 3, 1, 2)
+        if img.shape[-2:] != (self.resolution, self.resolution):
+            # threestudio: F.interpolate(rgb, (512, 512), mode="bilinear", align_corners=False)
+            img = F.interpolate(img, (self.resolution, self.resolution), mode="bilinear", align_corners=False)
+        img = (img * 2.0 - 1.0).to(self.vae.dtype)
+        dist = self.vae.encode(img).latent_dist
+        z = dist.mean if self.vae_mode == "mean" else dist.sample()
+        return z.float() * self.scaling_factor
+
+    def decode(self, x: Tensor) -> Tensor:
+        """Latents (B, 4, h, w) -> (B, H, W, 3) in [0, 1], keeping the graph (rewards)."""
+        img = self.vae.decode((x / self.scaling_factor).to(self.vae.dtype)).sample
+        return ((img.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1)
+
+    # --- the model --------------------------------------------------------------------
+    @contextlib.contextmanager
+    def adapters(self, enabled: bool):
+        """Run self.unet with peft adapters on (psi) or off (the pretrained prior)."""
+        previous = self._adapters_enabled
+        self._set_adapters(enabled)
+        try:
+            yield self.unet
+        finally:
+            self._set_adapters(previous)
+
+    def _set_adapters(self, enabled: bool) -> None:
+        if enabled == self._adapters_enabled:
+            return
+        # the peft layers themselves (cached by tuner_layers): unet.enable_adapters() would walk
+        # all ~2k UNet modules twice per psi call
+        for layer in self.tuner_layers():
+            layer.enable_adapters(enabled)
+        # peft also flips requires_grad of the adapter weights, and autograd drops the gradient of
+        # a leaf that no longer requires it when backward runs, i.e. after this context exits.
+        # psi's weights stay trainable (the disabled branch never reads them).
+        for p in self.adapter_parameters:
+            p.requires_grad_(True)
+        self._adapters_enabled = enabled
+
+    def tuner_layers(self) -> list:
+        """peft's adapter-carrying layers inside self.unet (empty before psi adds LoRA)."""
+        if not getattr(self.unet, "_hf_peft_config_loaded", False):
+            return []
+        n = len(self.unet.peft_config)
+        if getattr(self, "_tuner_cache", (None, -1))[1] != n:
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            layers = [m for m in self.unet.modules() if isinstance(m, BaseTunerLayer)]
+            self._tuner_cache = (layers, n)
+        return self._tuner_cache[0]
+
+    def unet_output_to_eps(self, x_t: Tensor, t: Tensor, out: Tensor) -> Tensor:
+        """Convert the UNet's raw output (its prediction_type) to epsilon, float32."""
+        out = out.float()
+        if self.prediction_type == "epsilon":
+            return out
+        if self.prediction_type == "v_prediction":
+            return v_to_eps(x_t.float(), out, self.alphas_cumprod, t).float()
+        alpha, sigma = alpha_sigma(self.alphas_cumprod, t)  # "sample": x0 prediction
+        return ((x_t.float() - bcast(alpha, x_t) * out) / bcast(sigma, x_t)).float()
+
+    def unet_forward(self, x_t: Tensor, t: Tensor, emb: Tensor, **kwargs) -> Tensor:
+        """Raw UNet output, float32, whatever adapter state is set."""
+        out = self.unet(
+            x_t.to(self.unet.dtype), t, encoder_hidden_states=emb.to(self.unet.dtype), **kwargs
+        ).sample
+        return self.unet_output_to_eps(x_t, t, out)
+
+    def predict_eps(self, x_t: Tensor, t: Tensor, emb: Tensor) -> Tensor:
+        """e(x_t, t, y) of the pretrained UNet (adapters off): (B, 4, h, w), (B,), (B, L, D)."""
+        with self.adapters(False):
+            return self.unet_forward(x_t, t, emb)
+
+
+def _alphas_cumprod64(scheduler) -> Tensor:
+    """abar (T,) in float64. diffusers computes it in float32; recompute exactly when we can."""
+    cfg = scheduler.config
+    if cfg.get("trained_betas") is None and cfg.beta_schedule == "scaled_linear":
+        return sd_alphas_cumprod(cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end)
+    return torch.cumprod(1.0 - scheduler.betas.double(), dim=0)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write to a temp file in the same directory, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _atomic_save(emb: Tensor, path: Path, meta: dict) -> None:
+    """The embedding (path) and a readable sidecar (which model, which text; path.json)."""
+    _atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(meta).encode()))
+    _atomic_write(path, lambda f: torch.save(emb.contiguous(), f))

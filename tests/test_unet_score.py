@@ -1,0 +1,86 @@
+"""psi for pixel backbones: the tiny camera-conditioned UNet trained from scratch."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from src.cameras import ViewBatch
+from src.diffusion import sd_alphas_cumprod
+from src.scoremodels.unet import UNetScore
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny network; threads only add barrier waits on a busy CPU
+    yield
+    torch.set_num_threads(n)
+
+
+def _views(B: int, seed: int = 0) -> ViewBatch:
+    g = torch.Generator().manual_seed(seed)
+    zeros = torch.zeros(B, dtype=torch.long)
+    return ViewBatch(index=zeros, view_idx=zeros, cam=torch.randn(B, 16, generator=g))
+
+
+def test_shapes_layouts_and_camera():
+    torch.manual_seed(0)
+    psi = UNetScore(sd_alphas_cumprod(), sample_size=32)
+    with torch.no_grad():
+        psi.camera[2].weight.normal_()
+    x = torch.randn(2, 3, 32, 32)
+    t = torch.tensor([10, 900])
+    cam = _views(2).cam
+    e = psi.eps(x, t, cam)
+    assert e.shape == x.shape
+    # channels-last renders (B, H, W, 3) come back channels-last, same numbers
+    e_last = psi.eps(x.permute(0, 2, 3, 1), t, cam)
+    torch.testing.assert_close(e_last, e.permute(0, 2, 3, 1))
+    # the null camera is the zero vector through the camera MLP
+    torch.testing.assert_close(psi.eps(x, t, None), psi.eps(x, t, torch.zeros_like(cam)))
+    assert (psi.eps(x, t, None) - e).abs().max() > 0
+
+
+def test_cpu_step_is_fast_and_fit_learns():
+    torch.manual_seed(0)
+    psi = UNetScore(sd_alphas_cumprod(), sample_size=32)
+    n_params = sum(p.numel() for p in psi.trainable_parameters())
+    assert n_params < 1_000_000
+    x, views = torch.rand(1, 3, 32, 32) * 2 - 1, _views(1)
+    g = torch.Generator().manual_seed(0)
+    psi.fit_step(x, views, g)  # warm-up (optimizer creation)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        with torch.no_grad():
+            psi.eps(x, torch.tensor([500]), views.cam)
+    forward_ms = (time.perf_counter() - t0) / 5 * 1e3
+    assert forward_ms < 100, forward_ms  # ~5-10 ms on an idle core
+    # a fixed image: its DSM loss (same t and noise draws before and after) falls
+    xb, vb = x.expand(4, -1, -1, -1), _views(4)
+
+    def held_out() -> float:
+        with torch.no_grad():
+            return sum(float(psi.dsm_loss(xb, vb, torch.Generator().manual_seed(100 + s))) for s in range(4))
+
+    before = held_out()
+    for s in range(15):
+        psi.fit_step(xb, vb, torch.Generator().manual_seed(s))
+    assert held_out() < before
+
+
+def test_for_backbone_defaults():
+    class Pixel:
+        space, resolution = "pixel", 16
+        alphas_cumprod = sd_alphas_cumprod()
+
+    psi = UNetScore.for_backbone(Pixel(), None, lr=None, p_drop=0.2)
+    assert psi.lr == 1e-3 and psi.p_drop == 0.2 and psi.net.config.sample_size == 16
+
+    class Latent(Pixel):
+        space = "latent"
+
+    with pytest.raises(ValueError, match="kind=lora"):
+        UNetScore.for_backbone(Latent(), None)
