@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from src.cameras import ViewBatch
-from src.representations.base import Representation, RenderOutput
+from src.representations.base import RenderOutput, Representation
 
 
 class Particles(Representation):

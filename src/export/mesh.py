@@ -1,0 +1,77 @@
+"""Meshes from density fields: marching cubes (PyMCubes) + vertex colors, via trimesh."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def sample_grid(fn: Callable[[Tensor], Tensor], radius: float, resolution: int,
+                chunk: int = 65536, device=None) -> Tensor:
+    """fn on the (res, res, res) lattice of [-radius, radius]^3, axes (x, y, z) -> (res,)*3."""
+    lin = torch.linspace(-radius, radius, resolution, device=device)
+    pts = torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), -1).reshape(-1, 3)
+    out = torch.cat([fn(pts[i : i + chunk]).reshape(-1) for i in range(0, pts.shape[0], chunk)])
+    return out.view(resolution, resolution, resolution).float().cpu()
+
+
+def auto_threshold(values: Tensor, eps: float = 1e-5) -> float:
+    """threestudio's ``isosurface_threshold: auto``: the mean of the non-empty values."""
+    nz = values[values > eps]
+    return float(nz.mean()) if nz.numel() else float("inf")
+
+
+@torch.no_grad()
+def extract_mesh(
+    density_fn: Callable[[Tensor], Tensor],
+    color_fn: Callable[[Tensor], Tensor] | None,
+    radius: float,
+    resolution: int = 96,
+    threshold: float | str = "auto",
+    device=None,
+):
+    """Marching cubes on density_fn's lattice; vertex colors = color_fn at the vertices.
+
+    density_fn: world points (N, 3) -> (N,); color_fn: (N, 3) -> (N, 3) in [0, 1].
+    Returns a trimesh.Trimesh (possibly empty) in world coordinates.
+    """
+    import mcubes
+    import trimesh
+
+    vol = sample_grid(density_fn, radius, resolution, device=device)
+    thr = auto_threshold(vol) if threshold == "auto" else float(threshold)
+    if not (vol.max() > thr):
+        log.warning("extract_mesh: density never exceeds %.3g (max %.3g); empty mesh", thr, vol.max())
+        return trimesh.Trimesh()
+    verts, faces = mcubes.marching_cubes(vol.numpy(), thr)
+    verts = verts / (resolution - 1) * 2 * radius - radius  # lattice index -> world
+    mesh = trimesh.Trimesh(vertices=verts, faces=np.ascontiguousarray(faces), process=False)
+    if color_fn is not None and len(verts):
+        v = torch.as_tensor(verts, dtype=torch.float32, device=device)
+        rgb = torch.cat([color_fn(v[i : i + 65536]) for i in range(0, v.shape[0], 65536)])
+        rgba = np.concatenate(
+            [(rgb.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8),
+             np.full((len(verts), 1), 255, np.uint8)], 1)
+        mesh.visual.vertex_colors = rgba
+    return mesh
+
+
+def write_mesh(mesh, out_dir: Path, stem: str = "mesh", formats=("glb", "ply")) -> list[Path]:
+    """Write ``mesh`` as out_dir/stem.{glb,ply}; nothing for an empty mesh."""
+    if mesh is None or len(mesh.vertices) == 0:
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        p = out_dir / f"{stem}.{fmt}"
+        mesh.export(p)
+        paths.append(p)
+    return paths

@@ -1,0 +1,84 @@
+"""Turntable videos and image grids of rendered views."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def to_uint8(frames: Tensor | np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) float in [0, 1] (or uint8) -> uint8 numpy."""
+    if isinstance(frames, Tensor):
+        frames = frames.detach().float().cpu().numpy()
+    if frames.dtype == np.uint8:
+        return frames
+    return (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def write_video(frames, path: Path, fps: int = 12) -> Path:
+    """An .mp4 (H.264 via imageio-ffmpeg) of frames (N, H, W, 3); exactly N frames.
+
+    macro_block_size=1 keeps sizes that are not multiples of 16 unscaled.
+    """
+    import imageio.v2 as imageio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = to_uint8(frames)
+    # yuv420p (what players accept) needs even sizes: pad by edge replication
+    H, W = arr.shape[1:3]
+    if H % 2 or W % 2:
+        arr = np.pad(arr, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)), mode="edge")
+    with imageio.get_writer(path, fps=fps, codec="libx264", macro_block_size=1,
+                            pixelformat="yuv420p") as w:
+        for f in arr:
+            w.append_data(f)
+    return path
+
+
+def make_grid(frames, ncols: int | None = None, pad: int = 2) -> np.ndarray:
+    """Tile (N, H, W, 3) into one (rows*(H+pad)-pad, cols*(W+pad)-pad, 3) uint8 image (white gaps)."""
+    arr = to_uint8(frames)
+    N, H, W, _ = arr.shape
+    ncols = ncols or math.ceil(math.sqrt(N))
+    nrows = math.ceil(N / ncols)
+    out = np.full((nrows * (H + pad) - pad, ncols * (W + pad) - pad, 3), 255, np.uint8)
+    for i, f in enumerate(arr):
+        r, c = divmod(i, ncols)
+        out[r * (H + pad) : r * (H + pad) + H, c * (W + pad) : c * (W + pad) + W] = f
+    return out
+
+
+def write_grid(frames, path: Path, ncols: int | None = None, max_views: int = 16) -> Path:
+    """PNG grid of at most max_views views, evenly subsampled (a turntable's overview)."""
+    import imageio.v2 as imageio
+
+    arr = to_uint8(frames)
+    if len(arr) > max_views:
+        arr = arr[np.linspace(0, len(arr) - 1, max_views).round().astype(int)]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.imwrite(path, make_grid(arr, ncols))
+    return path
+
+
+@torch.no_grad()
+def render_frames(representation, views, chunk: int = 8) -> Tensor:
+    """rgb of each view, (N, H, W, 3) on the CPU, rendered in eval mode in chunks."""
+    from dataclasses import fields, replace
+
+    was = representation.training
+    representation.eval()
+    try:
+        out = []
+        for i in range(0, len(views), chunk):
+            sub = {f.name: getattr(views, f.name)[i : i + chunk] for f in fields(views)
+                   if isinstance(getattr(views, f.name), Tensor)}
+            out.append(representation.render(replace(views, **sub)).rgb.float().cpu())
+        return torch.cat(out)
+    finally:
+        representation.train(was)

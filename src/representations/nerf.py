@@ -1,0 +1,321 @@
+"""``representation=nerf``: a density / color field rendered by volume rendering.
+
+The field (threestudio's ``ImplicitVolume``, in pure torch): a multi-resolution grid
+encoding of the point (fields.MultiResGrid) and one small MLP giving a pre-activation
+density and an albedo; the density gets the Magic3D blob bias at start so the first
+renders show a sphere. A background model colors what the rays leave uncovered.
+
+Rendering (volume.py):
+- CPU, or ``renderer: dense``: stratified samples in each ray's box intersection,
+  composited with nerfacc's dense functions on (n_rays, n_samples) tensors;
+- CUDA with ``renderer: auto | occgrid``: nerfacc's ``OccGridEstimator`` (one level,
+  threestudio's 32^3 grid and step 1.732 * 2 radius / 512) and ``nerfacc.rendering``
+  on packed samples; ``update_step`` refreshes the grid every 16 steps.
+
+Resolution: ``render`` uses ``views.height / width`` (the camera sampler owns them)
+unless ``resolution_schedule`` is set: then, in training mode, ``update_step`` picks
+the render resolution from the schedule (e.g. 32 px, then 64 px after half the run,
+as Magic3D/threestudio's progressive ``resolution_milestones``). The backbone's
+``encode`` then receives renders at that resolution and must resize to its own
+(Stable Diffusion encoders do; a pixel backbone must interpolate). Eval mode always
+renders at the views' resolution.
+
+``n_objects = K``: K independent fields (particles, VSD/ESD with one shared psi);
+``views.index`` says which one each view renders. One occupancy grid covers their union.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from src.cameras import ViewBatch
+from src.cameras_orbit import get_rays
+from src.representations import volume
+from src.representations.base import RenderOutput, Representation
+from src.representations.fields import (
+    DENSITY_ACTIVATIONS,
+    TS_DENSITY_BLOB_SCALE,
+    TS_DENSITY_BLOB_STD,
+    Background,
+    MultiResGrid,
+    density_blob,
+    mlp,
+)
+
+log = logging.getLogger(__name__)
+
+# threestudio NeRFVolumeRenderer defaults (renderers/nerf_volume_renderer.py):
+TS_NUM_SAMPLES_PER_RAY = 512  # -> render_step_size = 1.732 * 2 * radius / 512
+TS_OCC_GRID_RESOLUTION = 32
+TS_OCC_THRESHOLD = 1e-2  # occ_eval_fn = density * render_step_size, binarized at 0.01
+TS_OCC_UPDATE_EVERY = 16  # nerfacc's update_every_n_steps default n
+# nerfacc's sampling default: stop marching once transmittance < 1e-4
+EARLY_STOP_EPS = 1e-4
+SQRT3 = 1.7320508  # box diagonal / side
+
+
+class Field(nn.Module):
+    """One object's density and albedo: world points (N, 3) -> sigma (N,), rgb (N, 3)."""
+
+    def __init__(self, radius: float, grid: dict, hidden: int, n_hidden_layers: int,
+                 density_activation: str, density_bias: str, blob_scale: float, blob_std: float):
+        super().__init__()
+        self.radius = float(radius)
+        self.encoding = MultiResGrid(**grid)
+        self.net = mlp(self.encoding.output_dim, 4, hidden, n_hidden_layers)  # (density, rgb)
+        if density_activation not in DENSITY_ACTIVATIONS:
+            raise ValueError(f"density_activation must be one of {sorted(DENSITY_ACTIVATIONS)}")
+        self.density_activation = density_activation
+        self.density_bias, self.blob_scale, self.blob_std = density_bias, blob_scale, blob_std
+
+    def forward(self, points: Tensor, need_rgb: bool = True) -> tuple[Tensor, Tensor | None]:
+        h = self.net(self.encoding((points / self.radius + 1.0) * 0.5))
+        raw = h[:, 0] + density_blob(points, self.density_bias, self.blob_scale, self.blob_std)
+        sigma = DENSITY_ACTIVATIONS[self.density_activation](raw)
+        return sigma, (torch.sigmoid(h[:, 1:]) if need_rgb else None)
+
+
+class NeRF(Representation):
+    kind = "3d"
+    default_score_model = None  # psi follows the backbone (guidance.score_model=auto)
+
+    def __init__(
+        self,
+        backbone=None,
+        n_objects: int = 1,
+        radius: float = 1.0,
+        grid: dict | None = None,
+        hidden: int = 64,
+        n_hidden_layers: int = 1,
+        density_activation: str = "softplus",
+        density_bias: str = "blob_magic3d",
+        density_blob_scale: float = TS_DENSITY_BLOB_SCALE,
+        density_blob_std: float = TS_DENSITY_BLOB_STD,
+        background: dict | None = None,
+        renderer: str = "auto",
+        n_samples: int = 64,
+        near_plane: float = 0.0,
+        num_samples_per_ray: int = TS_NUM_SAMPLES_PER_RAY,
+        occ_grid_resolution: int = TS_OCC_GRID_RESOLUTION,
+        occ_grid_prune: bool = True,
+        lambda_sparsity: float = 0.0,
+        lambda_opaque: float = 0.0,
+        resolution_schedule: dict | None = None,
+        chunk_rays: int = 16384,
+        lr: float = 1e-2,
+        lr_grid: float | None = None,
+        lr_net: float = 1e-3,
+        lr_background: float = 1e-3,
+        export: dict | None = None,
+    ):
+        super().__init__(lr=lr)
+        self.radius, self.n_objects = float(radius), int(n_objects)
+        grid = dict(grid or {})
+        self.fields = nn.ModuleList(
+            Field(radius, grid, hidden, n_hidden_layers, density_activation, density_bias,
+                  density_blob_scale, density_blob_std)
+            for _ in range(self.n_objects)
+        )
+        bg = dict(background or {})
+        self.background = Background(bg.pop("kind", "learned"), **bg)
+        if renderer not in ("auto", "dense", "occgrid"):
+            raise ValueError(f"renderer must be auto | dense | occgrid, got {renderer!r}")
+        self.renderer, self.n_samples, self.near_plane = renderer, int(n_samples), float(near_plane)
+        self.render_step_size = SQRT3 * 2 * self.radius / num_samples_per_ray
+        self.occ_grid_prune = occ_grid_prune
+        # Built on every device so checkpoints load anywhere; used only on CUDA.
+        import nerfacc
+
+        r = self.radius
+        self.estimator = nerfacc.OccGridEstimator(
+            roi_aabb=[-r, -r, -r, r, r, r], resolution=occ_grid_resolution, levels=1
+        )
+        # Fully occupied until the first update. (occs stays 0: the update takes
+        # max(ema_decay * occs, new), so a 1.0 here would delay pruning ~90 updates.)
+        self.estimator.binaries.fill_(True)
+        self.lambda_sparsity, self.lambda_opaque = float(lambda_sparsity), float(lambda_opaque)
+        self.resolution_schedule = dict(resolution_schedule) if resolution_schedule else None
+        self.render_hw: tuple[int, int] | None = None
+        self.chunk_rays = int(chunk_rays)
+        self.lr_grid = lr if lr_grid is None else lr_grid
+        self.lr_net, self.lr_background = lr_net, lr_background
+        self.export_cfg = dict(export or {})
+        self._generator: torch.Generator | None = None
+
+    # --- optimization ------------------------------------------------------------------
+    def param_groups(self) -> list[dict]:
+        """threestudio's split: grid lr 1e-2, MLPs and background 1e-3."""
+        groups = [
+            {"params": [f.encoding.table for f in self.fields], "lr": self.lr_grid, "name": "grid"},
+            {"params": [p for f in self.fields for p in f.net.parameters()], "lr": self.lr_net, "name": "net"},
+        ]
+        bg = [p for p in self.background.parameters() if p.requires_grad]
+        if bg:
+            groups.append({"params": bg, "lr": self.lr_background, "name": "background"})
+        return groups
+
+    def regularizers(self, out: RenderOutput, step: int) -> dict[str, Tensor]:
+        """threestudio's ``loss_sparsity`` (mean sqrt(o^2 + 0.01)) and ``loss_opaque``
+        (binary entropy of the opacity, pushes each pixel to empty or solid)."""
+        regs: dict[str, Tensor] = {}
+        if out.opacity is None:
+            return regs
+        o = out.opacity
+        if self.lambda_sparsity > 0:
+            regs["sparsity"] = self.lambda_sparsity * (o**2 + 0.01).sqrt().mean()
+        if self.lambda_opaque > 0:
+            oc = o.clamp(1e-3, 1 - 1e-3)
+            regs["opaque"] = self.lambda_opaque * F.binary_cross_entropy(oc, oc)
+        return regs
+
+    def scheduled_resolution(self, step: int, max_steps: int) -> int | None:
+        """``resolution_schedule = {resolutions: [r0, r1, ...], milestones: [f1, ...]}``,
+        milestones as fractions of max_steps (f_i in (0, 1]): r_i from f_i * max_steps on."""
+        if not self.resolution_schedule:
+            return None
+        res = list(self.resolution_schedule["resolutions"])
+        ms = list(self.resolution_schedule.get("milestones", []))
+        if len(ms) != len(res) - 1:
+            raise ValueError("resolution_schedule needs len(milestones) == len(resolutions) - 1")
+        i = sum(step >= f * max_steps for f in ms)
+        return int(res[i])
+
+    def update_step(self, step: int, max_steps: int) -> None:
+        r = self.scheduled_resolution(step, max_steps)
+        self.render_hw = None if r is None else (r, r)
+        if self._use_occgrid() and self.occ_grid_prune and self.training:
+            self.estimator.update_every_n_steps(
+                step, occ_eval_fn=self._occ_eval, occ_thre=TS_OCC_THRESHOLD, n=TS_OCC_UPDATE_EVERY
+            )
+
+    @torch.no_grad()
+    def _occ_eval(self, x: Tensor) -> Tensor:
+        """Occupancy of points (N, 3): max over objects of sigma * step (threestudio)."""
+        return torch.stack([f(x, need_rgb=False)[0] for f in self.fields]).amax(0)[:, None] * self.render_step_size
+
+    def set_generator(self, generator: torch.Generator | None) -> None:
+        """Optional: a generator for the stratified jitter (resume-exact runs)."""
+        self._generator = generator
+
+    # --- field queries -----------------------------------------------------------------
+    def query(self, points: Tensor, obj: Tensor, need_rgb: bool = True) -> tuple[Tensor, Tensor | None]:
+        """sigma (N,), rgb (N, 3) of points (N, 3) in the fields obj (N,) long."""
+        if self.n_objects == 1:
+            return self.fields[0](points, need_rgb)
+        sigma = points.new_zeros(points.shape[0])
+        rgb = points.new_zeros(points.shape[0], 3) if need_rgb else None
+        for k in obj.unique().tolist():
+            m = obj == k
+            s, c = self.fields[k](points[m], need_rgb)
+            sigma = sigma.index_put((m,), s)
+            if need_rgb:
+                rgb = rgb.index_put((m,), c)
+        return sigma, rgb
+
+    def density(self, points: Tensor, obj: int = 0) -> Tensor:
+        return self.fields[obj](points, need_rgb=False)[0]
+
+    def color(self, points: Tensor, obj: int = 0) -> Tensor:
+        return self.fields[obj](points)[1]
+
+    # --- rendering ---------------------------------------------------------------------
+    def _use_occgrid(self) -> bool:
+        on_cuda = self.fields[0].encoding.table.is_cuda
+        if self.renderer == "occgrid" and not on_cuda:
+            raise RuntimeError("renderer=occgrid needs CUDA (nerfacc's occupancy grid); use dense")
+        return on_cuda and self.renderer in ("auto", "occgrid")
+
+    def render(self, views: ViewBatch) -> RenderOutput:
+        H, W = (views.height, views.width)
+        if self.training and self.render_hw is not None:
+            H, W = self.render_hw
+        table = self.fields[0].encoding.table
+        views = views.to(table.device)
+        origins, dirs = (t.to(table.dtype) for t in get_rays(views, H, W))  # (B, H, W, 3) each
+        device = table.device
+        B = origins.shape[0]
+        o, d = origins.reshape(-1, 3), dirs.reshape(-1, 3)
+        obj = views.index.to(device).repeat_interleave(H * W)
+        fn = self.render_rays_occgrid if self._use_occgrid() else self.render_rays_dense
+        outs = [fn(o[i : i + self.chunk_rays], d[i : i + self.chunk_rays], obj[i : i + self.chunk_rays])
+                for i in range(0, o.shape[0], self.chunk_rays)]
+        rgb, opacity, depth = (torch.cat(t) for t in zip(*outs))
+        rgb = rgb + self.background(d) * (1.0 - opacity)
+        return RenderOutput(
+            rgb=rgb.view(B, H, W, 3), opacity=opacity.view(B, H, W, 1), depth=depth.view(B, H, W, 1)
+        )
+
+    def render_rays_dense(self, o: Tensor, d: Tensor, obj: Tensor,
+                          stratified: bool | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Dense path: (R, 3), (R, 3), (R,) -> rgb (R, 3) without background, opacity, depth (R, 1)."""
+        stratified = self.training if stratified is None else stratified
+        t_near, t_far, hit = volume.ray_aabb(o, d, self.radius)
+        t_near = t_near.clamp_min(self.near_plane)
+        t_far = torch.where(hit, t_far, t_near)  # misses: zero-length intervals
+        gen = self._generator if o.device.type == "cpu" else None
+        t0, t1 = volume.dense_intervals(t_near, t_far, self.n_samples, stratified, gen)
+        return self._composite_dense(o, d, obj, t0, t1)
+
+    def _composite_dense(self, o, d, obj, t0, t1):
+        R, S = t0.shape
+        pts = o[:, None] + d[:, None] * (0.5 * (t0 + t1))[..., None]  # (R, S, 3)
+        sigma, rgb = self.query(pts.reshape(-1, 3), obj.repeat_interleave(S))
+        rgb_out, opacity, depth, _ = volume.composite(t0, t1, sigma.view(R, S), rgb.view(R, S, 3))
+        return rgb_out, opacity, depth
+
+    def render_rays_fixed_step(self, o: Tensor, d: Tensor, obj: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The occupancy-grid marcher's samples (all cells occupied) on the dense path:
+        the CPU twin of ``render_rays_occgrid`` for tests."""
+        t_min, t_max, hit = volume.ray_aabb(o, d, self.radius)
+        t_min = t_min.clamp_min(self.near_plane)
+        t_max = torch.where(hit, t_max, t_min)
+        n_max = int(math.ceil(float((t_max - t_min).max()) / self.render_step_size)) + 2
+        t0, t1, _ = volume.fixed_step_intervals(t_min, t_max, self.render_step_size, n_max, self.near_plane)
+        return self._composite_dense(o, d, obj, t0, t1)
+
+    def render_rays_occgrid(self, o: Tensor, d: Tensor, obj: Tensor,
+                            early_stop_eps: float = EARLY_STOP_EPS) -> tuple[Tensor, Tensor, Tensor]:
+        """CUDA path: nerfacc occupancy-grid marching + packed compositing."""
+        import nerfacc
+
+        def sigma_fn(t0, t1, ri):
+            p = o[ri] + d[ri] * (0.5 * (t0 + t1))[:, None]
+            return self.query(p, obj[ri], need_rgb=False)[0]
+
+        def rgb_sigma_fn(t0, t1, ri):
+            p = o[ri] + d[ri] * (0.5 * (t0 + t1))[:, None]
+            sigma, rgb = self.query(p, obj[ri])
+            return rgb, sigma
+
+        with torch.no_grad():
+            ri, t0, t1 = self.estimator.sampling(
+                o, d, sigma_fn=sigma_fn if early_stop_eps > 0 else None, near_plane=self.near_plane,
+                render_step_size=self.render_step_size, stratified=self.training,
+                early_stop_eps=early_stop_eps, alpha_thre=0.0,
+            )
+        rgb, opacity, depth, _ = nerfacc.rendering(
+            t0, t1, ri, n_rays=o.shape[0], rgb_sigma_fn=rgb_sigma_fn
+        )
+        return rgb, opacity, depth
+
+    @torch.no_grad()
+    def samples(self, views: ViewBatch) -> Tensor:
+        """Renders for metrics: eval mode (midpoint samples, the views' own resolution)."""
+        was = self.training
+        self.eval()
+        try:
+            return self.render(views).rgb
+        finally:
+            self.train(was)
+
+    # --- export ------------------------------------------------------------------------
+    def export(self, out_dir: Path, views: ViewBatch | None = None) -> list[Path]:
+        from src.export.nerf import export_nerf
+
+        return export_nerf(self, Path(out_dir), views, **self.export_cfg)
