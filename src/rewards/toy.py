@@ -1,0 +1,25 @@
+"""An analytic reward for the toy backbones: r(x0) = -||x0 - target||^2 / (2 width^2).
+
+Lets Dive3D's reward term (guidance=sim guidance.reward_weight>0) run and be tested
+without a reward model download.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from src.rewards.base import Reward
+
+
+class PointReward(Reward):
+    def __init__(self, target: list[float], width: float = 1.0, backbone=None):
+        super().__init__()
+        if width <= 0:
+            raise ValueError(f"reward.width must be > 0, got {width}")
+        self.register_buffer("target", torch.tensor(target, dtype=torch.float64))
+        self.width = float(width)
+
+    def forward(self, x0: Tensor, prompt: str) -> Tensor:
+        d = x0.reshape(x0.shape[0], -1) - self.target.to(x0)
+        return -(d * d).sum(1) / (2 * self.width**2)
