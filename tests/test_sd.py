@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -179,16 +178,14 @@ def test_encode_resizes_keeps_graph_and_passes_latents(tiny_repo):
     assert bb.decode(x.detach()).shape == (2, 16, 16, 3)
 
 
-def test_missing_weights_error_is_fast_and_actionable(tmp_path, monkeypatch):
+def test_missing_weights_error_is_actionable(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     import huggingface_hub.constants as hc
 
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    t0 = time.time()
     with pytest.raises(WeightsNotFound) as err:
         StableDiffusion(path="stabilityai/stable-diffusion-2-1-base", download=True)  # offline wins
     msg = str(err.value)
-    assert time.time() - t0 < 5
     assert "'stabilityai/stable-diffusion-2-1-base'" in msg
     assert str(tmp_path / "hub" / "models--stabilityai--stable-diffusion-2-1-base") in msg
     assert "hf download stabilityai/stable-diffusion-2-1-base" in msg and "backbone.path=" in msg
