@@ -29,19 +29,36 @@ test: install ## the default test suite (CPU, no GPU, no cluster)
 test-cuda: install ## GPU tests (on a CUDA machine)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m cuda -o addopts=''
 
-test-slurm: install ## start a one-node Slurm, run the cluster tests, stop it
-	bash scripts/slurm_local.sh start
-	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q -m slurm -o addopts='' ; rc=$$?; \
-	  bash scripts/slurm_local.sh stop; exit $$rc
 
 lint: install ## ruff
-	$(PY) -m ruff check src tests scripts
+	$(PY) -m ruff check src tests scripts hydra_plugins
 
 format: install
-	$(PY) -m ruff format src tests scripts
+	$(PY) -m ruff format src tests scripts hydra_plugins
 
 toy-figures: install ## ESD Fig. 3, SSD Fig. 7 and the 4-mode per-method panel into figures/
 	$(PY) scripts/toy_figures.py --out figures
 
 clean:
 	rm -rf outputs multirun .pytest_cache
+
+# --- sweeps (sweeps/*.yaml, scripts/sweep.py, scripts/report.py; README "Sweeps") ---
+SWEEP    ?= esd_lambda
+LAUNCHER ?= basic
+# The local launchers run the sweep file's `toy:` settings unless TOY=0 (the studies need SD
+# weights and a GPU); slurm_a100 runs the study unless TOY=1.
+TOY      ?= $(if $(filter slurm_a100,$(LAUNCHER)),0,1)
+# Extra overrides, e.g. ARGS="hydra.launcher.partition=gpu hydra.launcher.account=lab"
+ARGS     ?=
+
+sweep: install ## make sweep SWEEP=esd_lambda LAUNCHER=basic|submitit_local|slurm_a100 [TOY=0|1] [ARGS=...]
+	$(PY) scripts/sweep.py $(SWEEP) --launcher $(LAUNCHER) $(if $(filter 1,$(TOY)),--toy) $(ARGS)
+
+report: install ## make report SWEEP_DIR=multirun/esd_lambda -> report.csv + report.md there
+	@test -n "$(SWEEP_DIR)" || { echo "usage: make report SWEEP_DIR=multirun/<sweep>"; exit 2; }
+	$(PY) scripts/report.py $(SWEEP_DIR)
+
+# The session fixture of tests/test_slurm.py installs slurm-wlm + munge if missing (root,
+# apt-get), starts the one-node cluster unless it already runs, and stops what it started.
+test-slurm: install ## cluster tests on a one-node Slurm started here (root), a few minutes
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q -m slurm -o addopts='-ra' tests/test_slurm.py

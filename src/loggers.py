@@ -9,8 +9,13 @@ from pathlib import Path
 class JSONLLogger:
     """Appends one JSON object per log call to <run_dir>/metrics.jsonl."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, resume_step: int = 0):
         self.path = Path(run_dir) / "metrics.jsonl"
+        if resume_step and self.path.exists():
+            # drop lines logged after the checkpoint we resume from: they will be logged again
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line and json.loads(line).get("step", 0) <= resume_step]
+            self.path.write_text("".join(f"{line}\n" for line in kept))
 
     def log(self, scalars: dict, step: int) -> None:
         with self.path.open("a") as f:

@@ -239,6 +239,11 @@ class Trainer:
                 loggers.log(logs, self.step)
             if self.step % int(cfg.trainer.checkpoint_every) == 0 or self.step == max_steps:
                 self.save()
+            val_every = int(cfg.trainer.get("val_every", 0) or 0)
+            if val_every and self.step % val_every == 0:
+                path = self.validation_grid()
+                if path is not None:
+                    loggers.log_media("val/grid", path, self.step)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{logs['loss']:.4g}", t=int(logs["t"]))
@@ -259,6 +264,18 @@ class Trainer:
         return metrics
 
     @torch.no_grad()
+    def validation_grid(self) -> Path | None:
+        """A PNG grid of the evaluation views (image / 3D representations) in <run_dir>/val/."""
+        if self.c.representation.kind == "vector":
+            return None
+        from src.export.video import render_frames, write_grid
+
+        frames = render_frames(self.c.representation, self.c.cameras.eval_views().to(self.device))
+        out = self.run_dir / "val"
+        out.mkdir(exist_ok=True)
+        return write_grid(frames, out / f"step_{self.step:06d}.png")
+
+    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         views = self.c.cameras.eval_views().to(self.device)
         samples = self.c.representation.samples(views)
@@ -266,7 +283,7 @@ class Trainer:
         return {} if evaluate is None else evaluate(samples, views, str(self.cfg.prompt or ""))
 
     def _loggers(self) -> Loggers:
-        loggers = [JSONLLogger(self.run_dir)]
+        loggers = [JSONLLogger(self.run_dir, resume_step=self.step)]
         wcfg = self.cfg.logger.get("wandb")
         if wcfg is not None and wcfg.get("mode", "offline") != "disabled":
             loggers.append(WandbLogger(self.run_dir, OmegaConf.to_container(self.cfg, resolve=True),

@@ -60,6 +60,11 @@ def test_killed_run_resumes_to_identical_parameters(tmp_path, monkeypatch, metho
            {k: v for k, v in m_res.items() if "time" not in k and "per_s" not in k}
     info = json.loads((tmp_path / "run" / "run_info.json").read_text())
     assert info["resumed_from_step"] == 20
+    # the log holds each step once: lines past the checkpoint were dropped on resume
+    def steps_log(run):  # the final line carries wall-clock timings, which differ
+        return (tmp_path / run / "metrics.jsonl").read_text().splitlines()[:-1]
+
+    assert steps_log("run") == steps_log("ref") and len(steps_log("ref")) == 4
 
 
 def test_sigkill_mid_run_then_resume_matches(tmp_path):
@@ -115,3 +120,10 @@ def test_wandb_offline_logger(tmp_path):
     train(compose(TOY + ["guidance=sds", "logger=wandb", "trainer.max_steps=10"]), tmp_path)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+
+
+def test_validation_grids_are_written_and_logged(tmp_path):
+    overrides = ["backbone=shapes", "representation=image", "guidance=sds", "trainer.max_steps=4",
+                 "trainer.val_every=2", "trainer.export=false"]
+    train(compose(overrides), tmp_path)
+    assert sorted(p.name for p in (tmp_path / "val").iterdir()) == ["step_000002.png", "step_000004.png"]

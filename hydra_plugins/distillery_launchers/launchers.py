@@ -1,0 +1,233 @@
+"""Hydra launchers for sweeps: hydra-submitit-launcher plus what a long sweep needs.
+
+Selected by ``_target_`` in conf/hydra/launcher/{submitit_local,slurm_a100}.yaml (Hydra only
+accepts launcher classes under the ``hydra_plugins`` namespace; the repository root is on
+``sys.path`` for ``python -m src.train``). On top of the plugin's launchers these
+
+- skip grid points whose run directory already holds ``metrics.json`` (a resubmitted sweep
+  only runs what is missing; the trainer would also skip them, but on a cluster that still
+  costs a queue slot and a Python start-up per run),
+- wait for *all* jobs and then report every failed one with its run directory and the
+  submitit log that holds its traceback, instead of stopping at the first failure,
+- limit how many local jobs run at once (submitit's local executor starts them all).
+
+Preemption and time limits: the plugin's launcher object is the callable submitit runs, and it
+has submitit's ``checkpoint()`` (it returns a ``DelayedSubmission`` of itself with the same
+arguments). On USR2, which Slurm sends ``signal_delay_s`` before the time limit or on
+preemption, submitit calls it, pickles the result and runs ``scontrol requeue``, as long as the
+job has timed out fewer than ``max_num_timeout`` times (preemptions do not count). The requeued
+job runs the same overrides in the same run directory (``hydra.sweep.dir``/``subdir`` do not
+depend on time), and the trainer resumes from ``checkpoints/last.pt``. Work since that
+checkpoint is redone, so the result equals an uninterrupted run.
+"""
+
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra_plugins.hydra_submitit_launcher import submitit_launcher as plugin
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+
+FINISHED_MARKER = "metrics.json"  # the trainer writes it last, after the final checkpoint
+FAILED_LIST = "failed.txt"  # in the sweep dir: one failed run per line, with its log
+# Local jobs running at once (submitit's local executor starts all of them). An environment
+# variable because conf/hydra/launcher/submitit_local.yaml is held to the plugin's schema, which
+# has no such key. Default: as many as there are cpus_per_task slices of this machine.
+LOCAL_PARALLELISM_ENV = "DISTILLERY_LOCAL_PARALLELISM"
+# Thread pools sized to the job's CPUs: torch otherwise starts one OpenMP thread per core in
+# every job, and jobs sharing cores then spin-wait on each other (measured: 100x slower).
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@dataclass
+class Failure:
+    index: int
+    overrides: list[str]
+    run_dir: Path
+    log: Path
+    error: str
+
+    def line(self) -> str:
+        return (
+            f"#{self.index} {' '.join(self.overrides)}\n    error: {self.error}\n"
+            f"    run dir: {self.run_dir}\n    log: {self.log}"
+        )
+
+
+class SweepFailed(RuntimeError):
+    pass
+
+
+def run_dir_of(sweep_config) -> Path:
+    """The run directory Hydra will use for one job of a multirun."""
+    hydra = sweep_config.hydra
+    return Path(str(hydra.sweep.dir)) / str(hydra.sweep.subdir)
+
+
+class _SweepLauncher:
+    """Mixin over the plugin's BaseSubmititLauncher; see the module docstring."""
+
+    _EXECUTOR: str
+
+    def __call__(self, *args: Any) -> JobReturn:
+        cpus = self.params.get("cpus_per_task")
+        if cpus:
+            for var in THREAD_ENV_VARS:
+                os.environ.setdefault(var, str(cpus))
+            if "torch" in sys.modules:  # imported already: too late for the variables
+                sys.modules["torch"].set_num_threads(int(cpus))
+        self._requeueing = False
+        try:
+            ret = super().__call__(*args)  # type: ignore[misc]
+        except SystemExit as exit:
+            if self._requeueing:  # submitit's own exit after `scontrol requeue`
+                raise
+            # The task called sys.exit: without a result file submitit cannot tell the job
+            # ended (without Slurm accounting it would wait forever); report it as failed.
+            ret = JobReturn(
+                overrides=list(args[0]),
+                status=JobStatus.FAILED,
+                _return_value=RuntimeError(f"the job exited with status {exit.code}"),
+            )
+        if ret.status == JobStatus.FAILED:
+            # Hydra keeps the exception for the submitting process only; print it here so that
+            # the job's own log (reported on failure) shows the traceback.
+            traceback.print_exception(ret._return_value, file=sys.stderr)
+        return ret
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """Called by submitit on USR2 (time limit, preemption): requeue this same call."""
+        self._requeueing = True
+        return super().checkpoint(*args, **kwargs)  # type: ignore[misc]
+
+    # -- launch ---------------------------------------------------------------------------------
+
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
+        assert self.config is not None and self.hydra_context is not None
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {sweep_dir}")
+
+        returns: list[JobReturn | None] = [None] * len(job_overrides)
+        todo = []  # (position, index, overrides, run_dir)
+        for pos, overrides in enumerate(job_overrides):
+            idx = initial_job_idx + pos
+            run_dir = self._run_dir(list(overrides))
+            if (run_dir / FINISHED_MARKER).exists():
+                log.info(f"\t#{idx} : skip, finished in {run_dir}")
+                returns[pos] = JobReturn(
+                    overrides=list(overrides), working_dir=str(run_dir), status=JobStatus.COMPLETED
+                )
+                continue
+            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            todo.append((pos, idx, list(overrides), run_dir))
+
+        failures: list[Failure] = []
+        for chunk in self._chunks(todo):
+            executor = self._executor()
+            args = [
+                (ov, "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state())
+                for _, idx, ov, _ in chunk
+            ]
+            jobs = executor.map_array(self, *zip(*args))
+            for (pos, idx, ov, run_dir), job in zip(chunk, jobs):
+                returns[pos], failure = self._collect(job, idx, ov, run_dir)
+                if failure:
+                    failures.append(failure)
+                    log.error(f"job failed: {failure.line()}")
+
+        (sweep_dir / FAILED_LIST).unlink(missing_ok=True)
+        if failures:
+            text = "\n".join(f.line() for f in failures)
+            (sweep_dir / FAILED_LIST).write_text(text + "\n")
+            raise SweepFailed(
+                f"{len(failures)} of {len(job_overrides)} runs failed "
+                f"(listed in {sweep_dir / FAILED_LIST}):\n{text}"
+            )
+        return [r for r in returns if r is not None]
+
+    # -- parts ----------------------------------------------------------------------------------
+
+    def _run_dir(self, overrides: list[str]) -> Path:
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        # sweep.subdir may use ${hydra:...}; resolving it needs the job's HydraConfig.
+        previous = HydraConfig.instance().cfg
+        HydraConfig.instance().set_config(cfg)
+        try:
+            return run_dir_of(cfg)
+        finally:
+            if previous is not None:
+                HydraConfig.instance().cfg = previous
+
+    def _chunks(self, todo: list) -> list[list]:
+        if self._EXECUTOR == "local":
+            default = (os.cpu_count() or 1) // (self.params.get("cpus_per_task") or 1)
+            size = int(os.environ.get(LOCAL_PARALLELISM_ENV) or max(default, 1))
+        else:
+            size = max(len(todo), 1)  # Slurm enforces array_parallelism itself (%N)
+        return [todo[i : i + size] for i in range(0, len(todo), size)]
+
+    def _executor(self):
+        """The plugin's executor set-up (submitit_launcher.launch), minus our own keys."""
+        import submitit
+
+        params = dict(self.params)
+        init_keys = {"submitit_folder", "max_num_timeout"}
+        init = {"folder": params["submitit_folder"]}
+        if "max_num_timeout" in params:
+            init[f"{self._EXECUTOR}_max_num_timeout"] = params["max_num_timeout"]
+        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **init)
+        base = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(
+            **{
+                k if k in base else f"{self._EXECUTOR}_{k}": v
+                for k, v in params.items()
+                if k not in init_keys
+            }
+        )
+        return executor
+
+    @staticmethod
+    def _collect(
+        job, idx: int, overrides: list[str], run_dir: Path
+    ) -> tuple[JobReturn, Failure | None]:
+        log_path = Path(job.paths.stderr)
+        try:
+            ret = job.results()[0]
+        except Exception as e:  # the job died: killed, out of memory, timed out too often
+            ret = JobReturn(
+                overrides=overrides,
+                working_dir=str(run_dir),
+                status=JobStatus.FAILED,
+                _return_value=e,
+            )
+            return ret, Failure(idx, overrides, run_dir, log_path, _first_line(e))
+        if ret.status == JobStatus.FAILED:
+            return ret, Failure(idx, overrides, run_dir, log_path, _first_line(ret._return_value))
+        return ret, None
+
+
+def _first_line(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}".strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+class LocalLauncher(_SweepLauncher, plugin.LocalLauncher):
+    pass
+
+
+class SlurmLauncher(_SweepLauncher, plugin.SlurmLauncher):
+    pass

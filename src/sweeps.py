@@ -1,0 +1,322 @@
+"""Declarative sweeps (sweeps/*.yaml) -> one Hydra multirun command, and the sweep report.
+
+A sweep file::
+
+    overrides:            # fixed for every run (Hydra overrides, key: value)
+      guidance: esd
+      trainer.max_steps: 10000
+    grid:                 # key: list of values; the sweep runs their product
+      guidance.lam: [0.0, 0.5, 1.0]
+      seed: [0, 1, 2, 3]
+    toy:                  # optional, for a laptop/CI run (`--toy`): replaces `overrides`
+      overrides: {...}    # entirely and updates `grid` key by key
+      grid: {...}
+
+Run directories are ``<sweep_dir>/<swept key=value,...>``: the fixed overrides are left out of
+the name (they are recorded once in ``<sweep_dir>/sweep.yaml``), and nothing depends on the
+time, so a resubmitted sweep lands in the same directories and resumes or skips its runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import math
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SWEEPS_DIR = REPO_ROOT / "sweeps"
+CONFIG_YAML = REPO_ROOT / "conf" / "config.yaml"
+LAUNCHERS = ("basic", "submitit_local", "slurm_a100")
+SEED_KEY = "seed"  # the axis the report averages over
+SPEC_RECORD = "sweep.yaml"  # what a sweep dir was launched with
+REPORT_CSV, REPORT_MD = "report.csv", "report.md"
+# Unquoted Hydra override values may use these characters; anything else is quoted.
+_PLAIN_VALUE = re.compile(r"^[A-Za-z0-9_./:@+\-]+$")
+
+
+# -- the sweep file --------------------------------------------------------------------------
+
+
+@dataclass
+class Sweep:
+    name: str
+    overrides: dict = field(default_factory=dict)
+    grid: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return math.prod(len(v) for v in self.grid.values())
+
+    def points(self) -> list[dict]:
+        """Every grid point as {key: value}, in the order Hydra's basic sweeper runs them."""
+        keys = list(self.grid)
+        return [dict(zip(keys, values)) for values in itertools.product(*self.grid.values())]
+
+
+def sweep_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    path = SWEEPS_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
+        raise FileNotFoundError(f"no sweep {name_or_path!r}; known: {', '.join(known)}")
+    return path
+
+
+def load_sweep(name_or_path: str, toy: bool = False) -> Sweep:
+    path = sweep_path(name_or_path)
+    spec = yaml.safe_load(path.read_text()) or {}
+    unknown = set(spec) - {"name", "description", "overrides", "grid", "toy"}
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown keys {sorted(unknown)}; allowed: name, description, overrides, grid, toy"
+        )
+    overrides, grid = dict(spec.get("overrides") or {}), dict(spec.get("grid") or {})
+    if toy:
+        if "toy" not in spec:
+            raise ValueError(f"{path} has no `toy:` section; run it without --toy")
+        overrides = dict(spec["toy"].get("overrides") or {})
+        grid.update(spec["toy"].get("grid") or {})
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{path}: grid.{key} must be a non-empty list, got {values!r}")
+    both = set(overrides) & set(grid)
+    if both:
+        raise ValueError(f"{path}: {sorted(both)} both fixed and swept")
+    return Sweep(name=spec.get("name", path.stem), overrides=overrides, grid=grid)
+
+
+# -- the Hydra command -----------------------------------------------------------------------
+
+
+def hydra_value(value) -> str:
+    """A Python value as it must be written in a Hydra override."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    text = str(value)
+    if _PLAIN_VALUE.match(text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def default_sweep_dir(sweep: Sweep, toy: bool) -> Path:
+    return Path("multirun") / (f"{sweep.name}_toy" if toy else sweep.name)
+
+
+def _base_exclude_keys() -> list[str]:
+    """The override_dirname exclusions of conf/config.yaml (kept, then extended)."""
+    cfg = yaml.safe_load(CONFIG_YAML.read_text())
+    try:
+        return list(cfg["hydra"]["job"]["config"]["override_dirname"]["exclude_keys"])
+    except (KeyError, TypeError):
+        return []
+
+
+def multirun_args(sweep: Sweep, launcher: str, sweep_dir: Path, extra: list[str] = ()) -> list[str]:
+    """Arguments after `python -m src.train` that run the whole sweep as one Hydra multirun."""
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"launcher {launcher!r}; valid: {', '.join(LAUNCHERS)}")
+    fixed = dict(sweep.overrides)
+    if fixed.get("logger") == "wandb":
+        fixed["logger.wandb.group"] = sweep.name  # one W&B group per sweep
+    exclude = _base_exclude_keys() + [k for k in fixed if k not in sweep.grid]
+    exclude += [o.split("=", 1)[0].lstrip("+~") for o in extra]
+    args = ["-m"]
+    args += [f"{k}={hydra_value(v)}" for k, v in fixed.items()]
+    args += [f"{k}=" + ",".join(hydra_value(v) for v in values) for k, values in sweep.grid.items()]
+    args += [
+        f"hydra/launcher={launcher}",
+        f"hydra.sweep.dir={hydra_value(str(sweep_dir))}",
+        f"hydra.job.config.override_dirname.exclude_keys={hydra_value(sorted(set(exclude)))}",
+    ]
+    return args + list(extra)
+
+
+def record_spec(sweep: Sweep, sweep_dir: Path, launcher: str, force: bool = False) -> None:
+    """Write <sweep_dir>/sweep.yaml; refuse to reuse a dir launched with other fixed overrides.
+
+    Run directories are named by swept values only, so runs with different fixed overrides
+    (e.g. more steps) would otherwise resume each other's checkpoints.
+    """
+    path = Path(sweep_dir) / SPEC_RECORD
+    if path.exists() and not force:
+        old = yaml.safe_load(path.read_text()) or {}
+        if old.get("overrides") != sweep.overrides:
+            raise ValueError(
+                f"{sweep_dir} holds a sweep with other fixed overrides:\n  was {old.get('overrides')}\n"
+                f"  now {sweep.overrides}\nuse another --sweep-dir (or --force to reuse it anyway)"
+            )
+        sweep = Sweep(sweep.name, sweep.overrides, {**(old.get("grid") or {}), **sweep.grid})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": sweep.name,
+                "launcher": launcher,
+                "overrides": sweep.overrides,
+                "grid": sweep.grid,
+            },
+            sort_keys=False,
+        )
+    )
+
+
+# -- the report ------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    dir: Path
+    overrides: dict[str, str]  # key -> value as written on the command line
+    metrics: dict[str, float] | None  # None: not finished
+
+
+def _parse_override(text: str) -> tuple[str, str]:
+    key, _, value = text.partition("=")
+    return key.lstrip("+~"), value
+
+
+def find_runs(sweep_dir: Path) -> list[Run]:
+    runs = []
+    for overrides_file in sorted(Path(sweep_dir).rglob(".hydra/overrides.yaml")):
+        run_dir = overrides_file.parent.parent
+        if ".submitit" in run_dir.parts:
+            continue
+        overrides = dict(
+            _parse_override(o) for o in yaml.safe_load(overrides_file.read_text()) or []
+        )
+        metrics_file = run_dir / "metrics.json"
+        metrics = None
+        if metrics_file.exists():
+            metrics = {
+                k: float(v)
+                for k, v in json.loads(metrics_file.read_text()).items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
+        runs.append(Run(run_dir, overrides, metrics))
+    return runs
+
+
+def swept_keys(runs: list[Run], sweep_dir: Path) -> list[str]:
+    """Grid keys from sweep.yaml when present, else the override keys whose values differ."""
+    record = Path(sweep_dir) / SPEC_RECORD
+    if record.exists():
+        grid = (yaml.safe_load(record.read_text()) or {}).get("grid") or {}
+        if grid:
+            return list(grid)
+    keys = sorted({k for r in runs for k in r.overrides})
+    return [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
+
+
+def _sort_key(value: str | None):
+    """Numbers in numeric order, then strings."""
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
+
+
+def aggregate(runs: list[Run], group_keys: list[str]) -> tuple[list[str], list[dict]]:
+    """One row per setting of group_keys: n, n_finished and mean/std of every metric over seeds.
+
+    std is the sample standard deviation (n-1); empty with a single finished run.
+    """
+    metric_names = sorted({m for r in runs if r.metrics for m in r.metrics})
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(tuple(run.overrides.get(k) for k in group_keys), []).append(run)
+    rows = []
+    for values in sorted(groups, key=lambda vs: [_sort_key(v) for v in vs]):
+        members = groups[values]
+        done = [r.metrics for r in members if r.metrics is not None]
+        row = dict(zip(group_keys, values), n=len(members), n_finished=len(done))
+        for m in metric_names:
+            xs = [d[m] for d in done if m in d]
+            row[f"{m}_mean"] = statistics.fmean(xs) if xs else None
+            row[f"{m}_std"] = statistics.stdev(xs) if len(xs) > 1 else None
+        rows.append(row)
+    return metric_names, rows
+
+
+def _fmt(x: float | None) -> str:
+    return "" if x is None else f"{x:.4g}"
+
+
+def render_csv(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def render_markdown(
+    title: str,
+    group_keys: list[str],
+    metric_names: list[str],
+    rows: list[dict],
+    unfinished: list[Run],
+    failed_text: str = "",
+) -> str:
+    head = [*group_keys, "n"] + metric_names
+    lines = [
+        f"# {title}",
+        "",
+        "mean ± std over seeds (sample std; blank with one run)",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for row in rows:
+        n = f"{row['n_finished']}" + ("" if row["n_finished"] == row["n"] else f"/{row['n']}")
+        cells = [str(row[k]) for k in group_keys] + [n]
+        for m in metric_names:
+            mean, std = row[f"{m}_mean"], row[f"{m}_std"]
+            cells.append(_fmt(mean) + (f" ± {_fmt(std)}" if std is not None else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    if unfinished:
+        lines += ["", f"## Unfinished runs ({len(unfinished)})", ""]
+        lines += [f"- `{r.dir}`" for r in unfinished]
+    if failed_text:
+        lines += ["", "## Failed jobs", "", "```", failed_text.rstrip(), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(sweep_dir: Path) -> tuple[Path, Path]:
+    """Collect <sweep_dir>'s runs into report.csv and report.md; returns their paths."""
+    sweep_dir = Path(sweep_dir)
+    runs = find_runs(sweep_dir)
+    if not runs:
+        raise FileNotFoundError(f"no runs (.hydra/overrides.yaml) under {sweep_dir}")
+    group_keys = [k for k in swept_keys(runs, sweep_dir) if k != SEED_KEY]
+    metric_names, rows = aggregate(runs, group_keys)
+    failed = sweep_dir / "failed.txt"
+    md = render_markdown(
+        sweep_dir.name,
+        group_keys,
+        metric_names,
+        rows,
+        [r for r in runs if r.metrics is None],
+        failed.read_text() if failed.exists() else "",
+    )
+    csv_path, md_path = sweep_dir / REPORT_CSV, sweep_dir / REPORT_MD
+    csv_path.write_text(render_csv(rows))
+    md_path.write_text(md)
+    return csv_path, md_path

@@ -1,0 +1,367 @@
+"""Sweeps: sweep files -> one Hydra multirun, launcher configs, the report (fast, CPU)."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from src import sweeps
+from src.sweeps import Sweep, hydra_value, load_sweep, multirun_args
+
+# conf/hydra/launcher/submitit_local.yaml shares its name with the plugin's schema (on purpose).
+pytestmark = pytest.mark.filterwarnings("ignore:(?s).*automatic_schema_matching:UserWarning")
+REPO = Path(__file__).resolve().parents[1]
+STUDIES = ("esd_lambda", "fsd_beta", "ssd_threshold", "dive3d_gamma_lambda", "diversity_benchmark")
+TOY_STEPS = 5
+
+
+# -- sweep files and grid expansion ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_every_study_loads_real_and_toy(name):
+    real, toy = load_sweep(name), load_sweep(name, toy=True)
+    assert real.size >= 4 and toy.size >= 2
+    assert sweeps.SEED_KEY in real.grid and len(real.grid[sweeps.SEED_KEY]) >= 3
+    assert real.overrides.get("logger") == "wandb"  # cluster runs are grouped in W&B
+    assert len(real.points()) == real.size
+
+
+def test_grid_expansion_is_the_product_in_order():
+    s = Sweep("x", {}, {"guidance.lam": [0.0, 1.0], "seed": [0, 1, 2]})
+    assert s.size == 6
+    assert s.points()[:4] == [
+        {"guidance.lam": 0.0, "seed": 0},
+        {"guidance.lam": 0.0, "seed": 1},
+        {"guidance.lam": 0.0, "seed": 2},
+        {"guidance.lam": 1.0, "seed": 0},
+    ]
+
+
+def test_toy_section_replaces_overrides_and_updates_grid():
+    s = load_sweep("dive3d_gamma_lambda", toy=True)
+    assert s.overrides["backbone"] == "mog2d" and "reward" not in s.overrides
+    assert s.grid["guidance.reward_weight"] == [0.0]
+    assert s.grid[sweeps.SEED_KEY] == load_sweep("dive3d_gamma_lambda").grid[sweeps.SEED_KEY]
+
+
+def test_bad_sweep_files_are_rejected(tmp_path):
+    def write(spec):
+        p = tmp_path / "s.yaml"
+        p.write_text(yaml.safe_dump(spec))
+        return str(p)
+
+    with pytest.raises(ValueError, match="both fixed and swept"):
+        load_sweep(write({"overrides": {"seed": 0}, "grid": {"seed": [0, 1]}}))
+    with pytest.raises(ValueError, match="non-empty list"):
+        load_sweep(write({"grid": {"seed": 3}}))
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_sweep(write({"grids": {}}))
+    with pytest.raises(FileNotFoundError, match="esd_lambda"):  # lists the known sweeps
+        load_sweep("no_such_sweep")
+
+
+def test_hydra_values_are_quoted_only_when_needed():
+    assert hydra_value(0.5) == "0.5" and hydra_value(3) == "3" and hydra_value(True) == "true"
+    assert hydra_value(None) == "null" and hydra_value("sd21") == "sd21"
+    assert hydra_value("a red cube") == "'a red cube'"
+    assert hydra_value("it's") == "'it\\'s'"
+    assert hydra_value(["a", "b c"]) == "[a,'b c']"
+
+
+def test_multirun_args_one_command_with_group_and_short_run_dirs(tmp_path):
+    s = load_sweep("esd_lambda")
+    args = multirun_args(s, "slurm_a100", tmp_path, ["hydra.launcher.partition=gpu"])
+    assert args[0] == "-m"
+    assert "guidance.lam=0.0,0.25,0.5,0.75,1.0" in args and "seed=0,1,2,3" in args
+    assert "logger.wandb.group=esd_lambda" in args
+    assert "hydra/launcher=slurm_a100" in args and f"hydra.sweep.dir={tmp_path}" in args
+    exclude = next(
+        a for a in args if a.startswith("hydra.job.config.override_dirname.exclude_keys=")
+    )
+    # fixed overrides stay out of the run-dir names; swept ones are in them
+    assert "trainer.max_steps" in exclude and "prompt" in exclude and "guidance.lam" not in exclude
+    with pytest.raises(ValueError, match="launcher"):
+        multirun_args(s, "nope", tmp_path)
+
+
+def test_no_wandb_group_without_wandb_logger(tmp_path):
+    args = multirun_args(load_sweep("esd_lambda", toy=True), "basic", tmp_path)
+    assert not any(a.startswith("logger.wandb.group") for a in args)
+
+
+def test_sweep_dir_refuses_other_fixed_overrides(tmp_path):
+    s = Sweep("x", {"trainer.max_steps": 300}, {"seed": [0, 1]})
+    sweeps.record_spec(s, tmp_path, "basic")
+    sweeps.record_spec(
+        Sweep("x", {"trainer.max_steps": 300}, {"seed": [2]}), tmp_path, "slurm_a100"
+    )
+    assert yaml.safe_load((tmp_path / "sweep.yaml").read_text())["grid"]["seed"] == [2]
+    with pytest.raises(ValueError, match="other fixed overrides"):
+        sweeps.record_spec(Sweep("x", {"trainer.max_steps": 999}, {"seed": [0]}), tmp_path, "basic")
+
+
+# -- launcher configs ------------------------------------------------------------------------
+
+
+def _launcher(launcher: str, *overrides: str):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(
+            "config", overrides=[f"hydra/launcher={launcher}", *overrides], return_hydra_config=True
+        )
+    return cfg.hydra.launcher
+
+
+def test_slurm_launcher_composes_with_env_and_overrides(monkeypatch):
+    monkeypatch.setenv("SBATCH_PARTITION", "gpu_a100")
+    monkeypatch.setenv("SBATCH_ACCOUNT", "lab42")
+    monkeypatch.setenv("DISTILLERY_SLURM_TIMEOUT_MIN", "240")
+    monkeypatch.delenv("SBATCH_QOS", raising=False)
+    la = _launcher(
+        "slurm_a100",
+        "hydra.launcher.constraint=a100_80gb",
+        "hydra.launcher.setup=[module load cuda,source .venv/bin/activate]",
+    )
+    assert la._target_ == "hydra_plugins.distillery_launchers.launchers.SlurmLauncher"
+    assert la.gpus_per_node == 1 and la.tasks_per_node == 1
+    assert la.partition == "gpu_a100" and la.account == "lab42" and la.qos is None
+    assert la.timeout_min == 240 and isinstance(la.timeout_min, int)
+    assert la.constraint == "a100_80gb"
+    assert la.max_num_timeout > 0 and la.array_parallelism > 0
+    assert list(la.setup) == ["module load cuda", "source .venv/bin/activate"]
+
+
+def test_slurm_launcher_defaults_without_env(monkeypatch):
+    for var in (
+        "SBATCH_PARTITION",
+        "SBATCH_ACCOUNT",
+        "SBATCH_QOS",
+        "SBATCH_CONSTRAINT",
+        "DISTILLERY_SLURM_TIMEOUT_MIN",
+        "DISTILLERY_SLURM_SETUP",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    la = _launcher("slurm_a100")
+    assert la.partition is None and la.account is None and la.timeout_min == 1440
+    assert list(la.setup) == ["true"]
+
+
+def test_local_launcher_composes():
+    la = _launcher("submitit_local")
+    assert la._target_ == "hydra_plugins.distillery_launchers.launchers.LocalLauncher"
+    assert "%j" in la.submitit_folder
+
+
+def test_launcher_classes_are_hydra_plugins():
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.launcher import Launcher
+
+    names = {f"{c.__module__}.{c.__name__}" for c in Plugins.instance().discover(Launcher)}
+    assert "hydra_plugins.distillery_launchers.launchers.SlurmLauncher" in names
+    assert "hydra_plugins.distillery_launchers.launchers.LocalLauncher" in names
+
+
+def test_slurm_sbatch_script_has_the_requested_resources(tmp_path):
+    """The executor the launcher builds writes these sbatch flags (no submission)."""
+    from hydra_plugins.distillery_launchers.launchers import SlurmLauncher
+
+    params = dict(
+        submitit_folder=str(tmp_path / "%j"),
+        timeout_min=90,
+        cpus_per_task=8,
+        gpus_per_node=1,
+        tasks_per_node=1,
+        mem_gb=64,
+        nodes=1,
+        name="distillery",
+        stderr_to_stdout=False,
+        partition="gpu",
+        account="lab",
+        qos="normal",
+        constraint="a100",
+        comment=None,
+        exclude=None,
+        gres=None,
+        cpus_per_gpu=None,
+        gpus_per_task=None,
+        mem_per_gpu=None,
+        mem_per_cpu=None,
+        signal_delay_s=120,
+        max_num_timeout=20,
+        additional_parameters={},
+        array_parallelism=8,
+        setup=["module load cuda"],
+    )
+    executor = SlurmLauncher(**params)._executor()._executor  # AutoExecutor -> SlurmExecutor
+    text = executor._make_submission_file_text("python job.py", "uid")
+    for flag in (
+        "--partition=gpu",
+        "--account=lab",
+        "--qos=normal",
+        "--constraint=a100",
+        "--gpus-per-node=1",
+        "--cpus-per-task=8",
+        "--mem=64GB",
+        "--time=90",
+        "--signal=USR2@120",
+    ):
+        assert flag in text, flag
+    assert "module load cuda" in text
+    assert executor.max_num_timeout == 20
+
+
+# -- the report ------------------------------------------------------------------------------
+
+
+def _fake_run(sweep_dir: Path, overrides: list[str], metrics: dict | None):
+    run = sweep_dir / ",".join(overrides)
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if metrics is not None:
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+def test_report_groups_by_swept_values_mean_and_std_over_seeds(tmp_path):
+    fixed = ["guidance=esd", "trainer.max_steps=10"]
+    for lam, seed, prec in [
+        (0.0, 0, 0.2),
+        (0.0, 1, 0.4),
+        (0.5, 0, 0.6),
+        (0.5, 1, 0.8),
+        (0.5, 2, 1.0),
+    ]:
+        _fake_run(
+            tmp_path,
+            [*fixed, f"guidance.lam={lam}", f"seed={seed}"],
+            {"precision": prec, "note": "x"},
+        )
+    unfinished = _fake_run(tmp_path, [*fixed, "guidance.lam=1.0", "seed=0"], None)
+    (tmp_path / ".submitit" / "1_0").mkdir(parents=True)  # not a run
+
+    csv_path, md_path = sweeps.write_report(tmp_path)
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [r["guidance.lam"] for r in rows] == ["0.0", "0.5", "1.0"]
+    assert "seed" not in rows[0] and "guidance" not in rows[0]  # fixed keys are no columns
+    assert float(rows[0]["precision_mean"]) == pytest.approx(0.3)
+    assert float(rows[0]["precision_std"]) == pytest.approx(0.1414213, rel=1e-5)  # sample std
+    assert float(rows[1]["precision_mean"]) == pytest.approx(0.8) and rows[1]["n"] == "3"
+    assert rows[2]["n_finished"] == "0" and rows[2]["precision_mean"] == ""
+    md = md_path.read_text()
+    assert "| guidance.lam | n | precision |" in md and "0.3 ± 0.1414" in md
+    assert str(unfinished) in md and "note" not in md  # non-numbers are skipped
+
+
+def test_report_uses_sweep_record_and_numeric_order(tmp_path):
+    (tmp_path / "sweep.yaml").write_text(
+        yaml.safe_dump({"grid": {"guidance.M": [0, 200, 1000], "seed": [0]}})
+    )
+    for m in (1000, 200, 0):
+        _fake_run(tmp_path, [f"guidance.M={m}", "seed=0"], {"loss": m / 10})
+    _, rows = sweeps.aggregate(sweeps.find_runs(tmp_path), ["guidance.M"])
+    assert [r["guidance.M"] for r in rows] == ["0", "200", "1000"]
+    assert rows[0]["loss_std"] is None  # one seed: no spread
+    assert sweeps.swept_keys(sweeps.find_runs(tmp_path), tmp_path) == ["guidance.M", "seed"]
+
+
+def test_report_script_fails_cleanly_on_empty_dir(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "report.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2 and "no runs" in out.stderr
+
+
+# -- end to end, in-process launcher ---------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_toy_sweep_runs_one_dir_per_point_and_reports(tmp_path):
+    spec = {
+        "overrides": {
+            "backbone": "mog2d",
+            "representation": "particles",
+            "guidance": "sds",
+            "trainer.progress": False,
+            "trainer.export": False,
+        },
+        "grid": {"trainer.max_steps": [TOY_STEPS], "seed": [0, 1]},
+    }
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(spec))
+    sweep_dir = tmp_path / "out"
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "sweep.py"),
+            str(tmp_path / "tiny.yaml"),
+            "--launcher",
+            "basic",
+            "--sweep-dir",
+            str(sweep_dir),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    runs = sorted(p.name for p in sweep_dir.iterdir() if (p / "metrics.json").exists())
+    assert runs == [f"seed={s},trainer.max_steps={TOY_STEPS}" for s in (0, 1)]
+    assert (sweep_dir / "report.md").exists() and (sweep_dir / "report.csv").exists()
+    cfg = OmegaConf.load(sweep_dir / runs[0] / ".hydra" / "config.yaml")
+    assert cfg.seed == 0 and cfg.trainer.max_steps == TOY_STEPS  # swept values are in the config
+
+
+@pytest.mark.slow
+def test_local_launcher_reports_failures_and_skips_finished_runs(tmp_path):
+    """submitit_local: a bad run is reported with its log; a resubmission skips finished runs."""
+    spec = {
+        "overrides": {
+            "backbone": "mog2d",
+            "representation": "particles",
+            "guidance": "sds",
+            "trainer.max_steps": TOY_STEPS,
+            "trainer.progress": False,
+            "trainer.export": False,
+        },
+        "grid": {"guidance.scale": [7.5, -1.0]},
+    }  # scale < 1 fails validation
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(spec))
+    sweep_dir = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts" / "sweep.py"),
+        str(tmp_path / "tiny.yaml"),
+        "--launcher",
+        "submitit_local",
+        "--sweep-dir",
+        str(sweep_dir),
+    ]
+    env = {**os.environ, "DISTILLERY_LOCAL_PARALLELISM": "2"}
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=180, env=env)
+    assert first.returncode != 0
+    failed = (sweep_dir / "failed.txt").read_text()
+    assert "guidance.scale=-1.0" in failed and "guidance.scale=7.5" not in failed
+    log = Path(failed.split("log: ")[1].split()[0])
+    assert log.exists() and "guidance.scale=-1" in log.read_text()  # the log holds the reason
+    assert (sweep_dir / "guidance.scale=7.5" / "metrics.json").exists()
+    assert "Failed jobs" in (sweep_dir / "report.md").read_text()
+
+    second = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=180, env=env)
+    assert "skip, finished" in second.stdout + second.stderr
+    assert second.returncode != 0  # the bad run is still bad, and still reported
+
+
+def test_wandb_group_override_composes():
+    """What the studies pass: logger=wandb plus the group (logger.wandb.group)."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["logger=wandb", "logger.wandb.group=esd_lambda"])
+    assert cfg.logger.wandb.group == "esd_lambda" and cfg.logger.wandb.mode == "offline"
