@@ -15,7 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from src.cameras import ViewBatch
-from src.diffusion import alpha_sigma, bcast, weighting
+from src.diffusion import add_noise, alpha_sigma, bcast, weighting
+from src.guidance import noise
 
 
 @dataclass
@@ -78,6 +79,14 @@ class Guidance(nn.Module):
 
     def timesteps(self, step: int, batch: int) -> Tensor:
         return self.schedule.sample(step, batch, self.rng(step, stream=1))
+
+    def perturb(self, x: Tensor, step: int, eps: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """The common start of every estimator: (t, eps, x_t = alpha_t x + sigma_t eps).
+
+        eps defaults to fresh N(0, I) noise; x_t keeps x's graph (SIM differentiates it)."""
+        t = self.timesteps(step, x.shape[0]).to(x.device)
+        eps = noise.fresh(x, self.rng(step)) if eps is None else eps
+        return t, eps, add_noise(x, eps, self.abar, t)
 
     def w(self, t: Tensor, like: Tensor) -> Tensor:
         alpha, sigma = alpha_sigma(self.abar, t)

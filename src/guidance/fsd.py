@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 
-from src.diffusion import add_noise
 from src.guidance import noise
 from src.guidance.base import Guidance, GuidanceOutput
 
@@ -40,9 +39,7 @@ class FSD(Guidance):
 
     def forward(self, x, views, step, out=None):
         x = x.detach()
-        t = self.timesteps(step, x.shape[0]).to(x.device)
-        eps = self.camera_noise(x, views, step, out)
-        x_t = add_noise(x, eps, self.abar, t)
+        t, eps, x_t = self.perturb(x, step, eps=self.camera_noise(x, views, step, out))
         emb, null = self.text(views)
         with torch.no_grad():
             e = self.backbone.eps(x_t, t, emb, null, self.scale)

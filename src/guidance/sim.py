@@ -25,8 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from src.diffusion import add_noise, alpha_sigma, bcast, x0_from_eps
-from src.guidance import noise
+from src.diffusion import alpha_sigma, bcast, x0_from_eps
 from src.guidance.base import Guidance, GuidanceOutput
 
 SIM_DISTANCES = ("l2", "pseudo_huber")
@@ -84,12 +83,10 @@ class SIM(Guidance):
         return terms
 
     def forward(self, x, views, step, out=None):
-        t = self.timesteps(step, x.shape[0]).to(x.device)
-        eps = noise.fresh(x, self.rng(step))
-        _, sigma = alpha_sigma(self.abar, t)
         with torch.enable_grad():
             x_ = x.detach().requires_grad_(True)
-            x_t = add_noise(x_, eps, self.abar, t)
+            t, eps, x_t = self.perturb(x_, step)
+            _, sigma = alpha_sigma(self.abar, t)
             s_q = -self.psi_eps(x_t, t, views.cam if self.psi_camera else None) / bcast(sigma, x_t)
             target = s_q + eps / bcast(sigma, x_t)  # s_q(x_t) - grad log q_t(x_t | x)
             L = x_t.new_zeros(())

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import torch
 
-from src.diffusion import add_noise
-from src.guidance import noise
 from src.guidance.base import Guidance, GuidanceOutput
 
 SSD_TERMS = ("ssd", "seeking", "disengaging")
@@ -31,9 +29,7 @@ class SSD(Guidance):
 
     def forward(self, x, views, step, out=None):
         x = x.detach()
-        t = self.timesteps(step, x.shape[0]).to(x.device)
-        eps = noise.fresh(x, self.rng(step))
-        x_t = add_noise(x, eps, self.abar, t)
+        t, eps, x_t = self.perturb(x, step)
         emb, null = self.text(views)
         with torch.no_grad():
             e_c, e_u = self.backbone.eps_pair(x_t, t, emb, null)
