@@ -41,8 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from src import weights
 from src.backbones.base import Backbone
 from src.diffusion import alpha_sigma, bcast, sd_alphas_cumprod, v_to_eps
+from src.weights import WeightsNotFound  # noqa: F401  (re-exported: the error users catch)
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 VAE_MODES = ("mean", "sample")
@@ -54,86 +56,13 @@ LATENT_CHANNELS = 4
 CACHE_ENV, CACHE_DEFAULT = "DISTILLERY_CACHE", "~/.cache/distillery"
 
 
-class WeightsNotFound(FileNotFoundError):
-    """Raised before anything is allocated or written when a model is not on disk."""
-
-
-def hub_cache_dir(repo_id: str, cache_dir: str | None = None) -> Path:
-    """Where huggingface_hub keeps ``repo_id``: <HF_HUB_CACHE>/models--owner--name."""
-    from huggingface_hub import constants
-
-    root = Path(cache_dir or constants.HF_HUB_CACHE).expanduser()
-    return root / ("models--" + repo_id.replace("/", "--"))
-
-
-def _hf_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
-
-
-def missing_weights_message(repo_id: str, revision: str | None, tried: list[str], reason: str) -> str:
-    rev = f" --revision {revision}" if revision else ""
-    where = "\n".join(f"    {p}" for p in tried)
-    return (
-        f"Stable Diffusion weights {repo_id!r} are not available on this machine ({reason}).\n"
-        f"  looked in:\n{where}\n"
-        f"  fetch them:   hf download {repo_id}{rev}\n"
-        f"      (older huggingface_hub:  huggingface-cli download {repo_id}{rev})\n"
-        f"  or use a local diffusers directory:   backbone.path=/path/to/model\n"
-        f"  (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}; a run downloads only with "
-        f"backbone.download=true and HF_HUB_OFFLINE unset)"
-    )
-
-
-def resolve_weights(
-    path: str, revision: str | None = None, cache_dir: str | None = None, download: bool = False
-) -> tuple[Path, str]:
-    """(local directory holding the diffusers components, identity string for cache keys).
-
-    Cheap: touches only the file system (plus the Hub when ``download`` and online).
-    Raises WeightsNotFound with the fetch command otherwise.
-    """
-    local = Path(path).expanduser()
-    if local.is_dir():
-        missing = [c for c in COMPONENTS if not (local / c).is_dir()]
-        if missing:
-            raise WeightsNotFound(
-                f"backbone.path={str(local)!r} is not a diffusers text-to-image directory: "
-                f"missing {', '.join(missing)}/ (expected {', '.join(COMPONENTS)}, as in "
-                f"a `hf download <model id>` snapshot)"
-            )
-        return local.resolve(), f"local:{local.resolve()}"
-    if path.startswith((".", "/", "~")) or path.count("/") != 1:
-        raise WeightsNotFound(
-            f"backbone.path={path!r} is neither an existing directory nor a Hugging Face model id "
-            f"(owner/name)"
-        )
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    patterns = [f"{c}/*" for c in COMPONENTS] + ["model_index.json"]
-    tried = [str(hub_cache_dir(path, cache_dir))]
-    try:
-        snap = snapshot_download(
-            path, revision=revision, cache_dir=cache_dir, allow_patterns=patterns, local_files_only=True
-        )
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError) as err:
-        if not download or _hf_offline():
-            reason = "HF_HUB_OFFLINE is set" if _hf_offline() else "not in the Hugging Face cache"
-            raise WeightsNotFound(missing_weights_message(path, revision, tried, reason)) from err
-        try:
-            snap = snapshot_download(path, revision=revision, cache_dir=cache_dir, allow_patterns=patterns)
-        except Exception as err2:  # network errors, gated repos, typos: same guidance
-            raise WeightsNotFound(
-                missing_weights_message(path, revision, tried, f"download failed: {err2}")
-            ) from err2
-    snap = Path(snap)
-    missing = [c for c in COMPONENTS if not (snap / c).is_dir()]
-    if missing:  # an interrupted or partial download
-        raise WeightsNotFound(
-            missing_weights_message(path, revision, [str(snap)], f"incomplete: no {', '.join(missing)}/")
-        )
-    # the snapshot folder's name is the commit hash: embeddings of another revision never collide
-    return snap, f"hub:{path}@{snap.name}"
+def resolve_weights(path: str, revision: str | None = None, cache_dir: str | None = None,
+                    download: bool = False) -> tuple[Path, str]:
+    """The diffusers text-to-image directory of ``path`` (see src/weights.py)."""
+    return weights.resolve_weights(
+        path, COMPONENTS, what="Stable Diffusion weights", key="backbone", revision=revision,
+        cache_dir=cache_dir, download=download,
+        patterns=[f"{c}/*" for c in COMPONENTS] + ["model_index.json"])
 
 
 class StableDiffusion(Backbone):
