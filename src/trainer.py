@@ -69,9 +69,11 @@ def validate(cfg: DictConfig) -> None:
         _check(0.0 <= p <= 1.0, "guidance.score_model.p_drop", p, "a probability in [0, 1]")
     rep_cls = get_class(cfg.representation._target_)
     bb_cls = get_class(cfg.backbone._target_)
-    check = getattr(bb_cls, "validate_config", None)
-    if check is not None:  # e.g. StableDiffusion: are the weights on disk? (nothing allocated)
-        check(cfg.backbone)
+    for group in ("backbone", "reward"):  # are pretrained weights on disk? (nothing allocated)
+        target = cfg[group].get("_target_")
+        check = getattr(get_class(target), "validate_config", None) if target else None
+        if check is not None:
+            check(cfg[group])
     kind, allowed = getattr(rep_cls, "kind", "?"), getattr(bb_cls, "supported_representations", ())
     if kind not in allowed:
         raise ConfigError(

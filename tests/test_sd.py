@@ -17,24 +17,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # no test may touch the network
 from src.backbones.sd import StableDiffusion, WeightsNotFound  # noqa: E402
 from src.cameras import ViewBatch  # noqa: E402
 from src.diffusion import alpha_sigma, bcast  # noqa: E402
+from tests.helpers import clip_tokenizer_files  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # tiny CLIP: 77 positions like the real one would make the text encoder the slowest part
 MAX_TOKENS = 16
 TEXT_DIM = 32
-CHARS = "abcdefghijklmnopqrstuvwxyz,.0123456789"
-
-
-def _tokenizer_files(d: Path) -> tuple[Path, Path]:
-    """A character-level CLIP BPE vocabulary (no merges): every prompt tokenizes offline."""
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for suffix in ("", "</w>"):
-        for c in CHARS:
-            vocab[c + suffix] = len(vocab)
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "vocab.json").write_text(json.dumps(vocab))
-    (d / "merges.txt").write_text("#version: 0.2\n")
-    return d / "vocab.json", d / "merges.txt"
 
 
 def write_tiny_sd(root: Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
@@ -54,7 +42,7 @@ def write_tiny_sd(root: Path, prediction_type: str = "epsilon", seed: int = 0) -
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
         sample_size=16,
     ).save_pretrained(root / "vae")
-    vocab, merges = _tokenizer_files(root / "_bpe")
+    vocab, merges = clip_tokenizer_files(root / "_bpe")
     tok = CLIPTokenizer(str(vocab), str(merges), model_max_length=MAX_TOKENS)
     tok.save_pretrained(root / "tokenizer")
     CLIPTextModel(CLIPTextConfig(

@@ -1,0 +1,76 @@
+"""CLIP-family rewards with a tiny CLIP built in-process and loaded through from_pretrained."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from src.api import compose
+from src.rewards.clip import CLIPReward
+from src.trainer import validate
+from src.weights import WeightsNotFound
+from tests.helpers import clip_tokenizer_files
+
+MAX_TOKENS = 16
+
+
+def write_tiny_clip(root):
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    vocab, merges = clip_tokenizer_files(root / "_bpe")
+    tok = CLIPTokenizer(str(vocab), str(merges), model_max_length=MAX_TOKENS)
+    tok.save_pretrained(root)
+    torch.manual_seed(0)
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_attention_heads=2,
+                         num_hidden_layers=1, max_position_embeddings=MAX_TOKENS,
+                         bos_token_id=0, eos_token_id=1, pad_token_id=1),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_attention_heads=2,
+                           num_hidden_layers=1, image_size=32, patch_size=8),
+        projection_dim=8)
+    CLIPModel(cfg).save_pretrained(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    return write_tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+def test_reward_is_scaled_cosine_and_differentiable(tiny_clip):
+    reward = CLIPReward(path=str(tiny_clip), scale=3.0)
+    rgb = torch.rand(2, 48, 40, 3, requires_grad=True)
+    r = reward(rgb, "a red cube")
+    # the same number from the model's own forward on the same preprocessed pixels
+    tok = reward.tokenizer(["a red cube"], padding="max_length", max_length=MAX_TOKENS, return_tensors="pt")
+    with torch.no_grad():
+        out = reward.model(input_ids=tok.input_ids, pixel_values=reward.preprocess(rgb.detach()))
+    assert torch.allclose(r.detach(), 3.0 * out.logits_per_image[:, 0], atol=1e-5)
+    r.sum().backward()
+    assert rgb.grad is not None and rgb.grad.abs().sum() > 0
+    assert reward.preprocess(rgb.detach()).shape == (2, 3, 32, 32)  # short side resized, centre crop
+
+
+def test_reward_decodes_through_the_backbone(tiny_clip):
+    class Pixels:  # a pixel-space backbone's decode: (B, 3, H, W) in [-1, 1] -> (B, H, W, 3) in [0, 1]
+        def decode(self, x):
+            return ((x + 1) * 0.5).permute(0, 2, 3, 1)
+
+    reward = CLIPReward(path=str(tiny_clip), backbone=Pixels())
+    x0 = torch.rand(1, 3, 32, 32) * 2 - 1
+    direct = CLIPReward(path=str(tiny_clip))(((x0 + 1) * 0.5).permute(0, 2, 3, 1), "a cone")
+    assert torch.allclose(reward(x0, "a cone"), direct)
+    a, b = reward.text_embedding("a cone"), reward.text_embedding("a cube")
+    assert not torch.allclose(a, b) and torch.allclose(a.norm(), torch.tensor(1.0))
+    assert F.cosine_similarity(a, a).item() == pytest.approx(1.0)
+
+
+def test_missing_reward_weights_fail_in_validation(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    cfg = compose(["backbone=mog2d", "guidance=sim", "reward=pickscore", "guidance.reward_weight=1"])
+    with pytest.raises(WeightsNotFound, match="hf download yuvalkirstain/PickScore_v1") as err:
+        validate(cfg)
+    assert "reward.path=" in str(err.value)
