@@ -47,8 +47,10 @@ def test_grid_expansion_is_the_product_in_order():
 
 def test_toy_section_replaces_overrides_and_updates_grid():
     s = load_sweep("dive3d_gamma_lambda", toy=True)
-    assert s.overrides["backbone"] == "mog2d" and "reward" not in s.overrides
-    assert s.grid["guidance.reward_weight"] == [0.0]
+    study = load_sweep("dive3d_gamma_lambda")
+    assert study.overrides["reward"] == "pickscore" and study.overrides["backbone"] == "sd21"
+    assert s.overrides["backbone"] == "mog2d" and s.overrides["reward"] == "point"  # replaced
+    assert s.grid["guidance.reward_weight"] == [0.0, 2.0]
     assert s.grid[sweeps.SEED_KEY] == load_sweep("dive3d_gamma_lambda").grid[sweeps.SEED_KEY]
 
 
