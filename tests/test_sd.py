@@ -261,15 +261,24 @@ def _compose(overrides: list[str]):
         return compose("config", overrides=overrides)
 
 
+# every method on every representation an image backbone drives (3D ones at 16 px, few Gaussians)
+REPRESENTATIONS = {
+    "image": [],
+    "nerf": ["camera.height=16", "camera.width=16"],
+    "gaussians": ["camera.height=16", "camera.width=16", "representation.n_gaussians=256"],
+}
+
+
+@pytest.mark.parametrize("representation", list(REPRESENTATIONS))
 @pytest.mark.parametrize("method", METHODS)
-def test_each_method_runs_on_a_tiny_sd(method, tiny_repo, tmp_path):
+def test_each_method_runs_on_a_tiny_sd(method, representation, tiny_repo, tmp_path):
     from src.trainer import Trainer
 
     cfg = _compose([
         "backbone=diffusers", f"backbone.path={tiny_repo}", "backbone.dtype=float32",
-        f"backbone.embedding_cache={tmp_path / 'emb'}", "representation=image", f"guidance={method}",
-        "prompt=a ceramic lion", "device=cpu", "trainer.max_steps=2", "trainer.progress=false",
-        "trainer.export=false",
+        f"backbone.embedding_cache={tmp_path / 'emb'}", f"representation={representation}",
+        f"guidance={method}", "prompt=a ceramic lion", "device=cpu", "trainer.max_steps=2",
+        "trainer.progress=false", "trainer.export=false", *REPRESENTATIONS[representation],
     ])
     trainer = Trainer(cfg, tmp_path / "run")
     for step in range(2):
