@@ -62,7 +62,7 @@ def test_representation_backbone_mismatch():
 
 def test_prompt_outside_vocabulary(tmp_path):
     with pytest.raises(ValueError, match="outside the mog2d backbone's vocabulary"):
-        train(compose(["backbone=mog2d", "prompt=dragon"]), tmp_path)
+        train(compose(["backbone=mog2d", "representation=particles", "prompt=dragon"]), tmp_path)
 
 
 def test_cli_errors_exit_nonzero_and_leave_no_run_dir(tmp_path):
