@@ -11,17 +11,12 @@ coefficient ``(rgb - 0.5) / C0``; normals are zero.
 
 from __future__ import annotations
 
-import logging
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from src.export.nerf import DEFAULT_FPS, DEFAULT_N_FRAMES, default_turntable
-from src.export.video import render_frames, write_grid, write_video
-
-log = logging.getLogger(__name__)
+from src.export.video import DEFAULT_FPS, write_turntables
 
 PLY_PROPERTIES = (
     ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity"]
@@ -76,16 +71,4 @@ def export_gaussians(
         table = gaussians_table(gs.means[k], gs.log_scales[k], gs.quats[k], gs.opacity_logits[k],
                                 gs.colors[k])
         paths.append(write_gaussians_ply(table, out_dir / ("gaussians.ply" if k == 0 else f"gaussians_{k}.ply")))
-    if views is None:
-        views = default_turntable(n_frames or DEFAULT_N_FRAMES)
-    elif n_frames is not None and n_frames != len(views):
-        log.info("export: using the %d given views (n_frames=%d ignored)", len(views), n_frames)
-    if video_resolution:
-        views = replace(views, height=int(video_resolution), width=int(video_resolution))
-    for k in range(gs.n_objects):
-        v = replace(views, index=torch.full_like(views.index, k))
-        frames = render_frames(gs, v)
-        sfx = "" if k == 0 else f"_{k}"
-        paths.append(write_video(frames, out_dir / f"turntable{sfx}.mp4", fps))
-        paths.append(write_grid(frames, out_dir / f"views{sfx}.png"))
-    return paths
+    return paths + write_turntables(gs, out_dir, views, n_frames, video_resolution, fps)

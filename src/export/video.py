@@ -82,3 +82,41 @@ def render_frames(representation, views, chunk: int = 8) -> Tensor:
         return torch.cat(out)
     finally:
         representation.train(was)
+
+
+# threestudio's turntable (``n_test_views`` 120 at 30 fps = 4 s); fewer frames on a CPU.
+DEFAULT_N_FRAMES = 24
+DEFAULT_FPS = 12
+
+
+def default_turntable(n: int, resolution: int = 64):
+    """threestudio's eval camera (elevation 15, distance 1.5, fovy 70) when no views are given."""
+    from src.cameras_orbit import make_views, turntable_azimuths
+
+    full = lambda v: torch.full((n,), float(v))  # noqa: E731
+    return make_views(turntable_azimuths(n), full(15.0), full(1.5), full(70.0), resolution, resolution)
+
+
+def write_turntables(representation, out_dir: Path, views=None, n_frames: int | None = None,
+                     video_resolution: int | None = None, fps: int = DEFAULT_FPS) -> list[Path]:
+    """turntable.mp4 and views.png per object (object k > 0 with suffix _k) of a 3D representation.
+
+    views: the turntable cameras (the camera sampler's ``eval_views()``); their resolution is
+    used unless ``video_resolution`` is set."""
+    import logging
+    from dataclasses import replace
+
+    if views is None:
+        views = default_turntable(n_frames or DEFAULT_N_FRAMES)
+    elif n_frames is not None and n_frames != len(views):
+        logging.getLogger(__name__).info("export: using the %d given views (n_frames=%d ignored)",
+                                         len(views), n_frames)
+    if video_resolution:
+        views = replace(views, height=int(video_resolution), width=int(video_resolution))
+    paths: list[Path] = []
+    for k in range(representation.n_objects):
+        frames = render_frames(representation, replace(views, index=torch.full_like(views.index, k)))
+        sfx = "" if k == 0 else f"_{k}"
+        paths.append(write_video(frames, Path(out_dir) / f"turntable{sfx}.mp4", fps))
+        paths.append(write_grid(frames, Path(out_dir) / f"views{sfx}.png"))
+    return paths
