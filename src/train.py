@@ -51,7 +51,6 @@ def main(cfg: DictConfig) -> float | None:
             raise (wrapped.__cause__ or wrapped) from None
     except (ValueError, FileNotFoundError, OSError) as err:  # config, prompt, missing weights
         _discard_empty_run_dir(run_dir)
-        log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     log.info("metrics: %s", {k: round(v, 4) for k, v in metrics.items()})
