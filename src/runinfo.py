@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from src.fileio import atomic_write
+
 PACKAGES = ("torch", "torchvision", "numpy", "diffusers", "transformers", "peft", "hydra-core",
             "omegaconf", "nerfacc", "gsplat", "submitit", "wandb", "lpips", "trimesh")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +55,5 @@ def run_info(seed: int) -> dict:
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str)
+    atomic_write(path, lambda f: f.write(text.encode()))

@@ -14,7 +14,6 @@ run killed at step k and resumed ends bit-identical to an uninterrupted one (on 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from src.fileio import atomic_write
 from src.guidance.base import step_generator
 from src.loggers import JSONLLogger, Loggers, WandbLogger
 from src.runinfo import run_info, write_json_atomic
@@ -128,14 +128,7 @@ def build_components(cfg: DictConfig, device: torch.device | str = "cpu") -> Com
 
 # --- checkpoints ----------------------------------------------------------------------------
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Atomic: write a temp file in the same directory, fsync, then rename over the old one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def identity(cfg: DictConfig) -> dict:

@@ -34,7 +34,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -44,6 +43,7 @@ from torch import Tensor
 from src import weights
 from src.backbones.base import Backbone
 from src.diffusion import alpha_sigma, bcast, sd_alphas_cumprod, v_to_eps
+from src.fileio import atomic_write
 from src.weights import WeightsNotFound  # noqa: F401  (re-exported: the error users catch)
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -299,21 +299,7 @@ def _alphas_cumprod64(scheduler) -> Tensor:
     return torch.cumprod(1.0 - scheduler.betas.double(), dim=0)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write to a temp file in the same directory, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _atomic_save(emb: Tensor, path: Path, meta: dict) -> None:
     """The embedding (path) and a readable sidecar (which model, which text; path.json)."""
-    _atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(meta).encode()))
-    _atomic_write(path, lambda f: torch.save(emb.contiguous(), f))
+    atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(meta).encode()))
+    atomic_write(path, lambda f: torch.save(emb.contiguous(), f))

@@ -34,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,6 +52,7 @@ from src.backbones.shapes_render import (
 from src.cameras import VIEW_NAMES, ViewBatch
 from src.cameras_orbit import make_views
 from src.diffusion import alpha_sigma, bcast, sd_alphas_cumprod
+from src.fileio import atomic_write
 
 ARTICLES = ("a", "an", "the")
 ANY_SHAPE = "object"  # "a red object": every shape of that color
@@ -200,17 +200,8 @@ def cache_dir() -> Path:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename (atomic on POSIX):
-    concurrent runs of a sweep never read a half-written cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Concurrent runs of a sweep never read a half-written cache."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 class ShapesWorld(Backbone):
