@@ -27,7 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-METHODS = ("sds", "vsd", "esd", "ssd", "fsd", "dsd", "sim")
+from src.configs import guidance_names  # noqa: E402
+
+METHODS = guidance_names()  # conf/guidance/: every estimator
 PROMPT = "a red cube"
 
 

@@ -30,10 +30,12 @@ from pathlib import Path
 
 import torch
 
+from src.configs import guidance_names
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-METHODS = ("sds", "vsd", "esd", "ssd", "fsd", "dsd", "sim")
+METHODS = guidance_names()  # conf/guidance/: every estimator
 RESOLUTIONS = (64, 256, 512)
 
 # stabilityai/stable-diffusion-2-1-base unet/config.json (diffusers keys; defaults omitted)
@@ -215,6 +217,7 @@ def bench_breakdown(repo: Path, args) -> dict:
     """Where a VSD step's time goes: the UNet in both memory formats, CFG, psi, the DSM step."""
     from src.backbones.sd import StableDiffusion
     from src.cameras import ViewBatch
+    from src.representations.base import Representation
     from src.scoremodels.lora import LoRAScore
 
     dev = args.device
@@ -233,7 +236,7 @@ def bench_breakdown(repo: Path, args) -> dict:
         out["unet_b2_contiguous_ms"] = _time(lambda: bb.unet(x2, t2, encoder_hidden_states=e2), dev)
         bb.unet.to(memory_format=torch.channels_last)
         out["backbone_eps_cfg_b1_ms"] = _time(lambda: bb.eps(x, t, emb, null, 7.5), dev)
-    psi = LoRAScore.for_backbone(bb, None, lr=None).to(dev)
+    psi = LoRAScore(bb, Representation()).to(dev)  # cam_dim 16
     cam = torch.randn(1, 16, device=dev)
     views = ViewBatch(index=torch.zeros(1, dtype=torch.long), view_idx=torch.zeros(1, dtype=torch.long),
                       cam=cam.cpu()).to(dev)

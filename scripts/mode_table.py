@@ -27,8 +27,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from src.configs import guidance_names
+
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("sds", "vsd", "esd", "ssd", "fsd", "dsd", "sim")
+METHODS = guidance_names()  # conf/guidance/: every estimator
 
 
 def run_one(method: str, seed: int, args) -> dict:
@@ -62,7 +64,7 @@ def nearest_class(run_dir: Path) -> dict:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from src.metrics.shapes import image_distance
+    from src.backbones.shapes_metrics import image_distance
 
     # only the world, the NeRF and the cameras (not the guidance and its psi)
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")

@@ -22,9 +22,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from src.api import compose, train  # noqa: E402
+from src.configs import guidance_names
 from src.trainer import Trainer, validate  # noqa: E402
 
-METHODS = ("sds", "vsd", "esd", "ssd", "fsd", "dsd", "sim")
+METHODS = guidance_names()  # conf/guidance/: every estimator
 
 
 def density_image(backbone, prompt: str, lim, n: int = 200):

@@ -13,12 +13,12 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from src.train import CONF_DIR
+from src.configs import CONF_DIR
 
 
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """The composed config of ``python -m src.train <overrides>``."""
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=list(overrides))
     with open_dict(cfg):
         cfg.trainer.progress = False

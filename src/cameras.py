@@ -20,6 +20,8 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor
 
+from src import checks, rng
+
 # View-dependent prompting (DreamFusion / threestudio): suffixes in prompt order.
 VIEW_NAMES = ("front", "side", "back", "overhead")
 # threestudio's defaults: front within +-45 deg of azimuth 0, back within +-45 deg of 180,
@@ -27,6 +29,8 @@ VIEW_NAMES = ("front", "side", "back", "overhead")
 FRONT_HALF_ANGLE_DEG = 45.0
 BACK_HALF_ANGLE_DEG = 45.0
 OVERHEAD_ELEVATION_DEG = 60.0
+# Camera features of a 3D view: the flattened 4x4 camera-to-world matrix (threestudio's VSD).
+CAM_DIM = 16
 
 
 def view_prompt_index(azimuth_deg: Tensor, elevation_deg: Tensor) -> Tensor:
@@ -45,7 +49,7 @@ class ViewBatch:
 
     index: Tensor  # (B,) long: which object / particle is rendered
     view_idx: Tensor  # (B,) long: view-prompt index into Conditioning.cond (0 if not view-dependent)
-    cam: Tensor  # (B, D_cam) float: camera features for psi (16-d flattened c2w in 3D)
+    cam: Tensor  # (B, D_cam) float: camera features for psi (CAM_DIM = 16: flattened c2w in 3D)
     c2w: Tensor | None = None  # (B, 4, 4) camera-to-world, OpenGL convention (-z forward)
     fovy_deg: Tensor | None = None  # (B,)
     azimuth_deg: Tensor | None = None  # (B,)
@@ -57,6 +61,12 @@ class ViewBatch:
     def __len__(self) -> int:
         return self.index.shape[0]
 
+    def select(self, index: Tensor | slice) -> ViewBatch:
+        """The views at ``index`` (a (B',) long tensor or a slice), every per-sample field."""
+        picked = {f.name: getattr(self, f.name)[index] for f in fields(self)
+                  if isinstance(getattr(self, f.name), Tensor)}
+        return replace(self, **picked)
+
     def to(self, device) -> ViewBatch:
         moved = {
             f.name: getattr(self, f.name).to(device)
@@ -66,16 +76,17 @@ class ViewBatch:
         return replace(self, **moved)
 
 
-class IndexSampler:
+class IndexSampler(checks.Configurable):
     """Particles: each step renders ``batch_size`` of the ``n`` particles (all when None)."""
 
     def __init__(self, n: int, batch_size: int | None = None):
-        if n < 1:
-            raise ValueError(f"camera.n must be >= 1, got {n}")
         self.n = n
         self.batch_size = n if batch_size is None else batch_size
-        if not 1 <= self.batch_size <= n:
-            raise ValueError(f"camera.batch_size must be in [1, {n}], got {batch_size}")
+
+    @classmethod
+    def check_config(cls, cfg, key):
+        n = checks.number(cfg, "n", f"{key}.n", lo=1, integer=True)
+        checks.number(cfg, "batch_size", f"{key}.batch_size", lo=1, hi=n, integer=True, optional=True)
 
     def _batch(self, index: Tensor) -> ViewBatch:
         cam = torch.nn.functional.one_hot(index, self.n).float()
@@ -92,11 +103,16 @@ class IndexSampler:
         return self._batch(torch.arange(self.n))
 
 
-class GaussianCodeSampler:
+class GaussianCodeSampler(checks.Configurable):
     """The affine toy: c ~ N(0, I_dim) per sample; psi is conditioned on c itself."""
 
     def __init__(self, dim: int, batch_size: int = 256, n_eval: int = 4096):
         self.dim, self.batch_size, self.n_eval = dim, batch_size, n_eval
+
+    @classmethod
+    def check_config(cls, cfg, key):
+        for name in ("dim", "batch_size", "n_eval"):
+            checks.number(cfg, name, f"{key}.{name}", lo=1, integer=True)
 
     def _batch(self, c: Tensor) -> ViewBatch:
         zeros = torch.zeros(c.shape[0], dtype=torch.long)
@@ -106,5 +122,5 @@ class GaussianCodeSampler:
         return self._batch(torch.randn(self.batch_size, self.dim, generator=generator))
 
     def eval_views(self) -> ViewBatch:
-        g = torch.Generator().manual_seed(0)
+        g = rng.generator(0, rng.Stream.EVAL)  # the same codes for every run and seed
         return self._batch(torch.randn(self.n_eval, self.dim, generator=g))

@@ -27,7 +27,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from src.cameras import ViewBatch, view_prompt_index
+from src import checks
+from src.cameras import CAM_DIM, ViewBatch, view_prompt_index
 
 # threestudio's RandomCameraDataModuleConfig defaults
 # (threestudio/data/uncond.py, `RandomCameraDataModuleConfig`):
@@ -40,9 +41,6 @@ TS_CAMERA_PERTURB = 0.1  # uniform +-, added to the camera position
 TS_CENTER_PERTURB = 0.2  # std of a Gaussian added to the look-at centre
 TS_UP_PERTURB = 0.02  # std of a Gaussian added to the up vector
 TS_EVAL_ELEVATION = 15.0  # `eval_elevation_deg`
-TS_EVAL_DISTANCE = 1.5  # `eval_camera_distance`
-TS_EVAL_FOVY = 70.0  # `eval_fovy_deg`
-TS_N_EVAL_VIEWS = 120  # `n_test_views` (turntable video); we default to fewer below
 # threestudio samples elevation uniformly in degrees half of the time and uniformly
 # on the sphere's area the other half (uncond.py, `collate`): this is that probability.
 TS_ELEVATION_SPHERE_PROB = 0.5
@@ -118,7 +116,7 @@ def make_views(
     return ViewBatch(
         index=index,
         view_idx=view_prompt_index(azimuth_deg, elevation_deg),
-        cam=c2w.reshape(B, 16),
+        cam=c2w.reshape(B, CAM_DIM),
         c2w=c2w,
         fovy_deg=fovy_deg,
         azimuth_deg=azimuth_deg,
@@ -169,7 +167,12 @@ def _as_range(r: Sequence[float] | float) -> tuple[float, float]:
     return lo, hi
 
 
-class OrbitSampler:
+def check_image_size(cfg, key: str) -> None:
+    for name in ("height", "width"):
+        checks.number(cfg, name, f"{key}.{name}", lo=1, integer=True)
+
+
+class OrbitSampler(checks.Configurable):
     """threestudio-style random orbit cameras (camera group ``orbit``).
 
     Each step: azimuth stratified over the batch (threestudio's
@@ -203,15 +206,11 @@ class OrbitSampler:
         eval_fovy_deg: float | None = None,
         n_eval_views: int = 24,
     ):
-        if batch_size < 1 or n_objects < 1:
-            raise ValueError(f"batch_size and n_objects must be >= 1, got {batch_size}, {n_objects}")
         self.batch_size, self.height, self.width = int(batch_size), int(height), int(width)
         self.elevation_range = _as_range(elevation_range)
         self.azimuth_range = _as_range(azimuth_range)
         self.distance_range = _as_range(distance_range)
         self.fovy_range = _as_range(fovy_range)
-        if not -90.0 <= self.elevation_range[0] <= self.elevation_range[1] <= 90.0:
-            raise ValueError(f"elevation_range must lie in [-90, 90], got {self.elevation_range}")
         self.camera_perturb, self.center_perturb, self.up_perturb = (
             float(camera_perturb), float(center_perturb), float(up_perturb),
         )
@@ -223,6 +222,26 @@ class OrbitSampler:
         self.eval_distance = float(eval_distance) if eval_distance is not None else sum(self.distance_range) / 2
         self.eval_fovy_deg = float(eval_fovy_deg) if eval_fovy_deg is not None else sum(self.fovy_range) / 2
         self.n_eval_views = int(n_eval_views)
+
+    @classmethod
+    def check_config(cls, cfg, key):
+        check_image_size(cfg, key)
+        for name in ("batch_size", "n_objects", "n_eval_views"):
+            checks.number(cfg, name, f"{key}.{name}", lo=1, integer=True)
+        bounds = {"elevation_range": (-90.0, 90.0), "azimuth_range": (-360.0, 360.0),
+                  "distance_range": (0.0, None), "fovy_range": (0.0, 180.0)}
+        for name, (lo, hi) in bounds.items():
+            r = cfg.get(name)
+            try:
+                a, b = _as_range(r)
+                ok = lo <= a <= b and (hi is None or b <= hi)
+            except (TypeError, ValueError):
+                ok = False
+            checks.require(ok, f"{key}.{name}", r, f"[low, high] with {lo} <= low <= high"
+                           + ("" if hi is None else f" <= {hi}"))
+        for name in ("camera_perturb", "center_perturb", "up_perturb"):
+            checks.number(cfg, name, f"{key}.{name}", lo=0.0)
+        checks.probability(cfg, "elevation_sphere_prob", f"{key}.elevation_sphere_prob")
 
     def _uniform(self, r: tuple[float, float], n: int, g: torch.Generator) -> Tensor:
         return r[0] + (r[1] - r[0]) * torch.rand(n, generator=g)
@@ -272,7 +291,7 @@ class OrbitSampler:
         )
 
 
-class FixedSampler:
+class FixedSampler(checks.Configurable):
     """One fixed camera (``representation=image``): every step renders the same view.
 
     The 2D experiments optimize an image directly, so the "camera" only decides the
@@ -296,6 +315,12 @@ class FixedSampler:
         self.height, self.width = int(height), int(width)
         self.azimuth_deg, self.elevation_deg = float(azimuth_deg), float(elevation_deg)
         self.distance, self.fovy_deg = float(distance), float(fovy_deg)
+
+    @classmethod
+    def check_config(cls, cfg, key):
+        check_image_size(cfg, key)
+        checks.number(cfg, "n_objects", f"{key}.n_objects", lo=1, integer=True)
+        checks.number(cfg, "batch_size", f"{key}.batch_size", lo=1, integer=True, optional=True)
 
     def _batch(self, n: int) -> ViewBatch:
         full = lambda v: torch.full((n,), float(v))  # noqa: E731

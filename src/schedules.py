@@ -2,7 +2,8 @@
 
 Every rule maps (step, batch, generator) to integer timesteps ``t`` (B,) in
 [0, T-1]. Fractions ``t_min``/``t_max`` are of T. Stochastic rules draw i.i.d.
-per sample; deterministic rules give the whole batch the same t.
+per sample; deterministic rules give the whole batch the same t. Each rule is one file of
+``conf/schedule/``; a guidance picks its default in its own defaults list.
 """
 
 from __future__ import annotations
@@ -12,18 +13,13 @@ import math
 import torch
 from torch import Tensor
 
-
-def _check_range(t_min: float, t_max: float) -> None:
-    if not 0.0 <= t_min <= t_max <= 1.0:
-        raise ValueError(
-            f"schedule needs 0 <= t_min <= t_max <= 1 (fractions of T), got t_min={t_min}, t_max={t_max}"
-        )
+from src import checks
 
 
-class TimestepSchedule:
-    def __init__(self, num_timesteps: int, max_steps: int, t_min: float = 0.02, t_max: float = 0.98,
-                 alphas_cumprod: Tensor | None = None):
-        _check_range(t_min, t_max)
+class TimestepSchedule(checks.Configurable):
+    injected = ("num_timesteps", "max_steps")
+
+    def __init__(self, num_timesteps: int, max_steps: int, t_min: float = 0.02, t_max: float = 0.98):
         self.T, self.max_steps = num_timesteps, max(int(max_steps), 1)
         self.t_min, self.t_max = t_min, t_max
 
@@ -33,6 +29,12 @@ class TimestepSchedule:
 
     def sample(self, step: int, batch: int, generator: torch.Generator) -> Tensor:
         raise NotImplementedError
+
+    @classmethod
+    def check_config(cls, cfg, key):
+        """0 <= t_min <= t_max <= 1 (fractions of T); rules with more bounds add theirs."""
+        lo = checks.number(cfg, "t_min", f"{key}.t_min", lo=0.0, hi=1.0)
+        checks.number(cfg, "t_max", f"{key}.t_max", lo=lo, hi=1.0)
 
 
 class Uniform(TimestepSchedule):
@@ -51,11 +53,15 @@ class Anneal(Uniform):
     """Uniform with t_max dropped to ``t_max_end`` at ``anneal_step``
     (ProlificDreamer: 0.98 -> 0.5 at step 5000; SSD: [20, 980] -> [20, 500] at 5000)."""
 
-    def __init__(self, num_timesteps, max_steps, t_min=0.02, t_max=0.98, t_max_end=0.5,
-                 anneal_step=5000, alphas_cumprod=None):
+    def __init__(self, num_timesteps, max_steps, t_min=0.02, t_max=0.98, t_max_end=0.5, anneal_step=5000):
         super().__init__(num_timesteps, max_steps, t_min, t_max)
-        _check_range(t_min, t_max_end)
         self.t_max_end, self.anneal_step = t_max_end, anneal_step
+
+    @classmethod
+    def check_config(cls, cfg, key):
+        super().check_config(cfg, key)
+        checks.number(cfg, "t_max_end", f"{key}.t_max_end", lo=float(cfg.get("t_min", 0.0)), hi=1.0)
+        checks.number(cfg, "anneal_step", f"{key}.anneal_step", lo=0, integer=True)
 
     def bounds(self, step):
         return self.t_min, (self.t_max if step < self.anneal_step else self.t_max_end)
@@ -97,8 +103,7 @@ DREAMTIME_S1, DREAMTIME_S2 = 300, 100
 class DreamTime(Deterministic):
     """Time-prioritized schedule: t(tau) = argmin_t |sum_{t'>=t} p(t') - tau|."""
 
-    def __init__(self, num_timesteps, max_steps, alphas_cumprod=None, t_min=0.02, t_max=0.98,
-                 m1=DREAMTIME_M1, m2=DREAMTIME_M2, s1=DREAMTIME_S1, s2=DREAMTIME_S2):
+    def __init__(self, num_timesteps, max_steps, t_min=0.02, t_max=0.98, m1=DREAMTIME_M1, m2=DREAMTIME_M2, s1=DREAMTIME_S1, s2=DREAMTIME_S2):
         super().__init__(num_timesteps, max_steps, t_min, t_max)
         t = torch.arange(num_timesteps, dtype=torch.float64)
         p = torch.ones_like(t)
@@ -122,11 +127,15 @@ class DreamTime(Deterministic):
 class Grid(TimestepSchedule):
     """An explicit list of integer timesteps, one per step (DDIM grids for FSD / DSD* tests)."""
 
-    def __init__(self, num_timesteps, max_steps, timesteps: list[int], alphas_cumprod=None):
+    def __init__(self, num_timesteps, max_steps, timesteps: list[int]):
         super().__init__(num_timesteps, max_steps, 0.0, 1.0)
         self.grid = [int(t) for t in timesteps]
         if any(not 0 <= t < num_timesteps for t in self.grid):
             raise ValueError(f"schedule.timesteps must lie in [0, {num_timesteps - 1}]")
+
+    @classmethod
+    def check_config(cls, cfg, key):
+        pass  # checked against T when built
 
     def sample(self, step, batch, generator):
         return torch.full((batch,), self.grid[min(step, len(self.grid) - 1)], dtype=torch.long)

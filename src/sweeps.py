@@ -20,6 +20,7 @@ time, so a resubmitted sweep lands in the same directories and resumes or skips 
 from __future__ import annotations
 
 import csv
+import fnmatch
 import io
 import itertools
 import json
@@ -31,6 +32,8 @@ from pathlib import Path
 
 import yaml
 
+from src.configs import options
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SWEEPS_DIR = REPO_ROOT / "sweeps"
 CONFIG_YAML = REPO_ROOT / "conf" / "config.yaml"
@@ -40,6 +43,7 @@ SPEC_RECORD = "sweep.yaml"  # what a sweep dir was launched with
 REPORT_CSV, REPORT_MD = "report.csv", "report.md"
 # Unquoted Hydra override values may use these characters; anything else is quoted.
 _PLAIN_VALUE = re.compile(r"^[A-Za-z0-9_./:@+\-]+$")
+_GLOB = re.compile(r"^glob\((.*)\)$")
 
 
 # -- the sweep file --------------------------------------------------------------------------
@@ -72,6 +76,15 @@ def sweep_path(name_or_path: str) -> Path:
     return path
 
 
+def expand_glob(key: str, values):
+    """Hydra's ``glob(pattern)`` over a config group, e.g. ``guidance: glob(*)``: every option
+    of conf/<group>/ (src.configs.options), so a new estimator joins every study at once."""
+    match = _GLOB.match(values) if isinstance(values, str) else None
+    if match is None:
+        return values
+    return [o for o in options(key) if fnmatch.fnmatchcase(o, match.group(1).strip())]
+
+
 def load_sweep(name_or_path: str, toy: bool = False) -> Sweep:
     path = sweep_path(name_or_path)
     spec = yaml.safe_load(path.read_text()) or {}
@@ -86,6 +99,7 @@ def load_sweep(name_or_path: str, toy: bool = False) -> Sweep:
             raise ValueError(f"{path} has no `toy:` section; run it without --toy")
         overrides = dict(spec["toy"].get("overrides") or {})
         grid.update(spec["toy"].get("grid") or {})
+    grid = {key: expand_glob(key, values) for key, values in grid.items()}
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ValueError(f"{path}: grid.{key} must be a non-empty list, got {values!r}")

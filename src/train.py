@@ -22,8 +22,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
+from src.configs import CONF_DIR
+
 log = logging.getLogger("src.train")
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def _discard_empty_run_dir(run_dir: Path) -> None:
@@ -41,7 +42,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     return Trainer(cfg, run_dir).fit()
 
 
-@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:

@@ -1,134 +1,54 @@
 """The single trainer (DESIGN.md "Data flow of one step").
 
     views = cameras.sample(step)          out = representation.render(views)
-    x     = backbone.encode(out.rgb)      g   = guidance(x, views, step)
+    x     = out.x or backbone.encode(out.rgb)     g = guidance(x, views, step)
     loss  = 0.5 ||x - sg(x - G)||^2 + reg(out)   (sum over pixels, mean over batch: dL/dx = G)
     loss.backward(); optimizer.step();    guidance.update(x.detach(), views, step)
 
 It knows no method, representation or backbone: it moves tensors between the interfaces
 and owns the loop, seeding, checkpoints (atomic, automatic resume), logging, final
-metrics and export. All randomness is drawn from generators seeded by (seed, step), so a
-run killed at step k and resumed ends bit-identical to an uninterrupted one (on the CPU).
+metrics and export. All randomness is drawn from generators of (seed, stream, step)
+(src/rng.py), so a run killed at step k and resumed ends bit-identical to an uninterrupted
+one (on the CPU). Validation and building live one floor down, in src/build.py.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from src.fileio import atomic_write
-from src.guidance.base import step_generator
+from src import rng
+from src.build import (
+    CHECKPOINT,
+    DTYPES,
+    OPTIMIZERS,
+    ConfigError,
+    build_components,
+    load_checkpoint,
+    save_checkpoint,
+    validate,
+)
 from src.loggers import JSONLLogger, Loggers, WandbLogger
 from src.runinfo import run_info, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = Path("checkpoints") / "last.pt"
 # Config keys that do not change a run's result; every other key defines the run, and a run
 # dir holding a checkpoint of another run is refused rather than silently mixed.
 NON_IDENTITY_KEYS = ("device", "num_threads", "logger", "trainer.progress", "trainer.log_every",
                      "trainer.checkpoint_every", "trainer.step_sleep", "trainer.export")
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
-CAMERA_STREAM, STEP_SEED_STREAM = 0, 5
 
-
-class ConfigError(ValueError):
-    """Invalid configuration, reported before any compute."""
-
-
-# --- validation ---------------------------------------------------------------------------
-def _check(ok: bool, key: str, value, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
-
-
-def validate(cfg: DictConfig) -> None:
-    """Cheap checks of the composed config, before anything is built."""
-    tr = cfg.trainer
-    _check(int(tr.max_steps) >= 1, "trainer.max_steps", tr.max_steps, "must be an integer >= 1")
-    _check(int(tr.checkpoint_every) >= 1, "trainer.checkpoint_every", tr.checkpoint_every, "must be >= 1")
-    _check(int(tr.log_every) >= 1, "trainer.log_every", tr.log_every, "must be >= 1")
-    _check(int(tr.warmup_steps) >= 0, "trainer.warmup_steps", tr.warmup_steps, "must be >= 0")
-    _check(tr.dtype in DTYPES, "trainer.dtype", tr.dtype, f"allowed: {', '.join(DTYPES)}")
-    g = cfg.guidance
-    if "scale" in g:
-        _check(float(g.scale) >= 1.0, "guidance.scale", g.scale,
-               "must be >= 1 (diffusers CFG convention; threestudio's guidance_scale g is s = g + 1)")
-    for key in ("lam", "beta"):
-        if key in g:
-            _check(0.0 <= float(g[key]) <= 1.0, f"guidance.{key}", g[key], "a probability-like weight in [0, 1]")
-    if g.get("score_model") is not None and g.score_model.get("p_drop") is not None:
-        p = float(g.score_model.p_drop)
-        _check(0.0 <= p <= 1.0, "guidance.score_model.p_drop", p, "a probability in [0, 1]")
-    rep_cls = get_class(cfg.representation._target_)
-    bb_cls = get_class(cfg.backbone._target_)
-    for group in ("backbone", "reward"):  # are pretrained weights on disk? (nothing allocated)
-        target = cfg[group].get("_target_")
-        check = getattr(get_class(target), "validate_config", None) if target else None
-        if check is not None:
-            check(cfg[group])
-    kind, allowed = getattr(rep_cls, "kind", "?"), getattr(bb_cls, "supported_representations", ())
-    if kind not in allowed:
-        raise ConfigError(
-            f"representation={rep_cls.__name__} (kind {kind!r}) cannot be driven by backbone "
-            f"{bb_cls.__name__}: it drives kinds {list(allowed)}. Toy backbones (mog2d, gauss2d, "
-            f"ssd_toy) drive particles/affine; image backbones (shapes, sd*) drive image/nerf/gaussians."
-        )
-
-
-# --- building -------------------------------------------------------------------------------
-@dataclass
-class Components:
-    backbone: object
-    representation: object
-    cameras: object
-    schedule: object
-    guidance: object
-    reward: object | None
+__all__ = ["ConfigError", "Trainer", "identity", "resolve_device", "validate"]
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def build_components(cfg: DictConfig, device: torch.device | str = "cpu") -> Components:
-    """Instantiate every part from the composed config (also used by src.export)."""
-    torch.manual_seed(int(cfg.seed))  # parameter inits
-    dtype = DTYPES[cfg.trainer.dtype]
-    backbone = instantiate(cfg.backbone).to(device)
-    backbone.requires_grad_(False)
-    prompt = str(cfg.prompt or "")
-    backbone.validate_prompt(prompt)
-    representation = instantiate(cfg.representation, backbone=backbone).to(device=device, dtype=dtype)
-    cameras = instantiate(cfg.camera)
-    sched_cfg = cfg.schedule if cfg.schedule.get("_target_") else cfg.guidance.schedule
-    schedule = instantiate(sched_cfg, num_timesteps=backbone.num_timesteps,
-                           max_steps=int(cfg.trainer.max_steps),
-                           alphas_cumprod=backbone.alphas_cumprod.cpu())
-    reward = instantiate(cfg.reward, backbone=backbone) if cfg.reward.get("_target_") else None
-    gcfg = OmegaConf.to_container(cfg.guidance, resolve=True)
-    gcfg.pop("schedule", None)
-    guidance = instantiate(gcfg, backbone=backbone, schedule=schedule, prompt=prompt,
-                           negative_prompt=str(cfg.negative_prompt or ""), seed=int(cfg.seed),
-                           representation=representation, reward=reward, _convert_="all")
-    guidance.to(device=device)
-    if guidance.psi is not None and guidance.psi.trainable_parameters():
-        guidance.psi.to(dtype=dtype)
-    return Components(backbone, representation, cameras, schedule, guidance, reward)
-
-
-# --- checkpoints ----------------------------------------------------------------------------
-def save_checkpoint(path: Path, state: dict) -> None:
-    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def identity(cfg: DictConfig) -> dict:
@@ -151,10 +71,7 @@ class Trainer:
             torch.set_num_threads(int(cfg.num_threads))
         self.c = build_components(cfg, self.device)
         rep = self.c.representation
-        opt = str(cfg.trainer.get("optimizer", "adam"))
-        if opt not in OPTIMIZERS:
-            raise ConfigError(f"trainer.optimizer={opt!r} is unknown; valid: {', '.join(OPTIMIZERS)}")
-        self.optimizer = OPTIMIZERS[opt](rep.param_groups())
+        self.optimizer = OPTIMIZERS[str(cfg.trainer.optimizer)](rep.param_groups())
         warm = int(cfg.trainer.warmup_steps)
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm > 0 else 1.0)
@@ -182,13 +99,13 @@ class Trainer:
 
     # one step -----------------------------------------------------------------------------
     def train_step(self, step: int) -> dict[str, float]:
-        c, dtype = self.c, DTYPES[self.cfg.trainer.dtype]
+        c, dtype, seed = self.c, DTYPES[self.cfg.trainer.dtype], int(self.cfg.seed)
         # anything that draws from the global RNG (e.g. stratified ray samples) is step-seeded
-        torch.manual_seed(int(step_generator(int(self.cfg.seed), step, STEP_SEED_STREAM).initial_seed()))
+        rng.seed_global(seed, rng.Stream.GLOBAL, step)
         c.representation.update_step(step, int(self.cfg.trainer.max_steps))
-        views = c.cameras.sample(step, step_generator(int(self.cfg.seed), step, CAMERA_STREAM)).to(self.device)
+        views = c.cameras.sample(step, rng.generator(seed, rng.Stream.CAMERA, step)).to(self.device)
         out = c.representation.render(views)
-        x = c.backbone.encode(out.rgb)
+        x = out.x if out.x is not None else c.backbone.encode(out.rgb)
         g = c.guidance(x, views, step, out=out)
         target = (x - g.grad.to(x.dtype)).detach()
         loss_sd = 0.5 * ((x - target) ** 2).flatten(1).sum(1).mean()
@@ -211,7 +128,7 @@ class Trainer:
         ckpt = self.run_dir / CHECKPOINT
         metrics_path = self.run_dir / "metrics.json"
         if ckpt.exists():
-            self.load(torch.load(ckpt, map_location=self.device, weights_only=False))
+            self.load(load_checkpoint(self.run_dir, self.device))
             if self.step >= max_steps and metrics_path.exists():
                 log.info("run in %s already finished (step %d); nothing to do", self.run_dir, self.step)
                 import json
@@ -274,8 +191,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         views = self.c.cameras.eval_views().to(self.device)
         samples = self.c.representation.samples(views)
-        evaluate = getattr(self.c.backbone, "evaluate", None)
-        return {} if evaluate is None else evaluate(samples, views, str(self.cfg.prompt or ""))
+        return self.c.backbone.evaluate(samples, views, str(self.cfg.prompt or ""))
 
     def _loggers(self) -> Loggers:
         loggers = [JSONLLogger(self.run_dir, resume_step=self.step)]

@@ -9,6 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from src.api import compose
 from src.cameras import VIEW_NAMES, view_prompt_index
 from src.cameras_orbit import (
     FixedSampler,
@@ -122,27 +123,23 @@ def test_fixed_sampler():
     assert (a.view_idx == VIEW_NAMES.index("front")).all()
 
 
-@pytest.mark.parametrize("camera", ["orbit", "nerf", "gaussians", "image"])
-def test_camera_configs_follow_the_world(camera):
-    """conf/camera/*.yaml read the ShapesWorld's resolution, elevations, distance, fov."""
-    def load(name):
-        cfg = OmegaConf.load(CONF / "camera" / f"{name}.yaml")
-        if "defaults" in cfg:
-            base = load(cfg.defaults[0])
-            cfg = OmegaConf.merge(base, {k: v for k, v in cfg.items() if k != "defaults"})
-        return cfg
-
-    backbone = OmegaConf.load(CONF / "backbone" / "shapes.yaml")
-    root = OmegaConf.create({"backbone": backbone, "camera": load(camera)})
-    cam = OmegaConf.to_container(root.camera, resolve=True)
+@pytest.mark.parametrize("representation", ["nerf", "gaussians", "image"])
+def test_camera_configs_follow_the_world(representation):
+    """Each representation picks its camera model; conf/camera/*.yaml read the ShapesWorld's
+    resolution, elevations, distance, fov."""
+    cfg = compose([f"representation={representation}"])
+    cam, backbone = OmegaConf.to_container(cfg.camera, resolve=True), cfg.backbone
+    expected = "FixedSampler" if representation == "image" else "OrbitSampler"
+    assert cam["_target_"] == f"src.cameras_orbit.{expected}"
     assert cam["height"] == cam["width"] == backbone.resolution
-    if camera == "image":
+    if representation == "image":
         assert cam["distance"] == backbone.distance and cam["fovy_deg"] == backbone.fovy_deg
     else:
         assert cam["elevation_range"] == list(backbone.elevation_range)
         assert cam["distance_range"] == [backbone.distance] * 2
         assert cam["fovy_range"] == [backbone.fovy_deg] * 2
-    # without a world (e.g. Stable Diffusion) the threestudio defaults apply
-    bare = OmegaConf.to_container(OmegaConf.create({"backbone": {}, "camera": load(camera)}).camera, resolve=True)
-    if camera != "image":
+    # without a world (Stable Diffusion) the threestudio defaults apply
+    bare = OmegaConf.to_container(compose([f"representation={representation}", "backbone=sd21"]).camera,
+                                  resolve=True)
+    if representation != "image":
         assert bare["elevation_range"] == [-10.0, 90.0] and bare["fovy_range"] == [40.0, 70.0]

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from src.api import compose, train
+from src.configs import guidance_names
 from src.trainer import ConfigError, validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,25 +40,70 @@ def test_cfg_job_prints_composed_config():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("trainer.max_steps=-5", "trainer.max_steps=-5 is invalid: must be an integer >= 1"),
+    ("trainer.max_steps=-5", "trainer.max_steps=-5 is invalid: must be >= 1"),
     ("guidance.scale=0.5", "guidance.scale=0.5 is invalid: must be >= 1"),
-    ("guidance.score_model.p_drop=1.5", r"p_drop=1.5 is invalid: a probability in \[0, 1\]"),
+    ("guidance.p_drop=1.5", r"guidance.p_drop=1.5 is invalid: must be >= 0.0 and <= 1.0"),
     ("trainer.dtype=float16", "allowed: float32, float64"),
+    ("guidance.lam=2.0", r"guidance.lam=2.0 is invalid: must be >= 0.0 and <= 1.0"),
+    ("schedule.t_max=1.5", r"schedule.t_max=1.5 is invalid: must be >= 0.02 and <= 1.0"),
+    ("score_model.lr=-1", r"score_model.lr=-1 is invalid: must be >= 0.0"),
+    ("+guidance.lamb=0.5", r"guidance.lamb: unknown key\(s\) for ESD; it takes: .*lam"),
+    ("+score_model.rank=4", r"score_model.rank: unknown key\(s\) for UNetScore"),
+    ("camera.batch_size=0", r"camera.batch_size=0 is invalid: must be >= 1"),
 ])
 def test_invalid_values_name_the_key(override, message):
-    method = "esd" if "score_model" in override else "sds"
     with pytest.raises(ConfigError, match=message):
-        validate(compose([f"guidance={method}", override]))
+        validate(compose(["guidance=esd", override]))
 
 
-def test_esd_lambda_out_of_range():
-    with pytest.raises(ConfigError, match=r"guidance.lam=2.0 is invalid.*\[0, 1\]"):
-        validate(compose(["guidance=esd", "guidance.lam=2.0"]))
+def test_each_class_owns_its_checks():
+    """The trainer's validate only calls the classes' validate_config: a check lives once."""
+    from src.guidance.esd import ESD
+    from src.guidance.fsd import FSD
+
+    with pytest.raises(ConfigError, match=r"guidance.lam=-0.1 is invalid"):
+        ESD.validate_config({"lam": -0.1, "scale": 7.5, "weighting": "sds", "p_drop": 0.5}, "guidance")
+    with pytest.raises(ConfigError, match=r"guidance.beta=2 is invalid"):
+        FSD.validate_config({"beta": 2, "scale": 7.5, "weighting": "sds"}, "guidance")
 
 
-def test_representation_backbone_mismatch():
-    with pytest.raises(ConfigError, match="cannot be driven by backbone"):
+def test_representation_backbone_mismatch_lists_what_fits():
+    with pytest.raises(ConfigError, match=r"'3d' representation.*GaussianMixture.*drives affine, particles"):
         validate(compose(["backbone=mog2d", "representation=nerf"]))
+
+
+def test_sim_reward_term_needs_a_reward():
+    with pytest.raises(ConfigError, match=r"guidance.reward_weight=1.0 is invalid: a reward term needs"):
+        validate(compose(["experiment=mog_diversity", "guidance=sim", "guidance.reward_weight=1.0"]))
+
+
+def test_schedule_is_the_methods_default_and_the_command_line_wins():
+    assert compose(["guidance=fsd"]).schedule._target_ == "src.schedules.LinearDecreasing"
+    dsd = compose(["guidance=dsd"]).schedule
+    assert dsd._target_ == "src.schedules.Sqrt" and dsd.t_min == 0.32  # DSD's official schedule
+    for method in guidance_names():
+        cfg = compose([f"guidance={method}", "schedule=dreamtime"])
+        assert cfg.schedule._target_ == "src.schedules.DreamTime", method
+    toy = compose(["experiment=esd_toy", "guidance=vsd"])  # a preset's override wins too
+    assert toy.schedule._target_ == "src.schedules.Uniform"
+
+
+def test_camera_and_psi_follow_their_owners_and_the_command_line_wins():
+    assert compose(["representation=particles", "backbone=mog2d"]).camera._target_ == "src.cameras.IndexSampler"
+    assert compose([]).camera._target_ == "src.cameras_orbit.OrbitSampler"
+    assert compose(["representation=nerf", "camera=image"]).camera._target_ == "src.cameras_orbit.FixedSampler"
+    assert compose(["backbone=sd21"]).score_model._target_ == "src.scoremodels.lora.LoRAScore"
+    assert compose([]).score_model._target_ == "src.scoremodels.unet.UNetScore"
+    assert compose(["experiment=esd_toy"]).score_model._target_.endswith("AffineGaussianScore")
+    assert compose(["score_model=mlp", "backbone=mog2d", "representation=particles"]).score_model.hidden == 128
+
+
+def test_shapes_tuning_is_inherited_by_every_world_and_can_be_dropped():
+    for world in ("shapes", "shapes_janus", "shapes_multimode"):
+        cfg = compose([f"backbone={world}", "guidance=vsd"])
+        assert cfg.guidance.scale == 1.0 and cfg.schedule.t_max == 0.5, world
+    untuned = compose(["guidance=vsd", "~tuning@_global_"])
+    assert untuned.guidance.scale == 7.5 and untuned.schedule.t_max == 0.98
 
 
 def test_prompt_outside_vocabulary(tmp_path):

@@ -23,8 +23,8 @@ def test_default_config_is_shapes_nerf_sds():
 
     shape, color, _ = parse_prompt(cfg.prompt, list(cfg.backbone.shapes), list(cfg.backbone.colors))
     assert shape is not None and color is not None
-    # the tuned preset (conf/experiment/shapes_default.yaml) is applied
-    assert cfg.guidance.scale == 1.0 and cfg.guidance.schedule.t_max == 0.5
+    # the tuned values (conf/tuning/shapes.yaml) are applied
+    assert cfg.guidance.scale == 1.0 and cfg.schedule.t_max == 0.5
     # the camera count follows the representation's
     assert cfg.camera.n_objects == cfg.representation.n_objects
 

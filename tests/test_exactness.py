@@ -59,7 +59,7 @@ def test_fsd_equals_ddim():
     g = torch.Generator().manual_seed(2)
     x = (torch.rand(1, *SHAPE, generator=g, dtype=torch.float64) * 2 - 1).requires_grad_(True)
     x_init = x.detach().clone()
-    eps = fixed_per_object(x_init, views, seed=4)
+    eps = fixed_per_object(x_init.shape[1:], views.index, 4, x_init)
     abar = bb.alphas_cumprod
     rho = [float(alpha_sigma(abar, torch.tensor([t]))[1] / alpha_sigma(abar, torch.tensor([t]))[0]) for t in GRID] + [0.0]
     opt = torch.optim.SGD([x], lr=1.0)
@@ -85,7 +85,7 @@ def test_dsd_star_equals_ddim():
                         delta="previous", weighting="uniform", seed=5)
     views = one_view()
     abar = bb.alphas_cumprod
-    eps_star = fixed_per_object(torch.zeros(1, *SHAPE, dtype=torch.float64), views, seed=5)
+    eps_star = fixed_per_object(SHAPE, views.index, 5, torch.zeros((), dtype=torch.float64))
     emb, null = dsd.cond.select(views.view_idx), dsd.cond.null(1)
     # DSD* starts from the x0 prediction at T, where the DDIM trajectory starts
     tT = torch.tensor([GRID[0]])

@@ -5,7 +5,9 @@ import torch
 
 from src.backbones.mog import GaussianMixture
 from src.cameras import IndexSampler, ViewBatch
+from src.checks import ConfigError
 from src.diffusion import alpha_sigma
+from src.guidance.csd import CSD
 from src.guidance.dsd import DSD
 from src.guidance.esd import ESD
 from src.guidance.fsd import FSD
@@ -13,6 +15,7 @@ from src.guidance.sds import SDS
 from src.guidance.ssd import SSD
 from src.guidance.vsd import VSD
 from src.representations.toys import Particles
+from src.scoremodels.mlp import MLPScore
 from tests.helpers import make_guidance, pixel_mixture
 
 
@@ -74,7 +77,7 @@ def test_esd_lam0_is_vsd_exactly(mog):
     outs = []
     for cls, kw in ((VSD, {}), (ESD, {"lam": 0.0})):
         torch.manual_seed(11)  # same psi init
-        g = make_guidance(cls, mog, representation=rep, score_model={"kind": "mlp"}, seed=2, **kw)
+        g = make_guidance(cls, mog, representation=rep, score_model=MLPScore, seed=2, **kw)
         x = rep.render(views).rgb
         outs.append(g(x, views, 5).grad)
     assert torch.equal(outs[0], outs[1])
@@ -88,9 +91,23 @@ def test_esd_interpolates_conditional_and_unconditional_psi(mog):
     grads = {}
     for lam in (0.0, 0.3, 1.0):
         torch.manual_seed(11)
-        g = make_guidance(ESD, mog, t=400, representation=rep, score_model={"kind": "mlp"}, lam=lam)
+        g = make_guidance(ESD, mog, t=400, representation=rep, score_model=MLPScore, lam=lam)
         grads[lam] = g(x, views, 0).grad
     assert torch.allclose(grads[0.3], 0.7 * grads[0.0] + 0.3 * grads[1.0], atol=1e-12)
+
+
+def test_ssd_disengaging_term_is_csd(mog):
+    """SSD's h is CSD's classifier score: same seed and t -> the same G, bit for bit."""
+    x = torch.randn(64, 2, dtype=torch.float64)
+    views = views_for(64)
+    for t in (100, 600):
+        csd = make_guidance(CSD, mog, t=t, weighting="sds", seed=7)
+        dis = make_guidance(SSD, mog, t=t, terms="disengaging", weighting="sds", seed=7)
+        assert torch.equal(csd(x, views, 3).grad, dis(x, views, 3).grad)
+    csd = make_guidance(CSD, mog, t=600, weighting="uniform")
+    t, _, x_t = csd.perturb(x, 0)  # the same draw the estimator makes at step 0
+    e_c, e_u = mog.eps_pair(x_t, t, mog.embed("y").expand(64, -1), mog.embed("").expand(64, -1))
+    assert torch.equal(csd(x, views, 0).grad, e_c - e_u)  # G = h, the classifier score
 
 
 def test_ssd_branches(mog):
@@ -134,10 +151,13 @@ def test_dsd_cached_trajectory_equals_recomputed():
         assert torch.equal(a, b)
 
 
-def test_guidance_rejects_out_of_range(mog):
-    with pytest.raises(ValueError, match="scale must be >= 1"):
-        make_guidance(SDS, mog, scale=0.5)
-    with pytest.raises(ValueError, match=r"lam must be in \[0, 1\]"):
-        make_guidance(ESD, mog, lam=1.5, score_model={"kind": "mlp"}, representation=Particles(4))
-    with pytest.raises(ValueError, match="terms"):
-        make_guidance(SSD, mog, terms="both")
+def test_guidance_rejects_out_of_range():
+    base = {"scale": 7.5, "weighting": "sds"}
+    with pytest.raises(ConfigError, match="guidance.scale=0.5 is invalid: must be >= 1"):
+        SDS.validate_config({**base, "scale": 0.5}, "guidance")
+    with pytest.raises(ConfigError, match=r"guidance.lam=1.5 is invalid: must be >= 0.0 and <= 1.0"):
+        ESD.validate_config({**base, "lam": 1.5, "p_drop": 0.5}, "guidance")
+    with pytest.raises(ConfigError, match="guidance.terms='both' is invalid: allowed: ssd, seeking, disengaging"):
+        SSD.validate_config({**base, "terms": "both", "M": 200}, "guidance")
+    with pytest.raises(ConfigError, match=r"guidance.scale=inf is invalid: must be finite"):
+        SDS.validate_config({**base, "scale": float("inf")}, "guidance")

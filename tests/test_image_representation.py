@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
+from src.backbones.base import Backbone
 from src.cameras import ViewBatch
-from src.representations.image import Image, backbone_x_shape
-
-PIXEL = SimpleNamespace(space="pixel", resolution=16)
-LATENT = SimpleNamespace(space="latent", resolution=64, latent_channels=4,
-                         decode=lambda x: torch.zeros(x.shape[0], 64, 64, 3))
+from src.checks import ConfigError
+from src.representations.image import Image
 
 
-def pixel_encode(rgb):  # ShapesWorld.encode
-    return rgb.permute(0, 3, 1, 2) * 2.0 - 1.0
+class Pixel(Backbone):  # a 16 px pixel prior: x_shape from the base class
+    space, resolution = "pixel", 16
+
+    def encode(self, rgb):  # ShapesWorld.encode
+        return rgb.permute(0, 3, 1, 2) * 2.0 - 1.0
 
 
-def latent_encode(rgb):  # StableDiffusion.encode on a 4-channel (latent) render
-    assert rgb.shape[-1] == 4
-    return rgb.permute(0, 3, 1, 2)
+class Latent(Backbone):  # an SD-like latent prior: 4 channels at 1/8 of 64 px
+    space, resolution = "latent", 64
+
+    def x_shape(self, height=None, width=None):
+        H = int(height or self.resolution)
+        return (4, H // 8, int(width or H) // 8)
+
+    def decode(self, x):
+        return torch.zeros(x.shape[0], 64, 64, 3)
+
+
+PIXEL, LATENT = Pixel(), Latent()
 
 
 def vb(index):
@@ -30,20 +38,21 @@ def vb(index):
 
 
 def test_shapes_from_backbone():
-    assert backbone_x_shape(PIXEL) == (3, 16, 16)
-    assert backbone_x_shape(PIXEL, 8, 12) == (3, 8, 12)
-    assert backbone_x_shape(LATENT) == (4, 8, 8)
-    custom = SimpleNamespace(space="pixel", x_shape=lambda h, w: (1, h, w))
-    assert backbone_x_shape(custom, 5) == (1, 5, 5)
+    assert Image(backbone=PIXEL).x.shape == (1, 3, 16, 16)
+    assert Image(backbone=PIXEL, height=8, width=12).x.shape == (1, 3, 8, 12)
+    assert Image(backbone=LATENT, n_objects=2).x.shape == (2, 4, 8, 8)
 
 
-@pytest.mark.parametrize("bb,encode", [(PIXEL, pixel_encode), (LATENT, latent_encode)])
-def test_encode_of_render_is_the_parameter(bb, encode):
+@pytest.mark.parametrize("bb", [PIXEL, LATENT])
+def test_render_is_the_parameter_in_backbone_space(bb):
     rep = Image(backbone=bb, n_objects=3, init="noise", init_seed=0)
     out = rep.render(vb([2, 0]))
-    x = encode(out.rgb)
-    torch.testing.assert_close(x, rep.x[[2, 0]].detach(), atol=1e-6, rtol=0)
-    torch.testing.assert_close(out.extras["x"], rep.x[[2, 0]])
+    x = out.x  # what the trainer uses instead of encode
+    torch.testing.assert_close(x, rep.x[[2, 0]], atol=0, rtol=0)
+    if bb.space == "pixel":  # the picture encodes back to x exactly
+        torch.testing.assert_close(bb.encode(out.rgb), x.detach(), atol=1e-6, rtol=0)
+    else:
+        assert out.rgb is None  # a latent has no picture until decoded
     # d x / d param = identity: one SGD step of size lr moves x by exactly -lr * G
     G = torch.randn_like(x)
     (0.5 * ((x - (x - G).detach()) ** 2).flatten(1).sum(1).sum()).backward()
@@ -60,8 +69,8 @@ def test_inits():
     b = Image(backbone=PIXEL, init="noise", init_seed=1).x
     torch.testing.assert_close(a, b)
     assert 0.8 < float(a.std()) < 1.2
-    with pytest.raises(ValueError):
-        Image(backbone=PIXEL, init="bogus")
+    with pytest.raises(ConfigError, match=r"representation.init='bogus' is invalid: allowed: zeros, noise"):
+        Image.validate_config({"init": "bogus", "n_objects": 1, "lr": 0.1}, "representation")
 
 
 def test_samples_and_export(tmp_path):

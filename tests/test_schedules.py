@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from src.diffusion import sd_alphas_cumprod
+from src.checks import ConfigError
 from src.schedules import Anneal, DreamTime, Grid, LinearDecreasing, Sqrt, Uniform
 
 T, STEPS = 1000, 200
@@ -37,7 +37,7 @@ def test_sqrt_spends_less_time_at_high_t_than_linear():
 
 
 def test_dreamtime_is_monotone_and_spends_most_steps_mid_range():
-    d = DreamTime(T, STEPS, alphas_cumprod=sd_alphas_cumprod())
+    d = DreamTime(T, STEPS)
     ts = torch.tensor([int(draw(d, k, 1)[0]) for k in range(STEPS)])
     assert (ts[1:] <= ts[:-1]).all() and ts[0] <= 980 and ts[-1] >= 20
     mid = ((ts >= 450) & (ts <= 820)).float().mean()
@@ -45,7 +45,9 @@ def test_dreamtime_is_monotone_and_spends_most_steps_mid_range():
 
 
 def test_bad_ranges_are_rejected():
-    with pytest.raises(ValueError, match="t_min <= t_max"):
-        Uniform(T, STEPS, 0.9, 0.1)
+    with pytest.raises(ConfigError, match=r"schedule.t_max=0.1 is invalid: must be >= 0.9 and <= 1.0"):
+        Uniform.validate_config({"t_min": 0.9, "t_max": 0.1}, "schedule")
+    with pytest.raises(ConfigError, match=r"schedule.t_max_end=0.01 is invalid"):
+        Anneal.validate_config({"t_min": 0.02, "t_max": 0.98, "t_max_end": 0.01, "anneal_step": 10}, "schedule")
     with pytest.raises(ValueError, match=r"\[0, 999\]"):
         Grid(T, 2, [1000])

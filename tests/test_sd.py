@@ -16,6 +16,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # no test may touch the network
 
 from src.backbones.sd import StableDiffusion, WeightsNotFound  # noqa: E402
 from src.cameras import ViewBatch  # noqa: E402
+from src.configs import guidance_names  # noqa: E402
 from src.diffusion import alpha_sigma, bcast  # noqa: E402
 from tests.helpers import clip_tokenizer_files  # noqa: E402
 
@@ -154,16 +155,15 @@ def test_embedding_cache_hit_on_second_run(tiny_repo, tmp_path):
     assert other.cache_misses == 1
 
 
-def test_encode_resizes_keeps_graph_and_passes_latents(tiny_repo):
+def test_encode_resizes_keeps_graph_and_x_shape(tiny_repo):
     bb = make_backbone(tiny_repo)
     rgb = torch.rand(2, 12, 12, 3, requires_grad=True)
     x = bb.encode(rgb)  # resized 12 -> 16 (bilinear), VAE mean x scaling factor
-    assert x.shape == (2, 4, 8, 8) and x.dtype == torch.float32
+    assert x.shape == (2, *bb.x_shape()) == (2, 4, 8, 8) and x.dtype == torch.float32
     x.sum().backward()
     assert rgb.grad is not None and rgb.grad.abs().sum() > 0
-    lat = torch.randn(2, 8, 8, 4, requires_grad=True)  # a latent rendering (B, h, w, 4)
-    assert torch.equal(bb.encode(lat), lat.permute(0, 3, 1, 2))
     assert bb.decode(x.detach()).shape == (2, 16, 16, 3)
+    assert bb.x_shape(32, 16) == (4, 16, 8)  # latents of other render sizes (VAE factor 2 here)
 
 
 def test_missing_weights_error_is_actionable(tmp_path, monkeypatch):
@@ -181,14 +181,16 @@ def test_missing_weights_error_is_actionable(tmp_path, monkeypatch):
     with pytest.raises(WeightsNotFound, match="missing unet, vae"):
         StableDiffusion(path=str(tmp_path))  # a directory that is no diffusers repo
     with pytest.raises(WeightsNotFound, match="missing"):
-        StableDiffusion.validate_config({"path": str(tmp_path)})
+        StableDiffusion.validate_config({"path": str(tmp_path), "dtype": "float16", "vae_mode": "mean"},
+                                        "backbone")
 
 
 # --- psi: LoRA on the same UNet ------------------------------------------------------------
 def _psi(bb, **kw):
+    from src.representations.base import Representation
     from src.scoremodels.lora import LoRAScore
 
-    return LoRAScore.for_backbone(bb, None, **{"lr": None, "p_drop": 0.1, **kw})
+    return LoRAScore(bb, Representation(), **kw)  # cam_dim 16: flattened camera-to-world
 
 
 def test_lora_starts_at_prior_and_disabled_adapters_are_the_base_unet(tiny_repo):
@@ -249,16 +251,10 @@ def test_lora_state_roundtrip(tiny_repo):
 
 
 # --- through the lead's trainer -------------------------------------------------------------
-METHODS = ("sds", "vsd", "esd", "ssd", "fsd", "dsd", "sim")
-
-
 def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
+    from src.api import compose
 
-    from src.train import CONF_DIR
-
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=overrides)
+    return compose(overrides)
 
 
 # every method on every representation an image backbone drives (3D ones at 16 px, few Gaussians)
@@ -270,7 +266,7 @@ REPRESENTATIONS = {
 
 
 @pytest.mark.parametrize("representation", list(REPRESENTATIONS))
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", guidance_names())
 def test_each_method_runs_on_a_tiny_sd(method, representation, tiny_repo, tmp_path):
     from src.trainer import Trainer
 

@@ -7,9 +7,11 @@ import torch
 
 from src.backbones.mog import GaussianMixture
 from src.cameras import ViewBatch
+from src.checks import ConfigError
 from src.diffusion import alpha_sigma, weighting
 from src.guidance.sim import SIM
 from src.representations.toys import Affine
+from src.scoremodels.analytic import AffineGaussianScore
 from tests.helpers import make_guidance
 
 MU = [1.0, -0.5]
@@ -25,9 +27,9 @@ def setup(distance="l2", grad_through="inputs", seed=0):
     with torch.no_grad():  # a generic state: not at the optimum, A not symmetric
         rep.b.copy_(torch.tensor([0.3, 0.2]))
         rep.A.copy_(torch.tensor([[0.7, 0.2], [-0.1, 0.5]]))
-    sim = make_guidance(SIM, bb, t=T_FIXED, representation=rep, gamma=0.0, distance=distance,
+    sim = make_guidance(SIM, bb, t=T_FIXED, representation=rep, scale=1.0, distance=distance,
                         grad_through=grad_through, weighting="sds",
-                        score_model={"kind": "analytic"}, seed=seed)
+                        score_model=AffineGaussianScore, seed=seed)
     return bb, rep, sim
 
 
@@ -106,12 +108,11 @@ def test_sim_residual_only_is_biased_on_A():
 
 
 def test_sim_rejects_bad_options():
-    bb = GaussianMixture(means=[MU], covs=[SIGMA], tags=[["target"]], default_prompt="target")
-    rep = Affine(dim=2)
-    with pytest.raises(ValueError, match="distance"):
-        make_guidance(SIM, bb, representation=rep, distance="l1", score_model={"kind": "analytic"})
-    with pytest.raises(ValueError, match="reward"):
-        make_guidance(SIM, bb, representation=rep, reward_weight=1.0, score_model={"kind": "analytic"})
+    base = {"scale": 7.5, "weighting": "sds", "p_drop": 1.0}
+    with pytest.raises(ConfigError, match="guidance.distance='l1' is invalid: allowed: l2, pseudo_huber"):
+        SIM.validate_config({**base, "distance": "l1", "grad_through": "inputs"}, "guidance")
+    with pytest.raises(ConfigError, match=r"guidance.gamma: unknown key.*it takes: .*scale"):
+        SIM.validate_config({**base, "gamma": 6.5, "distance": "l2", "grad_through": "inputs"}, "guidance")
 
 
 def test_reward_term_pulls_toward_the_rewarded_mode(tmp_path):

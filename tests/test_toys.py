@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from src.api import compose, train
+from src.configs import guidance_names
 
 
 def run(tmp_path, *overrides):
@@ -54,7 +55,7 @@ class TestSSDSection13:
         assert (x - torch.tensor([1.5, 1.0], dtype=x.dtype)).norm(dim=1).median() > 0.3
 
 
-@pytest.mark.parametrize("method", ["sds", "vsd", "esd", "ssd", "fsd", "dsd", "sim"])
+@pytest.mark.parametrize("method", guidance_names())
 def test_every_method_runs_on_the_mixture_and_reports_coverage(tmp_path, method):
     m, _ = run(tmp_path, "backbone=mog2d", "representation=particles", f"guidance={method}",
                "trainer.max_steps=30", "num_threads=1")

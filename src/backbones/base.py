@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from src import checks
 from src.cameras import VIEW_NAMES
 
 
@@ -42,20 +43,21 @@ class Conditioning:
         return self.uncond.unsqueeze(0).expand(batch, *self.uncond.shape)
 
 
-class Backbone(nn.Module):
-    """Base class of the frozen priors.
+class Backbone(checks.Configurable, nn.Module):
+    """Base class of the frozen priors: every attribute a component may ask a backbone for.
 
-    Subclasses set ``space`` ("vector", "pixel" or "latent"), register a float64
-    buffer ``alphas_cumprod`` (T,), and implement ``embed`` and ``predict_eps``.
+    Subclasses register a float64 buffer ``alphas_cumprod`` (T,) and implement ``embed`` and
+    ``predict_eps``; the rest has a default here.
     """
 
+    #: what x is: "vector" (points in R^D), "pixel" (images in [-1, 1]) or "latent" (VAE latents)
     space: str = "pixel"
-    #: representation kinds this backbone can drive (see Representation.kind)
+    #: representation kinds this backbone can drive (Representation.kind)
     supported_representations: tuple[str, ...] = ("image", "3d")
     #: prompt used when the config leaves ``prompt`` empty
     default_prompt: str = ""
-    #: which psi (src.scoremodels) fits this backbone when guidance.score_model=auto
-    default_score_model: str = "unet"
+    #: side of the square images the prior sees, in pixels (None: not an image prior)
+    resolution: int | None = None
 
     alphas_cumprod: Tensor
 
@@ -80,6 +82,12 @@ class Backbone(nn.Module):
         return Conditioning(cond=cond, uncond=self.embed(negative), prompts=prompts)
 
     # --- space ----------------------------------------------------------------
+    def x_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, ...]:
+        """Shape of one x in backbone space for renders of height x width (default: the
+        prior's own resolution): (3, H, W) for pixel priors; latent / vector priors override."""
+        H = int(height or self.resolution)
+        return (3, H, int(width or H))
+
     def encode(self, rgb: Tensor) -> Tensor:
         """Render -> backbone space, keeping the graph."""
         return rgb
@@ -107,3 +115,9 @@ class Backbone(nn.Module):
             return self.predict_eps(x_t, t, emb)
         e_c, e_u = self.eps_pair(x_t, t, emb, null)
         return e_u + scale * (e_c - e_u)
+
+    # --- exact metrics ----------------------------------------------------------
+    def evaluate(self, samples: Tensor, views, prompt: str) -> dict[str, float]:
+        """Metrics an analytic prior can compute exactly for renders ``samples`` at ``views``
+        (the true distribution is known); {} for priors that cannot."""
+        return {}

@@ -27,7 +27,6 @@ MODE_RADIUS_STD = 3.0
 class GaussianMixture(Backbone):
     space = "vector"
     supported_representations = ("vector",)
-    default_score_model = "mlp"
 
     def __init__(
         self,
@@ -69,6 +68,9 @@ class GaussianMixture(Backbone):
     @property
     def dim(self) -> int:
         return self.means.shape[1]
+
+    def x_shape(self, height=None, width=None) -> tuple[int, ...]:
+        return (self.dim,)
 
     # --- text -------------------------------------------------------------------
     def embed(self, text: str) -> Tensor:

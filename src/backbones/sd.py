@@ -24,8 +24,8 @@ numbers):
 - ``self.unet`` is public: psi's LoRA (src/scoremodels/lora.py) adds adapters to this very
   object; ``predict_eps`` always runs with them disabled, i.e. the pretrained UNet.
 
-Latent-space rendering: a representation may render latents directly; ``encode`` passes a
-render with 4 channels, (B, h, w, 4), through unchanged (it is already ``x``).
+Latent-space rendering: a representation that renders latents directly returns them as
+``RenderOutput.x`` and the trainer skips ``encode`` (representation=image on SD).
 """
 
 from __future__ import annotations
@@ -40,18 +40,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from src import weights
+from src import checks, weights
 from src.backbones.base import Backbone
 from src.diffusion import alpha_sigma, bcast, sd_alphas_cumprod, v_to_eps
 from src.fileio import atomic_write
+from src.modules import hold
 from src.weights import WeightsNotFound  # noqa: F401  (re-exported: the error users catch)
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 VAE_MODES = ("mean", "sample")
 # Components of a diffusers text-to-image repository that this backbone reads.
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-# A SD latent has 4 channels (AutoencoderKL latent_channels of SD 1.x / 2.x).
-LATENT_CHANNELS = 4
 # the project's cache root (ShapesWorld uses it too); "auto" puts embeddings under it
 CACHE_ENV, CACHE_DEFAULT = "DISTILLERY_CACHE", "~/.cache/distillery"
 
@@ -88,10 +87,6 @@ class StableDiffusion(Backbone):
         name: str = "sd",
     ):
         super().__init__()
-        if dtype not in DTYPES or (vae_dtype is not None and vae_dtype not in DTYPES):
-            raise ValueError(f"backbone.dtype must be one of {', '.join(DTYPES)}, got {dtype!r}/{vae_dtype!r}")
-        if vae_mode not in VAE_MODES:
-            raise ValueError(f"backbone.vae_mode must be one of {', '.join(VAE_MODES)}, got {vae_mode!r}")
         self.name, self.default_prompt, self.vae_mode = name, default_prompt, vae_mode
         self.dtype = DTYPES[dtype]
         self.root, self.model_key = resolve_weights(path, revision, cache_dir, download)
@@ -104,12 +99,12 @@ class StableDiffusion(Backbone):
         )
         for m in (unet, vae):
             m.eval().requires_grad_(False)
-            if hasattr(m, "disable_gradient_checkpointing"):
-                m.disable_gradient_checkpointing()
+            m.disable_gradient_checkpointing()
         if channels_last:
             unet.to(memory_format=torch.channels_last)
-        # plain attributes, not submodules (see the module docstring); _apply moves them
-        self.__dict__["unet"], self.__dict__["vae"] = unet, vae
+        # held, not submodules (see the module docstring); _apply moves them
+        hold(self, "unet", unet)
+        hold(self, "vae", vae)
         self._text: tuple | None = None  # (tokenizer, text_encoder), loaded on a cache miss
 
         scheduler = DDPMScheduler.from_pretrained(self.root, subfolder="scheduler")
@@ -134,12 +129,18 @@ class StableDiffusion(Backbone):
         self._memo: dict[str, Tensor] = {}
         self._adapters_enabled = False  # psi toggles peft adapters on self.unet (lora.py)
         self.adapter_parameters: list[torch.nn.Parameter] = []  # psi's LoRA weights (lora.py)
+        self._tuner_cache: tuple[list, int] = ([], -1)  # (peft layers, adapter count) of tuner_layers
 
     @classmethod
-    def validate_config(cls, cfg) -> None:
-        """The trainer's pre-build check (no allocation, no writes): are the weights on disk?"""
-        get = cfg.get if hasattr(cfg, "get") else lambda k, d=None: getattr(cfg, k, d)
-        resolve_weights(str(get("path")), get("revision"), get("cache_dir"), bool(get("download", False)))
+    def check_config(cls, cfg, key):
+        """The trainer's pre-build check (no allocation, no writes), weights on disk last."""
+        checks.choice(cfg, "dtype", f"{key}.dtype", DTYPES)
+        if cfg.get("vae_dtype") is not None:
+            checks.choice(cfg, "vae_dtype", f"{key}.vae_dtype", DTYPES)
+        checks.choice(cfg, "vae_mode", f"{key}.vae_mode", VAE_MODES)
+        checks.number(cfg, "vae_resolution", f"{key}.vae_resolution", lo=8, integer=True, optional=True)
+        resolve_weights(str(cfg.get("path")), cfg.get("revision"), cfg.get("cache_dir"),
+                        bool(cfg.get("download", False)))
 
     # --- device handling: the components follow the module, their dtype does not --------
     def _apply(self, fn, recurse=True):
@@ -205,18 +206,16 @@ class StableDiffusion(Backbone):
         if not prompt or not prompt.strip():
             raise ValueError("prompt is empty: Stable Diffusion needs a text prompt (prompt=...)")
 
-    def free_text_encoder(self) -> None:
-        """Drop the text encoder (embeddings already computed stay memoized)."""
-        self._text = None
-
     # --- space ------------------------------------------------------------------------
-    def encode(self, rgb: Tensor) -> Tensor:
-        """(B, H, W, 3) in [0, 1] -> latents (B, 4, R/8, R/8) float32, keeping the graph.
+    def x_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, ...]:
+        """(latent_channels, H / f, W / f) for images of H x W (default: the VAE resolution)."""
+        H = int(height or self.resolution)
+        W = int(width or H)
+        f = self.vae_scale_factor
+        return (self.latent_channels, H // f, W // f)
 
-        A render with 4 channels, (B, h, w, 4), is already a latent (latent rendering).
-        """
-        if rgb.shape[-1] == self.latent_channels:
-            return rgb.permute(0, 3, 1, 2).float()
+    def encode(self, rgb: Tensor) -> Tensor:
+        """(B, H, W, 3) in [0, 1] -> latents (B, 4, R/8, R/8) float32, keeping the graph."""
         img = rgb.permute(0, 3, 1, 2)
         if img.shape[-2:] != (self.resolution, self.resolution):
             # threestudio: F.interpolate(rgb, (512, 512), mode="bilinear", align_corners=False)
@@ -261,7 +260,7 @@ class StableDiffusion(Backbone):
         if not getattr(self.unet, "_hf_peft_config_loaded", False):
             return []
         n = len(self.unet.peft_config)
-        if getattr(self, "_tuner_cache", (None, -1))[1] != n:
+        if self._tuner_cache[1] != n:
             from peft.tuners.tuners_utils import BaseTunerLayer
 
             layers = [m for m in self.unet.modules() if isinstance(m, BaseTunerLayer)]

@@ -41,7 +41,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from src import checks
 from src.backbones.base import Backbone
+from src.backbones.shapes_metrics import ExactMetrics
 from src.backbones.shapes_render import (
     PALETTE,
     RENDERER_VERSION,
@@ -58,6 +60,7 @@ ARTICLES = ("a", "an", "the")
 ANY_SHAPE = "object"  # "a red object": every shape of that color
 CACHE_ENV = "DISTILLERY_CACHE"  # root of on-disk caches; default ~/.cache/distillery
 DEFAULT_CHUNK = 512  # images per chunk of the online softmax
+MIN_RESOLUTION = 8  # pixels: below this the shapes are a few pixels wide
 
 
 # ---------------------------------------------------------------------------------------
@@ -204,7 +207,7 @@ def _atomic_save(obj, path: Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-class ShapesWorld(Backbone):
+class ShapesWorld(ExactMetrics, Backbone):
     """The analytic ``shapes`` backbone (see the module docstring for the math).
 
     Images are indexed i = (shape * n_colors + color) * n_views + view, views ordered
@@ -214,7 +217,6 @@ class ShapesWorld(Backbone):
 
     space = "pixel"
     supported_representations = ("image", "3d")
-    default_score_model = "unet"
 
     def __init__(
         self,
@@ -240,11 +242,6 @@ class ShapesWorld(Backbone):
     ):
         super().__init__()
         self.shapes, self.colors = tuple(shapes), tuple(colors)
-        bad = [s for s in self.shapes if s not in SDFS] + [c for c in self.colors if c not in PALETTE]
-        if bad:
-            raise ValueError(f"unknown shapes/colors {bad}; shapes: {list(SDFS)}, colors: {list(PALETTE)}")
-        if not self.shapes or not self.colors:
-            raise ValueError("a ShapesWorld needs at least one shape and one color")
         self.resolution = int(resolution)
         self.n_azimuths, self.n_elevations = int(n_azimuths), int(n_elevations)
         self.elevation_range = tuple(float(e) for e in elevation_range)
@@ -282,6 +279,25 @@ class ShapesWorld(Backbone):
         self._cache, self._verbose = bool(cache), bool(verbose)
         self.cache_hit, self.cache_path, self.render_seconds = False, None, 0.0
         self.register_buffer("_data", None, persistent=False)
+        self._data64: tuple[Tensor, Tensor] | None = None  # float64 copy + norms (_prior_data)
+
+    @classmethod
+    def check_config(cls, cfg, key):
+        for name, known in (("shapes", SDFS), ("colors", PALETTE)):
+            values = list(cfg.get(name) or [])
+            checks.require(len(values) > 0 and all(v in known for v in values), f"{key}.{name}", values,
+                           f"a non-empty list of {', '.join(known)}")
+        checks.number(cfg, "resolution", f"{key}.resolution", lo=MIN_RESOLUTION, integer=True)
+        for name in ("n_azimuths", "n_elevations", "supersample", "chunk_size"):
+            checks.number(cfg, name, f"{key}.{name}", lo=1, integer=True)
+        lo_el, hi_el = (list(cfg.get("elevation_range")) + [None, None])[:2]
+        checks.require(lo_el is not None and hi_el is not None and -90 <= float(lo_el) <= float(hi_el) <= 90,
+                       f"{key}.elevation_range", cfg.get("elevation_range"), "[low, high] within [-90, 90]")
+        checks.number(cfg, "distance", f"{key}.distance", lo=0.0, lo_open=True)
+        checks.number(cfg, "fovy_deg", f"{key}.fovy_deg", lo=0.0, hi=180.0, lo_open=True, hi_open=True)
+        checks.number(cfg, "smoothing", f"{key}.smoothing", lo=0.0)
+        checks.number(cfg, "front_bias", f"{key}.front_bias")
+        checks.number(cfg, "precision_threshold", f"{key}.precision_threshold", lo=0.0, lo_open=True)
 
     @property
     def data(self) -> Tensor:
@@ -301,7 +317,7 @@ class ShapesWorld(Backbone):
         """float64 copy of the data set and its squared norms (N,), cached per device:
         the prior runs in float64 (logits reach ~1e5 at small t) without a copy per call."""
         data = self.data
-        cached = getattr(self, "_data64", None)
+        cached = self._data64
         if cached is None or cached[0].device != data.device:
             d64 = data.double()
             cached = (d64, (d64 * d64).sum(-1))
@@ -449,13 +465,6 @@ class ShapesWorld(Backbone):
         alpha, sigma = alpha_sigma(self.alphas_cumprod, t.long())
         eps = self.predict_eps(x_t, t, emb)
         return (x_t - bcast(sigma, x_t) * eps) / bcast(alpha, x_t)
-
-    # --- metrics -------------------------------------------------------------------------
-    def evaluate(self, samples: Tensor, views: ViewBatch, prompt: str) -> dict[str, float]:
-        """Exact ShapesWorld metrics of renders ``samples`` (B, H, W, 3) in [0, 1] at ``views``."""
-        from src.metrics.shapes import shapes_metrics
-
-        return shapes_metrics(self, samples, views, prompt)
 
 
 __all__ = ["ShapesWorld", "ideal_eps", "mixture_log_density", "parse_prompt", "vocabulary"]

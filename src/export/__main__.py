@@ -3,8 +3,8 @@
     python -m src.export RUN_DIR [--out DIR] [--n-frames N] [--video-resolution R] [--device cpu]
 
 Reads ``RUN_DIR/.hydra/config.yaml`` (the composed config) and
-``RUN_DIR/checkpoints/last.pt``, rebuilds the parts with the trainer's
-``build_components`` and calls ``representation.export(RUN_DIR/export, eval views)``.
+``RUN_DIR/checkpoints/last.pt``, rebuilds the parts with ``src.build.build_components`` (as
+the trainer does) and calls ``representation.export(RUN_DIR/export, eval views)``.
 """
 
 from __future__ import annotations
@@ -14,16 +14,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
 
-CHECKPOINT = Path("checkpoints") / "last.pt"
+from src.build import CHECKPOINT, build_components, load_checkpoint
 
 
 def reexport(run_dir: Path, out_dir: Path | None = None, n_frames: int | None = None,
              video_resolution: int | None = None, device: str = "cpu") -> list[Path]:
-    from src.trainer import build_components
-
     run_dir = Path(run_dir)
     cfg_path, ckpt_path = run_dir / ".hydra" / "config.yaml", run_dir / CHECKPOINT
     for p in (cfg_path, ckpt_path):
@@ -31,7 +28,7 @@ def reexport(run_dir: Path, out_dir: Path | None = None, n_frames: int | None = 
             raise FileNotFoundError(f"{p} not found: is {run_dir} a run directory of src.train?")
     cfg = OmegaConf.load(cfg_path)
     c = build_components(cfg, device)
-    state = torch.load(ckpt_path, map_location=device, weights_only=False)
+    state = load_checkpoint(run_dir, device)
     c.representation.load_state_dict(state["representation"])
     rep = c.representation
     views = c.cameras.eval_views(n_frames) if n_frames else c.cameras.eval_views()

@@ -69,16 +69,12 @@ def write_grid(frames, path: Path, ncols: int | None = None, max_views: int = 16
 @torch.no_grad()
 def render_frames(representation, views, chunk: int = 8) -> Tensor:
     """rgb of each view, (N, H, W, 3) on the CPU, rendered in eval mode in chunks."""
-    from dataclasses import fields, replace
-
     was = representation.training
     representation.eval()
     try:
         out = []
         for i in range(0, len(views), chunk):
-            sub = {f.name: getattr(views, f.name)[i : i + chunk] for f in fields(views)
-                   if isinstance(getattr(views, f.name), Tensor)}
-            out.append(representation.render(replace(views, **sub)).rgb.float().cpu())
+            out.append(representation.render(views.select(slice(i, i + chunk))).rgb.float().cpu())
         return torch.cat(out)
     finally:
         representation.train(was)

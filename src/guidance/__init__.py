@@ -1,4 +1,4 @@
-"""The seven estimators of METHODS.md, each a short module over shared parts (base.py)."""
+"""Every estimator of METHODS.md (and CSD), each a short module over shared parts (base.py)."""
 from src.guidance.base import Guidance, GuidanceOutput
 
 __all__ = ["Guidance", "GuidanceOutput"]

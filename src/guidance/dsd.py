@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from src import checks, rng
 from src.cameras import ViewBatch
 from src.diffusion import alpha_sigma, bcast, ddim_step
 from src.guidance import noise
@@ -29,21 +30,22 @@ OFFICIAL_DELTA_FRACTION = 0.1
 class DSD(Guidance):
     def __init__(self, *args, scale_td: float = 1.0, n_ddim: int = 10, delta: str = "official",
                  cache: bool = True, **kwargs):
-        if delta not in DSD_DELTAS:
-            raise ValueError(f"guidance.delta={delta!r} is unknown; valid: {', '.join(DSD_DELTAS)}")
-        if n_ddim < 1:
-            raise ValueError(f"guidance.n_ddim must be >= 1, got {n_ddim}")
-        if scale_td < 1.0:
-            raise ValueError(f"guidance.scale_td must be >= 1, got {scale_td}")
         representation = kwargs.get("representation")
         super().__init__(*args, **kwargs)
         self.scale_td, self.delta, self.cache = float(scale_td), delta, cache
         T = self.backbone.num_timesteps
         self.grid = list(range(T - 1, -1, -(T // n_ddim)))[:n_ddim]
-        self.n_objects = getattr(representation, "n_objects", 1)
+        self.n_objects = 1 if representation is None else representation.n_objects
         self.n_views = self.cond.cond.shape[0]
         self._states: dict[int, Tensor] = {}
         self.prev_t: int | None = None
+
+    @classmethod
+    def check_config(cls, cfg, key):
+        super().check_config(cfg, key)
+        checks.number(cfg, "scale_td", f"{key}.scale_td", lo=1.0)
+        checks.number(cfg, "n_ddim", f"{key}.n_ddim", lo=1, integer=True)
+        checks.choice(cfg, "delta", f"{key}.delta", DSD_DELTAS)
 
     # --- the DDIM trajectory from eps* ----------------------------------------------
     def _keys(self, views: ViewBatch) -> Tensor:
@@ -70,9 +72,8 @@ class DSD(Guidance):
             x = self._states[tau]
         else:
             tau = self.grid[0]
-            index = torch.arange(n) // self.n_views
-            fake = ViewBatch(index=index, view_idx=index, cam=torch.zeros(n, 1))
-            x = noise.fixed_per_object(like.new_empty((n, *like.shape[1:])), fake, self.seed)
+            objects = torch.arange(n) // self.n_views  # every view prompt of object k starts at eps*_k
+            x = noise.fixed_per_object(like.shape[1:], objects, self.seed, like)
             if self.cache:
                 self._states[tau] = x
         for g in self.grid:
@@ -91,7 +92,7 @@ class DSD(Guidance):
         if self.delta == "previous":
             return T - 1 if self.prev_t is None else self.prev_t
         t_min = int(round(self.schedule.t_min * T))
-        u = float(torch.rand((), generator=self.rng(step, stream=3)))
+        u = float(torch.rand((), generator=self.rng(step, rng.Stream.DSD_DELTA)))
         return min(t + int(u * OFFICIAL_DELTA_FRACTION * max(t - t_min, 0)), T - 1)
 
     def forward(self, x, views, step, out=None):

@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import torch
 
-from src.guidance.base import Guidance, GuidanceOutput
+from src import checks
+from src.guidance.base import GuidanceOutput, ScoreModelGuidance
 
 
-class ESD(Guidance):
-    uses_score_model = True
-
+class ESD(ScoreModelGuidance):
     def __init__(self, *args, lam: float = 0.5, **kwargs):
-        if not 0.0 <= lam <= 1.0:
-            raise ValueError(f"guidance.lam must be in [0, 1], got {lam}")
         super().__init__(*args, **kwargs)
         self.lam = float(lam)
+
+    @classmethod
+    def check_config(cls, cfg, key):
+        super().check_config(cfg, key)
+        checks.probability(cfg, "lam", f"{key}.lam")
 
     def psi_mix(self, x_t, t, cam):
         """lam e_psi(x_t; y, null) + (1 - lam) e_psi(x_t; y, c), both in one batched call."""

@@ -27,11 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from src import rng
 from src.cameras import ViewBatch
 
-# generator streams, so the map, the background and fresh noise never coincide
-WORLD_MAP_STREAM = 104_729
-BACKGROUND_STREAM = 130_363
 # Consistent Flow Distillation defaults (METHODS.md "FSD")
 CFD_PATCH_ANGLE_DEG = 180.0
 DEFAULT_OPACITY_THRESHOLD = 0.5
@@ -44,16 +42,12 @@ def map_size(h: int, w: int, patch_angle_deg: float) -> tuple[int, int]:
     return H, W
 
 
-def _gen(seed: int, stream: int, obj: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + stream * 7_919 + obj) % (2**63))
-
-
 @lru_cache(maxsize=64)
 def fixed_noises(seed: int, obj: int, c: int, h: int, w: int, patch_angle_deg: float) -> tuple[Tensor, Tensor]:
     """(eps_p (C, H_map, W_map), eps_b (C, h, w)), float32 on the CPU, fixed per (seed, object)."""
     H, W = map_size(h, w, patch_angle_deg)
-    eps_p = torch.randn(c, H, W, generator=_gen(seed, WORLD_MAP_STREAM, obj))
-    eps_b = torch.randn(c, h, w, generator=_gen(seed, BACKGROUND_STREAM, obj))
+    eps_p = torch.randn(c, H, W, generator=rng.generator(seed, rng.Stream.WORLD_MAP, obj))
+    eps_b = torch.randn(c, h, w, generator=rng.generator(seed, rng.Stream.WORLD_BACKGROUND, obj))
     return eps_p, eps_b
 
 
@@ -108,8 +102,6 @@ def world_map_noise(
     part (unused when beta = 1).
     """
     B, C, h, w = (int(v) for v in x_shape)
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"beta must be in [0, 1], got {beta}")
     if views.azimuth_deg is None or views.elevation_deg is None:
         raise ValueError("world_map_noise needs views with azimuth_deg and elevation_deg (3D cameras)")
     fresh = torch.randn(B, C, h, w, generator=generator) if beta < 1.0 else None

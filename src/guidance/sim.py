@@ -4,6 +4,8 @@ Divergence D = int w(t) E_{x_t ~ q_t} d(s_p(x_t) - s_q(x_t)) dt, d = ||u||^2 (l2
 or sqrt(||u||^2 + c^2) - c (pseudo-Huber, SIM paper); s = -e / sigma; s_q from psi.
 Dive3D's objective combines three such terms:
   (1 + gamma) D(s_p(.|y), s_q) - gamma D(s_p(.), s_q) + reward_weight D(grad_{x_t} r(y, x0hat), s_q).
+Dive3D's gamma is the CFG scale s = 1 + gamma of every other method (METHODS.md), so SIM's knob
+is ``scale`` like theirs: one key, one convention (gamma = scale - 1).
 
 Estimator (per term, psi and the prior frozen):
   L = + d'(y_t)^T (s_q(x_t) - grad log q_t(x_t | x)),  y_t = s_p(x_t) - s_q(x_t),
@@ -25,8 +27,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from src import checks
 from src.diffusion import alpha_sigma, bcast, x0_from_eps
-from src.guidance.base import Guidance, GuidanceOutput
+from src.guidance.base import GuidanceOutput, ScoreModelGuidance
 
 SIM_DISTANCES = ("l2", "pseudo_huber")
 SIM_GRAD_PATHS = ("inputs", "residual_only")
@@ -40,26 +43,27 @@ def distance_grad(u: Tensor, kind: str, c: float) -> Tensor:
     return u / bcast((norm2 + c * c).sqrt(), u)
 
 
-class SIM(Guidance):
-    uses_score_model = True
-
-    def __init__(self, *args, gamma: float = 6.5, distance: str = "l2", huber_c: float = 1.0,
-                 reward_weight: float = 0.0, grad_through: str = "inputs",
-                 psi_camera: bool = False, **kwargs):
-        if distance not in SIM_DISTANCES:
-            raise ValueError(f"guidance.distance={distance!r} is unknown; valid: {', '.join(SIM_DISTANCES)}")
-        if grad_through not in SIM_GRAD_PATHS:
-            raise ValueError(f"guidance.grad_through={grad_through!r} is unknown; valid: {', '.join(SIM_GRAD_PATHS)}")
-        if gamma < 0:
-            raise ValueError(f"guidance.gamma must be >= 0, got {gamma}")
-        if huber_c <= 0:
-            raise ValueError(f"guidance.huber_c must be > 0, got {huber_c}")
-        kwargs["scale"] = 1.0 + gamma  # Dive3D's gamma is CFG s = 1 + gamma (METHODS.md)
+class SIM(ScoreModelGuidance):
+    def __init__(self, *args, distance: str = "l2", huber_c: float = 1.0, reward_weight: float = 0.0,
+                 grad_through: str = "inputs", psi_camera: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
-        if reward_weight != 0.0 and self.reward is None:
-            raise ValueError("guidance.reward_weight != 0 needs a reward: set reward=<name> (not none)")
-        self.gamma, self.distance, self.huber_c = float(gamma), distance, float(huber_c)
+        self.gamma = self.scale - 1.0  # Dive3D's gamma (s = 1 + gamma)
+        self.distance, self.huber_c = distance, float(huber_c)
         self.reward_weight, self.grad_through, self.psi_camera = float(reward_weight), grad_through, psi_camera
+
+    @classmethod
+    def check_config(cls, cfg, key):
+        super().check_config(cfg, key)
+        checks.choice(cfg, "distance", f"{key}.distance", SIM_DISTANCES)
+        checks.choice(cfg, "grad_through", f"{key}.grad_through", SIM_GRAD_PATHS)
+        checks.number(cfg, "huber_c", f"{key}.huber_c", lo=0.0, lo_open=True)
+        checks.number(cfg, "reward_weight", f"{key}.reward_weight")
+
+    @classmethod
+    def check_composition(cls, cfg, key, root):
+        checks.require(float(cfg.get("reward_weight", 0.0)) == 0.0 or root.reward.get("_target_") is not None,
+                       f"{key}.reward_weight", cfg.get("reward_weight"),
+                       "a reward term needs a reward model: set reward=<name> (conf/reward/), not none")
 
     def prior_scores(self, x_t: Tensor, t: Tensor, views) -> list[tuple[float, Tensor]]:
         """[(coefficient, s_p^i(x_t))] of the objective's terms, differentiable in x_t."""

@@ -1,13 +1,17 @@
 """SSD (papers/ssd.txt Algorithm 1). METHODS.md:
-h = e(x_t; y) - e(x_t; null); E = h if t > M, else the variance-reduced mode-seeking
-term e~ = e(x_t; y) - r eps (r = <e, eps> / ||eps||^2 per sample) rescaled to ||h||.
-``terms`` = seeking / disengaging isolates one term (the paper's Fig. 7 toy)."""
+h = e(x_t; y) - e(x_t; null) (mode-disengaging: CSD's classifier score, csd.py); E = h if
+t > M, else the variance-reduced mode-seeking term e~ = e(x_t; y) - r eps
+(r = <e, eps> / ||eps||^2 per sample) rescaled to ||h||. ``terms`` = seeking / disengaging
+isolates one term (the paper's Fig. 7 toy)."""
 
 from __future__ import annotations
 
 import torch
 
+from src import checks
+from src.diffusion import NUM_TRAIN_TIMESTEPS, bcast
 from src.guidance.base import Guidance, GuidanceOutput
+from src.guidance.csd import classifier_score
 
 SSD_TERMS = ("ssd", "seeking", "disengaging")
 # Guards the rescaling ||h|| / ||e~|| against a vanishing e~.
@@ -15,33 +19,31 @@ NORM_EPS = 1e-12
 
 
 def _norm(v):
-    return v.flatten(1).norm(dim=1).reshape(-1, *([1] * (v.ndim - 1)))
+    return bcast(v.flatten(1).norm(dim=1), v)
 
 
 class SSD(Guidance):
     def __init__(self, *args, M: int = 200, terms: str = "ssd", **kwargs):
-        if terms not in SSD_TERMS:
-            raise ValueError(f"guidance.terms={terms!r} is unknown; valid: {', '.join(SSD_TERMS)}")
         super().__init__(*args, **kwargs)
-        if not 0 <= M <= self.backbone.num_timesteps:
-            raise ValueError(f"guidance.M must be in [0, {self.backbone.num_timesteps}], got {M}")
         self.M, self.terms = int(M), terms
+
+    @classmethod
+    def check_config(cls, cfg, key):
+        super().check_config(cfg, key)
+        checks.number(cfg, "M", f"{key}.M", lo=0, hi=NUM_TRAIN_TIMESTEPS, integer=True)
+        checks.choice(cfg, "terms", f"{key}.terms", SSD_TERMS)
 
     def forward(self, x, views, step, out=None):
         x = x.detach()
         t, eps, x_t = self.perturb(x, step)
-        emb, null = self.text(views)
-        with torch.no_grad():
-            e_c, e_u = self.backbone.eps_pair(x_t, t, emb, null)
-        h = e_c - e_u  # mode-disengaging
+        h, e_c = classifier_score(self.backbone, x_t, t, *self.text(views))  # mode-disengaging
         if self.terms == "disengaging":
             E = h
         elif self.terms == "seeking":
             E = e_c - eps  # SDS at s = 1
         else:
             r = (e_c * eps).flatten(1).sum(1) / (eps * eps).flatten(1).sum(1)
-            e_vr = e_c - r.reshape(-1, *([1] * (x.ndim - 1))) * eps
+            e_vr = e_c - bcast(r, x) * eps
             seek = _norm(h) / _norm(e_vr).clamp_min(NORM_EPS) * e_vr
-            high = (t > self.M).reshape(-1, *([1] * (x.ndim - 1)))
-            E = torch.where(high, h, seek)
+            E = torch.where(bcast(t > self.M, x).bool(), h, seek)
         return GuidanceOutput(grad=self.w(t, x) * E, t=t)

@@ -1,16 +1,14 @@
 """VSD (ProlificDreamer). METHODS.md: G = w(t) (e_s(x_t; y_c) - e_psi(x_t; y, c)),
-then one denoising score-matching step on psi (Guidance.update)."""
+then one denoising score-matching step on psi (ScoreModelGuidance.update)."""
 
 from __future__ import annotations
 
 import torch
 
-from src.guidance.base import Guidance, GuidanceOutput
+from src.guidance.base import GuidanceOutput, ScoreModelGuidance
 
 
-class VSD(Guidance):
-    uses_score_model = True
-
+class VSD(ScoreModelGuidance):
     def forward(self, x, views, step, out=None):
         x = x.detach()
         t, eps, x_t = self.perturb(x, step)

@@ -13,26 +13,50 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from src.cameras import ViewBatch
+from src import checks
+from src.cameras import CAM_DIM, ViewBatch
 
 
 @dataclass
 class RenderOutput:
-    """rgb: (B, D) for "vector" kinds; (B, H, W, 3) in [0, 1] for images and 3D.
-    opacity / depth: (B, H, W, 1) where the representation has them."""
+    """What a render hands to the trainer.
 
-    rgb: Tensor
+    rgb:     (B, D) for "vector" kinds; (B, H, W, 3) in [0, 1] for images and 3D; None for a
+             render made directly in backbone space (x below) that has no picture of its own.
+    x:       the render already in backbone space, (B, *backbone.x_shape()), or None. When
+             set, the trainer uses it instead of ``backbone.encode(rgb)`` (representation=image
+             optimizes x itself, pixels or latents, so nothing has to guess what rgb holds).
+    opacity / depth: (B, H, W, 1) where the representation has them.
+    """
+
+    rgb: Tensor | None
+    x: Tensor | None = None
     opacity: Tensor | None = None
     depth: Tensor | None = None
     extras: dict = field(default_factory=dict)
 
 
-class Representation(nn.Module):
+class Representation(checks.Configurable, nn.Module):
+    """Base class: every attribute a component may ask a representation for."""
+
+    #: which backbones can drive it: "vector", "image" or "3d" (Backbone.supported_representations)
     kind: str = "vector"
+    #: K independent objects (particles) optimized together; ``views.index`` picks one
+    n_objects: int = 1
+    #: width of ``ViewBatch.cam``, the camera features psi is conditioned on
+    cam_dim: int = CAM_DIM
+    injected = ("backbone",)
 
     def __init__(self, lr: float = 1e-2):
         super().__init__()
         self.lr = lr
+
+    @classmethod
+    def check_config(cls, cfg, key):
+        """Every learning rate (``lr``, ``lr_*``) is a finite number >= 0."""
+        for name in cfg:
+            if str(name) == "lr" or str(name).startswith("lr_"):
+                checks.number(cfg, name, f"{key}.{name}", lo=0.0, optional=str(name) != "lr")
 
     def render(self, views: ViewBatch) -> RenderOutput:
         raise NotImplementedError

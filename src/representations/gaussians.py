@@ -27,12 +27,12 @@ trainer hook; N stays fixed and every lr is constant.
 from __future__ import annotations
 
 import math
-from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from src import checks, rng
 from src.cameras import ViewBatch
 from src.cameras_orbit import get_rays
 from src.representations import splat
@@ -63,9 +63,11 @@ def random_ball(n: int, radius: float, generator: torch.Generator | None = None)
     return torch.stack([r * sin_t * phi.cos(), r * sin_t * phi.sin(), r * cos_t], -1)
 
 
+RENDERERS = ("auto", "gsplat", "torch")
+
+
 class Gaussians(Representation):
     kind = "3d"
-    default_score_model = None  # psi follows the backbone (guidance.score_model=auto)
 
     def __init__(
         self,
@@ -95,15 +97,9 @@ class Gaussians(Representation):
         init_seed: int | None = None,
     ):
         super().__init__(lr=lr)
-        if n_objects < 1 or n_gaussians < 1:
-            raise ValueError(f"n_objects and n_gaussians must be >= 1, got {n_objects}, {n_gaussians}")
-        if not 0.0 < opacity_init < 1.0 or not 0.0 < color_init < 1.0:
-            raise ValueError("opacity_init and color_init must lie in (0, 1)")
-        if renderer not in ("auto", "gsplat", "torch"):
-            raise ValueError(f"renderer must be auto | gsplat | torch, got {renderer!r}")
         self.n_objects, self.n_gaussians = int(n_objects), int(n_gaussians)
         K, N = self.n_objects, self.n_gaussians
-        g = torch.Generator().manual_seed(int(init_seed)) if init_seed is not None else None
+        g = rng.generator(int(init_seed), rng.Stream.INIT) if init_seed is not None else None
         means = torch.stack([random_ball(N, init_radius, g) for _ in range(K)])  # (K, N, 3)
         scales = torch.stack([splat.knn_scale(m) for m in means])  # (K, N)
         quats = torch.zeros(K, N, 4)
@@ -125,6 +121,19 @@ class Gaussians(Representation):
                     "opacity_logits": lr_opacities, "color_logits": lr_colors}
         self.lr_background = lr_background
         self.export_cfg = dict(export or {})
+
+    @classmethod
+    def check_config(cls, cfg, key):
+        super().check_config(cfg, key)
+        for name in ("n_objects", "n_gaussians", "tile_size"):
+            checks.number(cfg, name, f"{key}.{name}", lo=1, integer=True)
+        for name in ("opacity_init", "color_init"):
+            checks.number(cfg, name, f"{key}.{name}", lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+        checks.number(cfg, "init_radius", f"{key}.init_radius", lo=0.0, lo_open=True)
+        checks.choice(cfg, "renderer", f"{key}.renderer", RENDERERS)
+        for name in ("lambda_position", "lambda_opacity", "lambda_scales", "lambda_sparsity",
+                     "lambda_opaque", "eps2d", "near_plane"):
+            checks.number(cfg, name, f"{key}.{name}", lo=0.0)
 
     # --- activations ---------------------------------------------------------------------
     @property
@@ -192,9 +201,7 @@ class Gaussians(Representation):
             parts, order = [], []
             for k in views.index.unique().tolist():
                 sel = (views.index == k).nonzero()[:, 0]
-                sub = replace(views, **{f.name: getattr(views, f.name)[sel] for f in fields(views)
-                                        if isinstance(getattr(views, f.name), Tensor)})
-                parts.append(self.render_object(k, sub))
+                parts.append(self.render_object(k, views.select(sel)))
                 order.append(sel)
             inv = torch.argsort(torch.cat(order))
             rgb, alpha, depth = (torch.cat(t)[inv] for t in zip(*parts))

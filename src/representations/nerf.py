@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from src import checks
 from src.cameras import ViewBatch
 from src.cameras_orbit import get_rays
 from src.representations import volume
@@ -69,8 +70,6 @@ class Field(nn.Module):
         self.radius = float(radius)
         self.encoding = MultiResGrid(**grid)
         self.net = mlp(self.encoding.output_dim, 4, hidden, n_hidden_layers)  # (density, rgb)
-        if density_activation not in DENSITY_ACTIVATIONS:
-            raise ValueError(f"density_activation must be one of {sorted(DENSITY_ACTIVATIONS)}")
         self.density_activation = density_activation
         self.density_bias, self.blob_scale, self.blob_std = density_bias, blob_scale, blob_std
 
@@ -81,9 +80,11 @@ class Field(nn.Module):
         return sigma, (torch.sigmoid(h[:, 1:]) if need_rgb else None)
 
 
+RENDERERS = ("auto", "dense", "occgrid")
+
+
 class NeRF(Representation):
     kind = "3d"
-    default_score_model = None  # psi follows the backbone (guidance.score_model=auto)
 
     def __init__(
         self,
@@ -124,8 +125,6 @@ class NeRF(Representation):
         )
         bg = dict(background or {})
         self.background = Background(bg.pop("kind", "learned"), **bg)
-        if renderer not in ("auto", "dense", "occgrid"):
-            raise ValueError(f"renderer must be auto | dense | occgrid, got {renderer!r}")
         self.renderer, self.n_samples, self.near_plane = renderer, int(n_samples), float(near_plane)
         self.render_step_size = SQRT3 * 2 * self.radius / num_samples_per_ray
         self.occ_grid_prune = occ_grid_prune
@@ -147,6 +146,17 @@ class NeRF(Representation):
         self.lr_net, self.lr_background = lr_net, lr_background
         self.export_cfg = dict(export or {})
         self._generator: torch.Generator | None = None
+
+    @classmethod
+    def check_config(cls, cfg, key):
+        super().check_config(cfg, key)
+        for name in ("n_objects", "n_samples", "num_samples_per_ray", "occ_grid_resolution", "chunk_rays"):
+            checks.number(cfg, name, f"{key}.{name}", lo=1, integer=True)
+        checks.number(cfg, "radius", f"{key}.radius", lo=0.0, lo_open=True)
+        checks.choice(cfg, "renderer", f"{key}.renderer", RENDERERS)
+        checks.choice(cfg, "density_activation", f"{key}.density_activation", DENSITY_ACTIVATIONS)
+        for name in ("lambda_sparsity", "lambda_opaque", "near_plane"):
+            checks.number(cfg, name, f"{key}.{name}", lo=0.0)
 
     # --- optimization ------------------------------------------------------------------
     def param_groups(self) -> list[dict]:

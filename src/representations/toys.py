@@ -12,30 +12,38 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from src import checks
 from src.cameras import ViewBatch
 from src.representations.base import RenderOutput, Representation
+
+PARTICLE_INITS = ("normal", "point")
 
 
 class Particles(Representation):
     kind = "vector"
-    default_score_model = "mlp"
 
     def __init__(self, n_particles: int = 64, dim: int = 2, init: str = "normal",
                  init_scale: float = 1.0, init_point: list[float] | None = None,
                  lr: float = 1e-2, backbone=None):
         super().__init__(lr=lr)
-        if n_particles < 1:
-            raise ValueError(f"representation.n_particles must be >= 1, got {n_particles}")
         if init == "normal":
             x = init_scale * torch.randn(n_particles, dim)
-        elif init == "point":
-            if init_point is None or len(init_point) != dim:
-                raise ValueError(f"representation.init=point needs init_point with {dim} numbers")
-            x = torch.tensor(init_point, dtype=torch.float32).expand(n_particles, dim).clone()
         else:
-            raise ValueError(f"representation.init={init!r} is unknown; valid: normal, point")
+            x = torch.tensor(init_point, dtype=torch.float32).expand(n_particles, dim).clone()
         self.x = nn.Parameter(x)
+        # the "camera" of particle k is its one-hot index (cameras.IndexSampler)
         self.dim, self.cam_dim, self.n_objects = dim, n_particles, n_particles
+
+    @classmethod
+    def check_config(cls, cfg, key):
+        super().check_config(cfg, key)
+        checks.number(cfg, "n_particles", f"{key}.n_particles", lo=1, integer=True)
+        dim = checks.number(cfg, "dim", f"{key}.dim", lo=1, integer=True)
+        checks.number(cfg, "init_scale", f"{key}.init_scale", lo=0.0)
+        if checks.choice(cfg, "init", f"{key}.init", PARTICLE_INITS) == "point":
+            p = cfg.get("init_point")
+            checks.require(p is not None and len(p) == dim, f"{key}.init_point", p,
+                           f"init=point needs a list of {dim} numbers")
 
     def render(self, views: ViewBatch) -> RenderOutput:
         return RenderOutput(rgb=self.x[views.index.to(self.x.device)])
@@ -48,7 +56,6 @@ class Particles(Representation):
 
 class Affine(Representation):
     kind = "vector"
-    default_score_model = "analytic"
 
     def __init__(self, dim: int = 2, code_dim: int | None = None, init_scale: float = 1.0,
                  lr: float = 1e-2, backbone=None):
@@ -56,7 +63,7 @@ class Affine(Representation):
         code_dim = code_dim or dim
         self.b = nn.Parameter(torch.zeros(dim))
         self.A = nn.Parameter(init_scale * torch.eye(dim, code_dim))
-        self.dim, self.cam_dim, self.n_objects = dim, code_dim, 1
+        self.dim, self.cam_dim = dim, code_dim  # psi sees the code c as the camera
 
     def render(self, views: ViewBatch) -> RenderOutput:
         c = views.cam.to(self.A.device, self.A.dtype)

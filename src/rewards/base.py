@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from src import checks
 
-class Reward(nn.Module):
+
+class Reward(checks.Configurable, nn.Module):
+    injected = ("backbone",)
+
     def forward(self, x0: Tensor, prompt: str) -> Tensor:
         raise NotImplementedError

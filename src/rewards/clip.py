@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from src import checks
+from src.modules import hold
 from src.rewards.base import Reward
 from src.weights import resolve_weights
 
@@ -39,8 +41,6 @@ class CLIPReward(Reward):
                  dtype: str = "float32", revision: str | None = None, cache_dir: str | None = None,
                  download: bool = False, backbone=None):
         super().__init__()
-        if dtype not in DTYPES:
-            raise ValueError(f"reward.dtype={dtype!r} is unknown; valid: {', '.join(DTYPES)}")
         from transformers import AutoTokenizer, CLIPModel
 
         model_dir, _ = self.resolve(path, MODEL_FILES, revision, cache_dir, download)
@@ -52,7 +52,7 @@ class CLIPReward(Reward):
         self.register_buffer("std", torch.tensor(stats["image_std"]).view(1, 3, 1, 1), persistent=False)
         self.size = int(self.model.config.vision_config.image_size)
         self.scale = float(scale)
-        object.__setattr__(self, "backbone", backbone)  # shared, not a submodule
+        hold(self, "backbone", backbone)  # shared, not a submodule
         self._text: dict[str, Tensor] = {}
 
     @staticmethod
@@ -61,8 +61,10 @@ class CLIPReward(Reward):
                                revision=revision, cache_dir=cache_dir, download=download)
 
     @classmethod
-    def validate_config(cls, cfg) -> None:
+    def check_config(cls, cfg, key) -> None:
         """Pre-build check: are the model and tokenizer on disk? (nothing allocated)"""
+        checks.choice(cfg, "dtype", f"{key}.dtype", DTYPES)
+        checks.number(cfg, "scale", f"{key}.scale")
         cls.resolve(cfg.path, MODEL_FILES, cfg.get("revision"), cfg.get("cache_dir"), cfg.get("download", False))
         cls.resolve(cfg.get("processor_path") or cfg.path, TOKENIZER_FILES, None, cfg.get("cache_dir"),
                     cfg.get("download", False))

@@ -9,16 +9,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from src import checks
 from src.rewards.base import Reward
 
 
 class PointReward(Reward):
     def __init__(self, target: list[float], width: float = 1.0, backbone=None):
         super().__init__()
-        if width <= 0:
-            raise ValueError(f"reward.width must be > 0, got {width}")
         self.register_buffer("target", torch.tensor(target, dtype=torch.float64))
         self.width = float(width)
+
+    @classmethod
+    def check_config(cls, cfg, key):
+        checks.number(cfg, "width", f"{key}.width", lo=0.0, lo_open=True)
 
     def forward(self, x0: Tensor, prompt: str) -> Tensor:
         d = x0.reshape(x0.shape[0], -1) - self.target.to(x0)

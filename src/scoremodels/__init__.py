@@ -1,10 +1,10 @@
 """psi: the trainable score model of the *rendered* distribution (VSD, ESD, SIM).
 
-Kinds (``guidance.score_model.kind``): ``analytic`` (closed form, affine toy),
-``mlp`` (particles), ``unet`` (image backbones, trained from scratch) and
-``lora`` (peft LoRA on the Stable Diffusion UNet). ``auto`` asks the backbone /
-representation pair (see ``build_score_model``).
+The ``score_model`` config group (conf/score_model/): ``lora`` (peft LoRA on the Stable
+Diffusion UNet), ``unet`` (pixel priors, from scratch), ``mlp`` (2-D toys, from scratch) and
+``analytic`` (closed form, the affine toy). Each is ``_partial_``: the guidance completes it
+with the backbone and the representation.
 """
-from src.scoremodels.base import ScoreModel, build_score_model
+from src.scoremodels.base import ScoreModel
 
-__all__ = ["ScoreModel", "build_score_model"]
+__all__ = ["ScoreModel"]

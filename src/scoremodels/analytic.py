@@ -14,18 +14,23 @@ import torch
 from torch import Tensor
 
 from src.diffusion import alpha_sigma
+from src.modules import hold
+from src.representations.toys import Affine
 from src.scoremodels.base import ScoreModel
 
 
 class AffineGaussianScore(ScoreModel):
     null_camera_is_zeros = False  # cam=None is the marginal q_t, not the code c = 0
-    def __init__(self, alphas_cumprod: Tensor, representation, **kwargs):
-        kwargs.pop("lr", None)
-        super().__init__(alphas_cumprod, **kwargs)
-        self._rep = [representation]  # a list: not a submodule, never in psi's state
+
+    def __init__(self, backbone, representation):
+        super().__init__(backbone.alphas_cumprod)
+        if not isinstance(representation, Affine):
+            raise ValueError("score_model=analytic is the closed form of representation=affine "
+                             f"(x = b + A c), not of {type(representation).__name__}")
+        hold(self, "representation", representation)  # read, never in psi's state
 
     def score(self, x_t: Tensor, t: Tensor, cam: Tensor | None) -> Tensor:
-        rep = self._rep[0]
+        rep = self.representation
         b, A = rep.b.detach().to(x_t.dtype), rep.A.detach().to(x_t.dtype)
         alpha, sigma = (v.to(x_t.dtype)[:, None] for v in alpha_sigma(self.alphas_cumprod, t))
         if cam is None:
@@ -39,5 +44,5 @@ class AffineGaussianScore(ScoreModel):
         _, sigma = alpha_sigma(self.alphas_cumprod, t)
         return -sigma.to(x_t.dtype)[:, None] * self.score(x_t, t, cam)
 
-    def fit_step(self, x, views, generator, emb=None):
+    def fit_step(self, x, views, generator, emb=None, p_drop=0.0):
         return {}  # exact by construction

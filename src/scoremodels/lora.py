@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from src import checks
+from src.modules import hold
 from src.scoremodels.base import ScoreModel
 
 # ProlificDreamer / threestudio: LoRA on every attention projection of the UNet
@@ -26,26 +28,30 @@ from src.scoremodels.base import ScoreModel
 TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
 DEFAULT_RANK = 4
 DEFAULT_LR = 1e-4
-CAM_DIM = 16  # flattened 4x4 camera-to-world
 
 
 class LoRAScore(ScoreModel):
     def __init__(
         self,
         backbone,
+        representation,
         rank: int = DEFAULT_RANK,
         alpha: float | None = None,
         lr: float = DEFAULT_LR,
-        p_drop: float = 0.1,
-        cam_dim: int = CAM_DIM,
         target_modules: tuple[str, ...] | list[str] = TARGET_MODULES,
         adapter_name: str = "psi",
         **kwargs,
     ):
-        super().__init__(backbone.alphas_cumprod, lr=lr, p_drop=p_drop, **kwargs)
+        super().__init__(backbone.alphas_cumprod, lr=lr, **kwargs)
         from peft import LoraConfig
 
-        self.__dict__["backbone"] = backbone  # a reference, not a submodule (see docstring)
+        from src.backbones.sd import StableDiffusion
+
+        if not isinstance(backbone, StableDiffusion):
+            raise ValueError(f"score_model=lora needs a Stable Diffusion backbone (backbone=sd21|sd15|"
+                             f"diffusers), not {type(backbone).__name__}")
+        hold(self, "backbone", backbone)  # a reference, not a submodule (see docstring)
+        cam_dim = representation.cam_dim
         unet = backbone.unet
         if adapter_name in (getattr(unet, "peft_config", None) or {}):
             raise ValueError(f"backbone.unet already has an adapter named {adapter_name!r}")
@@ -73,16 +79,10 @@ class LoRAScore(ScoreModel):
         self._hook = unet.time_embedding.register_forward_hook(self._add_camera)
 
     @classmethod
-    def for_backbone(cls, backbone, representation=None, **cfg) -> LoRAScore:
-        if not hasattr(backbone, "unet") or not hasattr(backbone, "adapters"):
-            raise ValueError(
-                f"guidance.score_model.kind=lora needs a Stable Diffusion backbone "
-                f"(backbone=sd21|sd15|diffusers), not {type(backbone).__name__}; use kind=auto"
-            )
-        if cfg.get("lr") is None:
-            cfg["lr"] = DEFAULT_LR
-        cfg.setdefault("cam_dim", getattr(representation, "cam_dim", None) or CAM_DIM)
-        return cls(backbone, **cfg)
+    def check_config(cls, cfg, key):
+        super().check_config(cfg, key)
+        checks.number(cfg, "rank", f"{key}.rank", lo=1, integer=True)
+        checks.number(cfg, "alpha", f"{key}.alpha", lo=0.0, lo_open=True, optional=True)
 
     def _add_camera(self, module, inputs, out: Tensor) -> Tensor:
         return out if self._cam_emb is None else out + self._cam_emb.to(out.dtype)

@@ -11,6 +11,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from src import checks
 from src.scoremodels.base import ScoreModel
 
 
@@ -23,16 +24,24 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
 
 
 class MLPScore(ScoreModel):
-    def __init__(self, alphas_cumprod: Tensor, dim: int, cam_dim: int, hidden: int = 128,
-                 t_embed: int = 32, depth: int = 3, **kwargs):
-        kwargs.setdefault("lr", 1e-3)
-        super().__init__(alphas_cumprod, **kwargs)
-        self.dim, self.cam_dim, self.t_embed = dim, cam_dim, t_embed
-        layers: list[nn.Module] = [nn.Linear(dim + t_embed + cam_dim, hidden), nn.SiLU()]
+    """x (B, D) of a vector backbone; camera features of width ``representation.cam_dim``."""
+
+    def __init__(self, backbone, representation, hidden: int = 128, t_embed: int = 32, depth: int = 3,
+                 **kwargs):
+        super().__init__(backbone.alphas_cumprod, **kwargs)
+        (dim,) = backbone.x_shape()
+        self.dim, self.cam_dim, self.t_embed = dim, representation.cam_dim, t_embed
+        layers: list[nn.Module] = [nn.Linear(dim + t_embed + self.cam_dim, hidden), nn.SiLU()]
         for _ in range(depth - 1):
             layers += [nn.Linear(hidden, hidden), nn.SiLU()]
         layers.append(nn.Linear(hidden, dim))
         self.net = nn.Sequential(*layers)
+
+    @classmethod
+    def check_config(cls, cfg, key):
+        super().check_config(cfg, key)
+        for name in ("hidden", "t_embed", "depth"):
+            checks.number(cfg, name, f"{key}.{name}", lo=1, integer=True)
 
     def eps(self, x_t: Tensor, t: Tensor, cam: Tensor | None, emb: Tensor | None = None) -> Tensor:
         B = x_t.shape[0]

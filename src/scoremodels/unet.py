@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from src import checks
 from src.scoremodels.base import ScoreModel
 
 DEFAULT_LR = 1e-3  # from scratch: ProlificDreamer's 1e-4 is for a pretrained LoRA
@@ -23,23 +24,26 @@ NORM_GROUPS = 8
 
 
 class UNetScore(ScoreModel):
-    """e_psi(x_t; c) for images x (B, C, H, W) or channels-last (B, H, W, C)."""
+    """e_psi(x_t; c) for images x (B, C, H, W) in the backbone's (pixel) space."""
 
     def __init__(
         self,
-        alphas_cumprod: Tensor,
-        in_channels: int = 3,
-        sample_size: int = 32,
-        cam_dim: int = 16,
+        backbone,
+        representation,
         channels: tuple[int, ...] | list[int] = DEFAULT_CHANNELS,
         layers_per_block: int = 1,
         attention: bool = False,
         lr: float = DEFAULT_LR,
-        p_drop: float = 0.1,
         **kwargs,
     ):
-        super().__init__(alphas_cumprod, lr=lr, p_drop=p_drop, **kwargs)
+        super().__init__(backbone.alphas_cumprod, lr=lr, **kwargs)
+        if backbone.space != "pixel":
+            raise ValueError(f"score_model=unet is for pixel priors; {type(backbone).__name__} is "
+                             f"{backbone.space!r} (Stable Diffusion: score_model=lora)")
         from diffusers import UNet2DModel
+
+        in_channels, sample_size, _ = backbone.x_shape()
+        cam_dim = representation.cam_dim
 
         channels = tuple(channels)
         down = ["DownBlock2D"] * len(channels)
@@ -57,29 +61,19 @@ class UNetScore(ScoreModel):
         self.camera = nn.Sequential(nn.Linear(cam_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
 
     @classmethod
-    def for_backbone(cls, backbone, representation=None, **cfg) -> UNetScore:
-        if getattr(backbone, "space", None) == "latent":
-            raise ValueError("score_model.kind=unet is for pixel backbones; use kind=lora (or auto) with SD")
-        if cfg.get("lr") is None:
-            cfg["lr"] = DEFAULT_LR
-        res = getattr(backbone, "resolution", None) or getattr(representation, "resolution", None)
-        if res is not None:
-            cfg.setdefault("sample_size", int(res))
-        cfg.setdefault("in_channels", int(getattr(backbone, "channels", 3)))
-        cfg.setdefault("cam_dim", getattr(representation, "cam_dim", None) or 16)
-        return cls(backbone.alphas_cumprod, **cfg)
-
-    def _channels_last(self, x: Tensor) -> bool:
-        return x.shape[-1] == self.in_channels and x.shape[1] != self.in_channels
+    def check_config(cls, cfg, key):
+        super().check_config(cfg, key)
+        ch = list(cfg.get("channels") or [])
+        checks.require(len(ch) > 0 and all(int(c) % NORM_GROUPS == 0 and int(c) > 0 for c in ch),
+                       f"{key}.channels", ch, f"a non-empty list of multiples of {NORM_GROUPS}")
+        checks.number(cfg, "layers_per_block", f"{key}.layers_per_block", lo=1, integer=True)
 
     def eps(self, x_t: Tensor, t: Tensor, cam: Tensor | None, emb: Tensor | None = None) -> Tensor:
-        """(B, C, H, W) or (B, H, W, C), (B,), (B, cam_dim) or None -> like x_t. emb is unused."""
-        last = self._channels_last(x_t)
-        x = x_t.permute(0, 3, 1, 2) if last else x_t
+        """(B, C, H, W), (B,), (B, cam_dim) or None -> (B, C, H, W). emb is unused."""
+        x = x_t
         B = x.shape[0]
         if cam is None:
             cam = torch.zeros(B, self.cam_dim, device=x.device, dtype=x.dtype)
         dtype = self.camera[0].weight.dtype
         c = self.camera(cam.to(x.device, dtype))
-        out = self.net(x.to(dtype), t.to(x.device), class_labels=c).sample.to(x_t.dtype)
-        return out.permute(0, 2, 3, 1) if last else out
+        return self.net(x.to(dtype), t.to(x.device), class_labels=c).sample.to(x_t.dtype)

@@ -1,5 +1,5 @@
-"""Exact ShapesWorld metrics (issue 3 item 6): the true distribution is known, so a
-render is compared with the truth rendered by the world's own renderer **at the
+"""Exact ShapesWorld metrics (``ExactMetrics``, a mixin of ShapesWorld): the true
+distribution is known, so a render is compared with the truth rendered by the world's own renderer **at the
 same camera** (same ``ViewBatch``, same resolution), never with a nearby data view.
 
 - distance: RMSE over H x W x 3 (pixels in [0, 1]) after a Gaussian blur of
@@ -34,7 +34,6 @@ same camera** (same ``ViewBatch``, same resolution), never with a nearby data vi
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -43,9 +42,6 @@ from torch import Tensor
 from src.backbones.shapes_render import AMBIENT
 from src.cameras import ViewBatch
 from src.cameras_orbit import make_views
-
-if TYPE_CHECKING:
-    from src.backbones.shapes import ShapesWorld
 
 # Gaussian blur (std in pixels at 32 px; scaled with the resolution) applied before RMSE.
 BLUR_PX_AT_32 = 1.0
@@ -87,60 +83,6 @@ def image_distance(a: Tensor, b: Tensor) -> Tensor:
     return rmse(gaussian_blur(a, std), gaussian_blur(b, std))
 
 
-def marker_dark_threshold(world: ShapesWorld) -> float:
-    darkest = float(world.palette.max(-1).values.min()) * AMBIENT
-    return max(MARKER_DARK_FLOOR, MARKER_DARK_FACTOR * darkest)
-
-
-def janus_rate(
-    world: ShapesWorld, samples: Tensor, views: ViewBatch, truth_class: int
-) -> float:
-    """Fraction of the views where ``truth_class`` shows no marker but ``samples`` do."""
-    B, H, W, _ = samples.shape
-    truth_cov = world.marker_coverage(truth_class, views, H, W)  # (B,)
-    front = make_views(
-        torch.zeros(1), views.elevation_deg[:1], views.distance[:1], views.fovy_deg[:1], H, W
-    )
-    ref_area = float(world.marker_coverage(truth_class, front, H, W)[0])
-    dark = (samples.max(-1).values < marker_dark_threshold(world)).float().sum((-1, -2))
-    seen = dark >= max(1.0, MARKER_SEEN_FRACTION * ref_area)
-    none = truth_cov < TRUTH_NONE_PIXELS
-    if not none.any():
-        return 0.0
-    return float(seen[none].float().mean())
-
-
-@torch.no_grad()
-def shapes_metrics(
-    world: ShapesWorld,
-    samples: Tensor,
-    views: ViewBatch,
-    prompt: str,
-    threshold: float | None = None,
-) -> dict[str, float]:
-    """precision, mode_id, mode_frac, rmse (+ janus_rate) of renders (B, H, W, 3) in [0, 1]."""
-    tau = world.precision_threshold if threshold is None else float(threshold)
-    samples = samples.detach().float().cpu().clamp(0, 1)
-    views = views.to("cpu")
-    B, H, W, _ = samples.shape
-    if len(views) != B:
-        raise ValueError(f"{B} samples but {len(views)} views")
-    if _is_fixed_camera(views) and H == W == world.resolution:
-        return _metrics_any_view(world, samples, prompt, tau)
-    truth = world.render_classes(range(world.n_classes), views, H, W)  # (K, B, H, W, 3)
-    dist = image_distance(truth, samples[None])  # (K, B)
-    prompt_cls = world.prompt_classes(prompt)
-    d_prompt = dist[prompt_cls].min(0).values  # (B,)
-
-    best_d, best = dist.min(0)
-    out = _summary(best, best_d, d_prompt, tau)
-    if world.marker:
-        mode_id = out["mode_id"]
-        truth_cls = mode_id if mode_id >= 0 else prompt_cls[int(dist[prompt_cls].mean(1).argmin())]
-        out["janus_rate"] = janus_rate(world, samples, views, truth_cls)
-    return out
-
-
 def _summary(best: Tensor, best_d: Tensor, d_prompt: Tensor, tau: float) -> dict[str, float]:
     """precision / mode_id / mode_frac / rmse from per-view nearest classes and distances (B,)."""
     matched = best[best_d <= tau].tolist()
@@ -160,15 +102,65 @@ def _is_fixed_camera(views: ViewBatch) -> bool:
     return views.c2w is None or bool((views.c2w == views.c2w[:1]).all())
 
 
-def _metrics_any_view(world: ShapesWorld, samples: Tensor, prompt: str, tau: float) -> dict[str, float]:
-    """2D runs: distances to every data image; -> the same keys plus any_view = 1."""
-    std = BLUR_PX_AT_32 * samples.shape[-3] / 32.0
-    data = gaussian_blur(world.images().float().cpu(), std)  # (N, H, W, 3)
-    blurred = gaussian_blur(samples, std)
-    dist = torch.stack([rmse(data, x[None]) for x in blurred])  # (B, N)
-    in_prompt = world.prompt_mask(prompt, use_view=False).cpu()
-    d_prompt = dist[:, in_prompt].min(1).values
-    best_d, best_i = dist.min(1)
-    out = _summary(world.class_idx.cpu()[best_i], best_d, d_prompt, tau)
-    out["any_view"] = 1
-    return out
+
+class ExactMetrics:
+    """The exact metrics of a ShapesWorld, as methods of the world (ShapesWorld inherits this
+    mixin): they use its renderer (``render_classes``, ``marker_coverage``), its prompt grammar
+    and its palette, and live beside the prior they measure."""
+
+    def marker_dark_threshold(self) -> float:
+        darkest = float(self.palette.max(-1).values.min()) * AMBIENT
+        return max(MARKER_DARK_FLOOR, MARKER_DARK_FACTOR * darkest)
+
+    def janus_rate(self, samples: Tensor, views: ViewBatch, truth_class: int) -> float:
+        """Fraction of the views where ``truth_class`` shows no marker but ``samples`` do."""
+        B, H, W, _ = samples.shape
+        truth_cov = self.marker_coverage(truth_class, views, H, W)  # (B,)
+        front = make_views(
+            torch.zeros(1), views.elevation_deg[:1], views.distance[:1], views.fovy_deg[:1], H, W
+        )
+        ref_area = float(self.marker_coverage(truth_class, front, H, W)[0])
+        dark = (samples.max(-1).values < self.marker_dark_threshold()).float().sum((-1, -2))
+        seen = dark >= max(1.0, MARKER_SEEN_FRACTION * ref_area)
+        none = truth_cov < TRUTH_NONE_PIXELS
+        if not none.any():
+            return 0.0
+        return float(seen[none].float().mean())
+
+    @torch.no_grad()
+    def evaluate(self, samples: Tensor, views: ViewBatch, prompt: str,
+                 threshold: float | None = None) -> dict[str, float]:
+        """precision, mode_id, mode_frac, rmse (+ janus_rate) of renders (B, H, W, 3) in [0, 1]."""
+        tau = self.precision_threshold if threshold is None else float(threshold)
+        samples = samples.detach().float().cpu().clamp(0, 1)
+        views = views.to("cpu")
+        B, H, W, _ = samples.shape
+        if len(views) != B:
+            raise ValueError(f"{B} samples but {len(views)} views")
+        if _is_fixed_camera(views) and H == W == self.resolution:
+            return self._metrics_any_view(samples, prompt, tau)
+        truth = self.render_classes(range(self.n_classes), views, H, W)  # (K, B, H, W, 3)
+        dist = image_distance(truth, samples[None])  # (K, B)
+        prompt_cls = self.prompt_classes(prompt)
+        d_prompt = dist[prompt_cls].min(0).values  # (B,)
+
+        best_d, best = dist.min(0)
+        out = _summary(best, best_d, d_prompt, tau)
+        if self.marker:
+            mode_id = out["mode_id"]
+            truth_cls = mode_id if mode_id >= 0 else prompt_cls[int(dist[prompt_cls].mean(1).argmin())]
+            out["janus_rate"] = self.janus_rate(samples, views, truth_cls)
+        return out
+
+    def _metrics_any_view(self, samples: Tensor, prompt: str, tau: float) -> dict[str, float]:
+        """2D runs: distances to every data image; -> the same keys plus any_view = 1."""
+        std = BLUR_PX_AT_32 * samples.shape[-3] / 32.0
+        data = gaussian_blur(self.images().float().cpu(), std)  # (N, H, W, 3)
+        blurred = gaussian_blur(samples, std)
+        dist = torch.stack([rmse(data, x[None]) for x in blurred])  # (B, N)
+        in_prompt = self.prompt_mask(prompt, use_view=False).cpu()
+        d_prompt = dist[:, in_prompt].min(1).values
+        best_d, best_i = dist.min(1)
+        out = _summary(self.class_idx.cpu()[best_i], best_d, d_prompt, tau)
+        out["any_view"] = 1
+        return out

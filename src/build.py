@@ -1,0 +1,136 @@
+"""From a composed config to the run's parts, and back from a checkpoint (trainer and export).
+
+- ``validate(cfg)``: every check, before anything is built or written. Each component class
+  checks its own keys (``validate_config``, src/checks.py); this module checks the trainer's
+  keys and how the groups fit together, and names the key and what is allowed.
+- ``build_components(cfg, device)``: ``_target_`` instantiation of every group, in the order
+  of DESIGN.md's data flow.
+- ``CHECKPOINT`` / ``save_checkpoint`` / ``load_checkpoint``: where a run's state lives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from src import checks, rng
+from src.checks import ConfigError
+from src.configs import CONF_DIR, options
+from src.fileio import atomic_write
+
+CHECKPOINT = Path("checkpoints") / "last.pt"
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+# Groups built by _target_, in build order; score_model only for methods with psi, reward only
+# when one is chosen.
+GROUPS = ("backbone", "representation", "camera", "schedule", "reward", "score_model", "guidance")
+
+__all__ = ["CHECKPOINT", "Components", "ConfigError", "build_components", "load_checkpoint",
+           "save_checkpoint", "validate"]
+
+
+# --- validation ---------------------------------------------------------------------------
+def component_class(cfg: DictConfig, group: str) -> type | None:
+    target = cfg[group].get("_target_") if cfg.get(group) is not None else None
+    if target is None:
+        return None
+    try:
+        return get_class(str(target))
+    except Exception as err:  # a typo'd _target_ or a module that fails to import
+        raise ConfigError(f"{group}._target_={target!r} cannot be imported: {err}") from None
+
+
+def validate_trainer(cfg: DictConfig) -> None:
+    tr = cfg.trainer
+    checks.number(cfg, "seed", "seed", integer=True)
+    checks.number(tr, "max_steps", "trainer.max_steps", lo=1, integer=True)
+    for name in ("checkpoint_every", "log_every"):
+        checks.number(tr, name, f"trainer.{name}", lo=1, integer=True)
+    for name in ("warmup_steps", "val_every"):
+        checks.number(tr, name, f"trainer.{name}", lo=0, integer=True)
+    checks.number(tr, "grad_clip", "trainer.grad_clip", lo=0.0, lo_open=True, optional=True)
+    checks.number(tr, "step_sleep", "trainer.step_sleep", lo=0.0)
+    checks.choice(tr, "dtype", "trainer.dtype", DTYPES)
+    checks.choice(tr, "optimizer", "trainer.optimizer", OPTIMIZERS)
+
+
+def representations_for(kinds: tuple[str, ...]) -> list[str]:
+    """The representation options (conf/representation/) whose kind is in ``kinds``."""
+    names = []
+    for name in options("representation"):
+        target = OmegaConf.load(CONF_DIR / "representation" / f"{name}.yaml").get("_target_")
+        if target and get_class(target).kind in kinds:
+            names.append(name)
+    return names
+
+
+def validate(cfg: DictConfig) -> None:
+    """Cheap checks of the composed config, before anything is built or written."""
+    validate_trainer(cfg)
+    classes = {group: component_class(cfg, group) for group in GROUPS}
+    for group in ("backbone", "representation", "camera", "schedule", "guidance"):
+        if classes[group] is None:
+            raise ConfigError(f"{group} has no _target_: choose one of {', '.join(options(group))}")
+    if not classes["guidance"].uses_score_model:
+        classes["score_model"] = None
+    for group, cls in classes.items():
+        if cls is not None:
+            cls.validate_config(cfg[group], group)
+    for group, cls in classes.items():
+        if cls is not None:
+            cls.check_composition(cfg[group], group, cfg)
+    rep, bb = classes["representation"], classes["backbone"]
+    if rep.kind not in bb.supported_representations:
+        raise ConfigError(
+            f"representation={rep.__name__} is a {rep.kind!r} representation, which backbone "
+            f"{bb.__name__} cannot drive; it drives {', '.join(representations_for(bb.supported_representations))}"
+        )
+
+
+# --- building -------------------------------------------------------------------------------
+@dataclass
+class Components:
+    backbone: object
+    representation: object
+    cameras: object
+    schedule: object
+    guidance: object
+    reward: object | None
+
+
+def build_components(cfg: DictConfig, device: torch.device | str = "cpu") -> Components:
+    """Instantiate every part from the composed config (trainer and src.export)."""
+    rng.seed_global(int(cfg.seed), rng.Stream.INIT)  # parameter inits (representation, psi)
+    dtype = DTYPES[cfg.trainer.dtype]
+    backbone = instantiate(cfg.backbone).to(device)
+    backbone.requires_grad_(False)
+    prompt = str(cfg.prompt or "")
+    backbone.validate_prompt(prompt)
+    representation = instantiate(cfg.representation, backbone=backbone).to(device=device, dtype=dtype)
+    cameras = instantiate(cfg.camera)
+    schedule = instantiate(cfg.schedule, num_timesteps=backbone.num_timesteps,
+                           max_steps=int(cfg.trainer.max_steps))
+    reward = instantiate(cfg.reward, backbone=backbone) if cfg.reward.get("_target_") else None
+    uses_psi = get_class(cfg.guidance._target_).uses_score_model
+    score_model = instantiate(cfg.score_model) if uses_psi else None
+    guidance = instantiate(cfg.guidance, backbone=backbone, schedule=schedule, prompt=prompt,
+                           negative_prompt=str(cfg.negative_prompt or ""), seed=int(cfg.seed),
+                           representation=representation, reward=reward, score_model=score_model,
+                           _convert_="all")
+    guidance.to(device=device)
+    if uses_psi and guidance.psi.trainable_parameters():
+        guidance.psi.to(dtype=dtype)
+    return Components(backbone, representation, cameras, schedule, guidance, reward)
+
+
+# --- checkpoints ----------------------------------------------------------------------------
+def save_checkpoint(path: Path, state: dict) -> None:
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(run_dir: Path, device: torch.device | str = "cpu") -> dict:
+    return torch.load(Path(run_dir) / CHECKPOINT, map_location=device, weights_only=False)
