@@ -98,12 +98,14 @@ def test_camera_and_psi_follow_their_owners_and_the_command_line_wins():
     assert compose(["score_model=mlp", "backbone=mog2d", "representation=particles"]).score_model.hidden == 128
 
 
-def test_shapes_tuning_is_inherited_by_every_world_and_can_be_dropped():
-    for world in ("shapes", "shapes_janus", "shapes_multimode"):
-        cfg = compose([f"backbone={world}", "guidance=vsd"])
-        assert cfg.guidance.scale == 1.0 and cfg.schedule.t_max == 0.5, world
-    untuned = compose(["guidance=vsd", "~tuning@_global_"])
+def test_shapes_tuning_applies_to_every_shapes_preset_and_can_be_dropped():
+    for preset in ([], ["experiment=shapes_janus"], ["experiment=shapes_modes"]):
+        cfg = compose([*preset, "guidance=vsd"])
+        assert cfg.guidance.scale == 1.0, preset
+    assert compose(["guidance=vsd"]).schedule.t_max == 0.5
+    untuned = compose(["guidance=vsd", "~tuning"])
     assert untuned.guidance.scale == 7.5 and untuned.schedule.t_max == 0.98
+    assert compose(["backbone=mog2d", "representation=particles", "guidance=vsd"]).guidance.scale == 7.5
 
 
 def test_prompt_outside_vocabulary(tmp_path):

@@ -33,8 +33,8 @@ def test_default_preset_leaves_other_backbones_and_experiments_alone():
     toy = compose(["backbone=mog2d", "representation=particles", "guidance=esd"])
     assert toy.guidance.scale == 7.5 and toy.trainer.max_steps == 1000  # the method's own defaults
     assert compose(["experiment=esd_toy"]).trainer.max_steps == 2000
-    multi = compose(["backbone=shapes_multimode", "guidance=vsd"])
-    assert multi.guidance.scale == 1.0 and multi.prompt == "a cube"
+    modes = compose(["experiment=shapes_modes", "guidance=vsd"])
+    assert modes.guidance.scale == 1.0 and modes.prompt == "a cone" and modes.schedule.t_max == 0.98
     assert compose(["representation.n_objects=3"]).camera.n_objects == 3
 
 

@@ -142,6 +142,22 @@ def test_front_bias_weights():
     torch.testing.assert_close(front / back, torch.full_like(front, math.exp(3.0)))
 
 
+def test_view_adherence_mixes_the_view_prompt_with_every_view():
+    """a * (the view's images) + (1 - a) * (every view), both front-biased: a distribution."""
+    obeyed = ShapesWorld(resolution=8, front_bias=1.5, **SMALL)
+    loose = ShapesWorld(resolution=8, front_bias=1.5, view_adherence=0.3, **SMALL)
+    back, every = obeyed.embed("a red cube, back view"), obeyed.embed("a red cube")
+    w = loose.embed("a red cube, back view")
+    torch.testing.assert_close(w, 0.3 * back + 0.7 * every)
+    assert abs(float(w.sum()) - 1.0) < 1e-6
+    # the back prompt now puts most of its mass where the front (the face) is seen
+    front = (loose.azimuth_deg.abs() <= 45) & (w > 0)
+    assert float(w[front].sum()) > float(w[(loose.azimuth_deg.abs() >= 135)].sum())
+    torch.testing.assert_close(loose.embed("a red cube"), every)  # no view: unchanged
+    ignored = ShapesWorld(resolution=8, view_adherence=0.0, **SMALL)
+    torch.testing.assert_close(ignored.embed("a red cube, back view"), ignored.embed("a red cube"))
+
+
 def test_encode_decode():
     world = ShapesWorld(resolution=8, **SMALL)
     rgb = torch.rand(2, 8, 8, 3, requires_grad=True)

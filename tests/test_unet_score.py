@@ -44,7 +44,7 @@ def _views(B: int, seed: int = 0) -> ViewBatch:
 
 def test_shapes_and_camera():
     torch.manual_seed(0)
-    psi = UNetScore(Pixel(32), REP)
+    psi = UNetScore(Pixel(32), REP, from_prior=False)  # the network alone
     with torch.no_grad():
         psi.camera[2].weight.normal_()
     x = torch.randn(2, 3, 32, 32)
@@ -59,7 +59,7 @@ def test_shapes_and_camera():
 
 def test_small_and_fit_learns():
     torch.manual_seed(0)
-    psi = UNetScore(Pixel(32), REP)
+    psi = UNetScore(Pixel(32), REP, from_prior=False)
     n_params = sum(p.numel() for p in psi.trainable_parameters())
     assert n_params < 1_000_000
     x, views = torch.rand(1, 3, 32, 32) * 2 - 1, _views(1)
@@ -81,7 +81,7 @@ def test_small_and_fit_learns():
 
 
 def test_built_for_the_backbone():
-    psi = UNetScore(Pixel(16), REP, lr=2e-3)
+    psi = UNetScore(Pixel(16), REP, lr=2e-3, from_prior=False)
     assert psi.lr == 2e-3 and psi.net.config.sample_size == 16 and psi.net.config.in_channels == 3
     with pytest.raises(ValueError, match="score_model=lora"):
         UNetScore(Latent(), REP)

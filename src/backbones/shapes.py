@@ -27,6 +27,16 @@ gives each sample its own mixture. Grammar: ``[a|an|the] [<color>] <shape>[, <vi
 cube", "a cone", "a green sphere, back view". Views follow ``view_prompt_index``.
 The optional front bias weights image i by ``exp(kappa cos azimuth_i)`` (a von Mises
 density over azimuth, like photo collections that favour the front).
+
+View adherence ``a`` (``view_adherence``, 1 by default): Stable Diffusion obeys a view
+prompt only partly, and a front-biased photo collection then paints a face on every side
+(the Janus problem). A ShapesWorld can be made to do the same: the prior of a view prompt is
+the mixture
+
+    w(y, view) = a * w(y restricted to the view's images) + (1 - a) * w(y, every view)
+
+(both front-biased and normalized), still the exact ideal denoiser of a stated image
+distribution; a = 1 is a perfectly obeyed view prompt, a = 0 ignores it.
 """
 
 from __future__ import annotations
@@ -231,6 +241,7 @@ class ShapesWorld(ExactMetrics, Backbone):
         background: Sequence[float] = (1.0, 1.0, 1.0),
         marker: bool = False,
         front_bias: float = 0.0,
+        view_adherence: float = 1.0,
         smoothing: float = 0.02,
         supersample: int = 2,
         precision_threshold: float = 0.06,
@@ -247,6 +258,7 @@ class ShapesWorld(ExactMetrics, Backbone):
         self.elevation_range = tuple(float(e) for e in elevation_range)
         self.distance, self.fovy_deg = float(distance), float(fovy_deg)
         self.marker, self.front_bias = bool(marker), float(front_bias)
+        self.view_adherence = float(view_adherence)
         self.smoothing, self.supersample = float(smoothing), int(supersample)
         self.precision_threshold = float(precision_threshold)
         self.eval_elevation_deg = float(eval_elevation_deg)
@@ -297,6 +309,7 @@ class ShapesWorld(ExactMetrics, Backbone):
         checks.number(cfg, "fovy_deg", f"{key}.fovy_deg", lo=0.0, hi=180.0, lo_open=True, hi_open=True)
         checks.number(cfg, "smoothing", f"{key}.smoothing", lo=0.0)
         checks.number(cfg, "front_bias", f"{key}.front_bias")
+        checks.probability(cfg, "view_adherence", f"{key}.view_adherence")
         checks.number(cfg, "precision_threshold", f"{key}.precision_threshold", lo=0.0, lo_open=True)
 
     @property
@@ -440,9 +453,16 @@ class ShapesWorld(ExactMetrics, Backbone):
         return sorted(set(self.class_idx[self.prompt_mask(text, use_view=False)].tolist()))
 
     def embed(self, text: str) -> Tensor:
-        """Mixture weights w(y) over the data set, (N,) float32 summing to 1."""
-        w = self.prompt_mask(text).float() * self.view_weight
-        return w / w.sum()
+        """Mixture weights w(y) over the data set, (N,) float32 summing to 1; a view prompt
+        mixes its view's images with every view by ``view_adherence`` (module docstring)."""
+        def weights(use_view: bool) -> Tensor:
+            w = self.prompt_mask(text, use_view=use_view).double() * self.view_weight.double()
+            return w / w.sum()
+
+        w = weights(True)
+        if self.view_adherence < 1.0 and parse_prompt(text, self.shapes, self.colors)[2] is not None:
+            w = self.view_adherence * w + (1.0 - self.view_adherence) * weights(False)
+        return w.float()
 
     # --- the model -------------------------------------------------------------------------
     def predict_eps(self, x_t: Tensor, t: Tensor, emb: Tensor, chunk_size: int | None = None) -> Tensor:

@@ -20,6 +20,8 @@ same camera** (same ``ViewBatch``, same resolution), never with a nearby data vi
   ``mode_frac`` = fraction of views that agree with it.
 - ``rmse``: mean over views of the distance to the nearest prompt class (a
   continuous companion of precision).
+- ``nearest_class``: the prompt class nearest on average over the views, without a
+  threshold (where a run drifted even before it is within the precision threshold).
 - 2D runs (``representation=image``: every eval camera is the same fixed camera, or
   there is none): an optimized image may become *any* view of its class, so the
   same-camera truth is replaced by the whole data set (``precision`` = nearest data
@@ -146,9 +148,12 @@ class ExactMetrics:
 
         best_d, best = dist.min(0)
         out = _summary(best, best_d, d_prompt, tau)
+        # the prompt class the result is nearest to on average over the views, threshold or not:
+        # where a run drifted even when it is not (yet) within the precision threshold
+        out["nearest_class"] = prompt_cls[int(dist[prompt_cls].mean(1).argmin())]
         if self.marker:
             mode_id = out["mode_id"]
-            truth_cls = mode_id if mode_id >= 0 else prompt_cls[int(dist[prompt_cls].mean(1).argmin())]
+            truth_cls = mode_id if mode_id >= 0 else out["nearest_class"]
             out["janus_rate"] = self.janus_rate(samples, views, truth_cls)
         return out
 

@@ -2,7 +2,19 @@
 
 psi is the ``score_model`` config group (conf/score_model/, ``_partial_: true``): the
 backbone's config chooses its default, the guidance completes it at run time with the
-backbone and the representation. The fitting rule is VSD's (METHODS.md): after each
+backbone and the representation.
+
+psi starts as the prior (DESIGN.md "Interfaces"): on Stable Diffusion it is a LoRA on the
+prior's own UNet; on the analytic priors (``from_prior: true``, the default of ``mlp`` and
+``unet``) it is the frozen prior's conditional prediction plus a trainable, camera-conditioned
+correction whose output layer starts at zero,
+
+    e_psi(x_t; y, c) = e(x_t; y) + f_phi(x_t, t, c),    f_phi = 0 at step 0,
+
+so at step 0 psi equals the prior exactly and learns only how the renders differ, the regime
+every paper runs in (``from_prior: false`` trains f_phi alone from scratch, for comparison).
+
+The fitting rule is VSD's (METHODS.md): after each
 generator step, one denoising score-matching step on fresh ``t' ~ U[t_min, t_max)`` and
 ``eps'``, ``|| e_psi(alpha_t' sg(x) + sigma_t' eps'; y, c~) - eps' ||^2`` with
 ``c~ = null`` with probability ``p_drop`` (the method's camera dropout, a guidance key).
@@ -16,6 +28,7 @@ from torch import Tensor, nn
 from src import checks
 from src.cameras import ViewBatch
 from src.diffusion import add_noise
+from src.modules import hold
 
 
 class ScoreModel(checks.Configurable, nn.Module):
@@ -36,8 +49,11 @@ class ScoreModel(checks.Configurable, nn.Module):
         t_max: float = 1.0,
         steps_per_update: int = 1,
         weight_decay: float = 0.0,
+        prior=None,
     ):
+        """prior: the frozen backbone when psi = prior + correction (module docstring), else None."""
         super().__init__()
+        hold(self, "prior", prior)
         self.register_buffer("alphas_cumprod", alphas_cumprod.clone(), persistent=False)
         self.lr, self.weight_decay = lr, weight_decay
         self.t_min, self.t_max = t_min, t_max
@@ -59,6 +75,15 @@ class ScoreModel(checks.Configurable, nn.Module):
     # --- prediction -----------------------------------------------------------
     def eps(self, x_t: Tensor, t: Tensor, cam: Tensor | None, emb: Tensor | None = None) -> Tensor:
         raise NotImplementedError
+
+    def with_prior(self, correction: Tensor, x_t: Tensor, t: Tensor, emb: Tensor | None) -> Tensor:
+        """e(x_t; y) + correction when psi starts as the prior, else the correction alone.
+        The prior keeps x_t's graph: SIM differentiates psi through its input."""
+        if self.prior is None:
+            return correction
+        if emb is None:
+            raise ValueError(f"{type(self).__name__} from the prior needs the text embedding emb")
+        return self.prior.predict_eps(x_t, t, emb).to(correction.dtype) + correction
 
     # --- fitting --------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:

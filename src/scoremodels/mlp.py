@@ -1,7 +1,8 @@
-"""A small time- and camera-conditioned MLP psi for the particle toys.
+"""psi for the 2-D toys: the prior plus a small time- and camera-conditioned MLP correction.
 
-Input: x_t (D), a sinusoidal embedding of t, and the camera features (one-hot particle
-index; zeros = the null camera). Trained online by the VSD rule (base.py).
+Input of the MLP: x_t (D), a sinusoidal embedding of t, and the camera features (one-hot
+particle index; zeros = the null camera). Its last layer starts at zero, so psi starts as the
+prior's e(x_t; y) (``from_prior``, base.py); trained online by the VSD rule.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ class MLPScore(ScoreModel):
     """x (B, D) of a vector backbone; camera features of width ``representation.cam_dim``."""
 
     def __init__(self, backbone, representation, hidden: int = 128, t_embed: int = 32, depth: int = 3,
-                 **kwargs):
-        super().__init__(backbone.alphas_cumprod, **kwargs)
+                 from_prior: bool = True, **kwargs):
+        super().__init__(backbone.alphas_cumprod, prior=backbone if from_prior else None, **kwargs)
         (dim,) = backbone.x_shape()
         self.dim, self.cam_dim, self.t_embed = dim, representation.cam_dim, t_embed
         layers: list[nn.Module] = [nn.Linear(dim + t_embed + self.cam_dim, hidden), nn.SiLU()]
@@ -36,6 +37,9 @@ class MLPScore(ScoreModel):
             layers += [nn.Linear(hidden, hidden), nn.SiLU()]
         layers.append(nn.Linear(hidden, dim))
         self.net = nn.Sequential(*layers)
+        if from_prior:  # the correction starts at zero: psi = prior at step 0
+            nn.init.zeros_(self.net[-1].weight)
+            nn.init.zeros_(self.net[-1].bias)
 
     @classmethod
     def check_config(cls, cfg, key):
@@ -49,4 +53,4 @@ class MLPScore(ScoreModel):
             cam = torch.zeros(B, self.cam_dim, device=x_t.device)
         p = next(self.net.parameters())
         h = torch.cat([x_t.to(p.dtype), timestep_embedding(t, self.t_embed).to(p), cam.to(p)], -1)
-        return self.net(h).to(x_t.dtype)
+        return self.with_prior(self.net(h).to(x_t.dtype), x_t, t, emb)

@@ -1,4 +1,6 @@
-"""psi for pixel-space image backbones (ShapesWorld): a tiny camera-conditioned UNet, from scratch.
+"""psi for pixel-space image backbones (ShapesWorld): the prior plus a tiny camera-conditioned
+UNet correction whose output convolution starts at zero (``from_prior``, base.py), or the UNet
+alone trained from scratch (``from_prior: false``).
 
 A diffusers ``UNet2DModel`` (no cross-attention: psi models the renders of *one* run, whose
 prompt is fixed, so text conditioning would be a constant) with ``class_embed_type="identity"``:
@@ -34,9 +36,10 @@ class UNetScore(ScoreModel):
         layers_per_block: int = 1,
         attention: bool = False,
         lr: float = DEFAULT_LR,
+        from_prior: bool = True,
         **kwargs,
     ):
-        super().__init__(backbone.alphas_cumprod, lr=lr, **kwargs)
+        super().__init__(backbone.alphas_cumprod, lr=lr, prior=backbone if from_prior else None, **kwargs)
         if backbone.space != "pixel":
             raise ValueError(f"score_model=unet is for pixel priors; {type(backbone).__name__} is "
                              f"{backbone.space!r} (Stable Diffusion: score_model=lora)")
@@ -59,6 +62,9 @@ class UNetScore(ScoreModel):
             class_embed_type="identity", attention_head_dim=8,
         )
         self.camera = nn.Sequential(nn.Linear(cam_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
+        if from_prior:  # the correction starts at zero: psi = prior at step 0
+            nn.init.zeros_(self.net.conv_out.weight)
+            nn.init.zeros_(self.net.conv_out.bias)
 
     @classmethod
     def check_config(cls, cfg, key):
@@ -69,11 +75,13 @@ class UNetScore(ScoreModel):
         checks.number(cfg, "layers_per_block", f"{key}.layers_per_block", lo=1, integer=True)
 
     def eps(self, x_t: Tensor, t: Tensor, cam: Tensor | None, emb: Tensor | None = None) -> Tensor:
-        """(B, C, H, W), (B,), (B, cam_dim) or None -> (B, C, H, W). emb is unused."""
+        """(B, C, H, W), (B,), (B, cam_dim) or None, emb (B, *E) -> (B, C, H, W). The UNet sees no
+        text (psi models the renders of one run, whose prompt is fixed); the prior reads emb."""
         x = x_t
         B = x.shape[0]
         if cam is None:
             cam = torch.zeros(B, self.cam_dim, device=x.device, dtype=x.dtype)
         dtype = self.camera[0].weight.dtype
         c = self.camera(cam.to(x.device, dtype))
-        return self.net(x.to(dtype), t.to(x.device), class_labels=c).sample.to(x_t.dtype)
+        out = self.net(x.to(dtype), t.to(x.device), class_labels=c).sample.to(x_t.dtype)
+        return self.with_prior(out, x_t, t, emb)
