@@ -48,6 +48,12 @@ def translate(old: dict) -> tuple[dict, dict | None]:
         # The old SIM overwrote any `scale` with 1 + gamma: the ShapesWorld tuning's s = 1 was
         # silently ignored for SIM. It now applies (the issue: "say so, or refuse").
         g["scale"] = g.get("scale", 1.0 + gamma)
+    if old["backbone"]["_target_"].endswith("ShapesWorld"):
+        old["backbone"]["view_adherence"] = 1.0  # new knob (issue 9); 1 = view prompts fully obeyed, as before
+    if g["_target_"].endswith("DSD"):
+        # DSD's ODE runs on the plain prompt (issue 9: the paper's Algorithm 3); before, on the
+        # view prompt, which ends different views of one object at different colours
+        g["trajectory_prompt"] = "plain"
     return old, psi
 
 

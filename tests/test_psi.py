@@ -1,5 +1,5 @@
 """psi starts as the prior (DESIGN.md "Interfaces"): e_psi = e(x_t; y) + a correction that is zero
-at step 0, on every analytic prior, as a LoRA on SD's UNet is (tests/test_sd.py)."""
+at step 0, on every analytic prior (``from_prior: true``), as a LoRA on SD's UNet is (tests/test_sd.py)."""
 
 import pytest
 import torch
@@ -11,8 +11,8 @@ from src.cameras import ViewBatch
 
 
 @pytest.mark.parametrize("overrides", [
-    ["guidance=vsd"],  # ShapesWorld, NeRF: prior + UNet correction
-    ["guidance=esd", "backbone=mog2d", "representation=particles"],  # prior + MLP correction
+    ["guidance=vsd", "score_model.from_prior=true"],  # ShapesWorld, NeRF: prior + UNet correction
+    ["guidance=esd", "backbone=mog2d", "representation=particles", "score_model.from_prior=true"],  # + MLP
 ])
 def test_psi_equals_the_prior_at_step_0_and_then_learns(overrides):
     c = build_components(compose(overrides))

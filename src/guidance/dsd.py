@@ -1,8 +1,13 @@
 """DSD (papers/dsd.txt Algorithm 3). METHODS.md:
-t decreasing; t_d = min(t + delta, T-1); x(t_d) = DDIM from the run's fixed eps* with the
-view prompt y_c (at most n_ddim steps from T); e_d = e_s(x(t_d); y_c);
-xh(t) = alpha_t x + sigma_t e_d, xh(t_d) = alpha_{t_d} x + sigma_{t_d} e_d;
-G = w(t) (e_s(xh(t); y_c) - e_{s_d}(xh(t_d); y_c)).
+t decreasing; t_d = min(t + delta, T-1); x(t_d) = DDIM from the run's fixed eps* (at most
+n_ddim steps from T); e_d = e_s(x(t_d); y'); xh(t) = alpha_t x + sigma_t e_d,
+xh(t_d) = alpha_{t_d} x + sigma_{t_d} e_d; G = w(t) (e_s(xh(t); y_c) - e_{s_d}(xh(t_d); y_c)).
+
+The trajectory's prompt y' (``trajectory_prompt``): ``plain`` (default) is the paper's
+Algorithm 3, DDIM-Forward(eps*, y): one ODE per object, whatever the camera. ``view`` runs one
+ODE per view prompt y_c (METHODS.md's wording); from the same eps* those can end at different
+objects (measured on ShapesWorld "a cone": seed 0's front / side / back / overhead ODEs end at
+a blue, green, green and yellow cone), and a 3D object cannot be all of them at once.
 
 The DDIM trajectory runs on a fixed grid T-1, T-1-D, ... (D = T // n_ddim) plus one partial
 step to t_d. With ``cache=True`` the grid states are kept (per object and view prompt), so
@@ -23,20 +28,23 @@ from src.guidance import noise
 from src.guidance.base import Guidance, GuidanceOutput
 
 DSD_DELTAS = ("official", "previous")
+TRAJECTORY_PROMPTS = ("plain", "view")
 # Official code: delta = U * 0.1 * (t - t_min), U ~ U[0, 1].
 OFFICIAL_DELTA_FRACTION = 0.1
 
 
 class DSD(Guidance):
     def __init__(self, *args, scale_td: float = 1.0, n_ddim: int = 10, delta: str = "official",
-                 cache: bool = True, **kwargs):
+                 cache: bool = True, trajectory_prompt: str = "plain", **kwargs):
         representation = kwargs.get("representation")
         super().__init__(*args, **kwargs)
         self.scale_td, self.delta, self.cache = float(scale_td), delta, cache
         T = self.backbone.num_timesteps
         self.grid = list(range(T - 1, -1, -(T // n_ddim)))[:n_ddim]
         self.n_objects = 1 if representation is None else representation.n_objects
-        self.n_views = self.cond.cond.shape[0]
+        # (V, *E) embeddings of the trajectories' prompts: the plain prompt, or each view prompt
+        self.traj_cond = self.cond.cond if trajectory_prompt == "view" else self.backbone.embed(self.prompt)[None]
+        self.n_views = self.traj_cond.shape[0]
         self._states: dict[int, Tensor] = {}
         self.prev_t: int | None = None
 
@@ -46,6 +54,7 @@ class DSD(Guidance):
         checks.number(cfg, "scale_td", f"{key}.scale_td", lo=1.0)
         checks.number(cfg, "n_ddim", f"{key}.n_ddim", lo=1, integer=True)
         checks.choice(cfg, "delta", f"{key}.delta", DSD_DELTAS)
+        checks.choice(cfg, "trajectory_prompt", f"{key}.trajectory_prompt", TRAJECTORY_PROMPTS)
 
     # --- the DDIM trajectory from eps* ----------------------------------------------
     def _keys(self, views: ViewBatch) -> Tensor:
@@ -53,10 +62,10 @@ class DSD(Guidance):
         return views.index * self.n_views + view
 
     def _ddim(self, x: Tensor, t_from: int, t_to: int) -> Tensor:
-        """One DDIM step for every (object, view prompt) trajectory at once."""
+        """One DDIM step for every (object, trajectory prompt) trajectory at once."""
         n = x.shape[0]
         view = torch.arange(n) % self.n_views
-        emb, null = self.cond.cond[view.to(self.cond.cond.device)], self.cond.null(n)
+        emb, null = self.traj_cond[view.to(self.traj_cond.device)], self.cond.null(n)
         t = torch.full((n,), t_from, dtype=torch.long, device=x.device)
         with torch.no_grad():
             e = self.backbone.eps(x, t, emb, null, self.scale)
@@ -100,12 +109,14 @@ class DSD(Guidance):
         t = self.timesteps(step, x.shape[0]).to(x.device)
         t0 = int(t[0])  # decreasing schedules give the whole batch one t
         t_d = torch.full_like(t, self.target_time(t0, step))
-        x_td = self.trajectory(int(t_d[0]), x)[self._keys(views).to(x.device)]
+        keys = self._keys(views).to(x.device)
+        x_td = self.trajectory(int(t_d[0]), x)[keys]
         emb, null = self.text(views)
+        traj_emb = self.traj_cond[(keys % self.n_views).to(self.traj_cond.device)]
         a_t, s_t = alpha_sigma(self.abar, t)
         a_d, s_d = alpha_sigma(self.abar, t_d)
         with torch.no_grad():
-            e_d = self.backbone.eps(x_td, t_d, emb, null, self.scale)
+            e_d = self.backbone.eps(x_td, t_d, traj_emb, null, self.scale)  # the ODE's own noise
             xh_t = bcast(a_t, x) * x + bcast(s_t, x) * e_d
             xh_d = bcast(a_d, x) * x + bcast(s_d, x) * e_d
             e_t = self.backbone.eps(xh_t, t, emb, null, self.scale)

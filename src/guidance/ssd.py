@@ -44,7 +44,6 @@ class SSD(Guidance):
         else:
             r = (e_c * eps).flatten(1).sum(1) / (eps * eps).flatten(1).sum(1)
             e_vr = e_c - bcast(r, x) * eps
-            import os
-            seek = e_vr if os.environ.get("SSD_NORESCALE") else _norm(h) / _norm(e_vr).clamp_min(NORM_EPS) * e_vr
+            seek = _norm(h) / _norm(e_vr).clamp_min(NORM_EPS) * e_vr
             E = torch.where(bcast(t > self.M, x).bool(), h, seek)
         return GuidanceOutput(grad=self.w(t, x) * E, t=t)

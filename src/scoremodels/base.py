@@ -4,15 +4,16 @@ psi is the ``score_model`` config group (conf/score_model/, ``_partial_: true``)
 backbone's config chooses its default, the guidance completes it at run time with the
 backbone and the representation.
 
-psi starts as the prior (DESIGN.md "Interfaces"): on Stable Diffusion it is a LoRA on the
-prior's own UNet; on the analytic priors (``from_prior: true``, the default of ``mlp`` and
-``unet``) it is the frozen prior's conditional prediction plus a trainable, camera-conditioned
-correction whose output layer starts at zero,
+On Stable Diffusion psi starts as the prior (DESIGN.md "Interfaces"): a LoRA on the prior's
+own UNet. The analytic priors offer the same structure (``from_prior: true``): the frozen
+prior's conditional prediction plus a trainable, camera-conditioned correction whose output
+layer starts at zero,
 
     e_psi(x_t; y, c) = e(x_t; y) + f_phi(x_t, t, c),    f_phi = 0 at step 0,
 
-so at step 0 psi equals the prior exactly and learns only how the renders differ, the regime
-every paper runs in (``from_prior: false`` trains f_phi alone from scratch, for comparison).
+so at step 0 psi equals the prior exactly. Their default is ``from_prior: false`` (f_phi alone,
+from scratch): measured on the exact priors the correction cannot cancel the prior's unbounded
+small-t prediction for renders off its discrete data set (numbers in conf/score_model/unet.yaml).
 
 The fitting rule is VSD's (METHODS.md): after each
 generator step, one denoising score-matching step on fresh ``t' ~ U[t_min, t_max)`` and

@@ -1,8 +1,9 @@
-"""psi for the 2-D toys: the prior plus a small time- and camera-conditioned MLP correction.
+"""psi for the 2-D toys: a small time- and camera-conditioned MLP, alone (default) or as a
+correction added to the prior (``from_prior: true``, base.py).
 
 Input of the MLP: x_t (D), a sinusoidal embedding of t, and the camera features (one-hot
-particle index; zeros = the null camera). Its last layer starts at zero, so psi starts as the
-prior's e(x_t; y) (``from_prior``, base.py); trained online by the VSD rule.
+particle index; zeros = the null camera). As a correction its last layer starts at zero, so psi
+starts as the prior's e(x_t; y); trained online by the VSD rule.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class MLPScore(ScoreModel):
     """x (B, D) of a vector backbone; camera features of width ``representation.cam_dim``."""
 
     def __init__(self, backbone, representation, hidden: int = 128, t_embed: int = 32, depth: int = 3,
-                 from_prior: bool = True, **kwargs):
+                 from_prior: bool = False, **kwargs):
         super().__init__(backbone.alphas_cumprod, prior=backbone if from_prior else None, **kwargs)
         (dim,) = backbone.x_shape()
         self.dim, self.cam_dim, self.t_embed = dim, representation.cam_dim, t_embed

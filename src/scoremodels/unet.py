@@ -1,6 +1,6 @@
-"""psi for pixel-space image backbones (ShapesWorld): the prior plus a tiny camera-conditioned
-UNet correction whose output convolution starts at zero (``from_prior``, base.py), or the UNet
-alone trained from scratch (``from_prior: false``).
+"""psi for pixel-space image backbones (ShapesWorld): a tiny camera-conditioned UNet trained from
+scratch (default), or the prior plus that UNet as a correction whose output convolution starts
+at zero (``from_prior: true``, base.py).
 
 A diffusers ``UNet2DModel`` (no cross-attention: psi models the renders of *one* run, whose
 prompt is fixed, so text conditioning would be a constant) with ``class_embed_type="identity"``:
@@ -36,7 +36,7 @@ class UNetScore(ScoreModel):
         layers_per_block: int = 1,
         attention: bool = False,
         lr: float = DEFAULT_LR,
-        from_prior: bool = True,
+        from_prior: bool = False,
         **kwargs,
     ):
         super().__init__(backbone.alphas_cumprod, lr=lr, prior=backbone if from_prior else None, **kwargs)

@@ -1,0 +1,97 @@
+"""The exact ShapesWorld tables of a finished sweep (sweeps/shapes_modes.yaml, shapes_janus.yaml):
+
+    python scripts/shapes_tables.py multirun/shapes_modes [--out benchmarks/shapes_modes]
+
+Reads every run's metrics.json (through src.sweeps.find_runs) and writes
+``<out>.json`` = {"sweep": ..., "rows": [{"method", "seed", "mode_id", "precision", "janus_rate",
+...}], "table": {method: summary}} and ``<out>.md``: per method (and representation, when the
+sweep has several) the mode_id of each seed, the number of distinct modes, the mode entropy, the
+mean precision and the mean janus_rate. Unfinished or failed runs are listed, never averaged in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from src.metrics.modes import distinct_modes, mode_entropy  # noqa: E402
+from src.sweeps import find_runs  # noqa: E402
+
+KEYS = ("mode_id", "nearest_class", "precision", "rmse", "janus_rate", "steps_per_s", "wall_time_s")
+
+
+def collect(sweep_dir: Path) -> tuple[list[dict], list[str]]:
+    rows, missing = [], []
+    for run in find_runs(sweep_dir):
+        ov = run.overrides
+        if run.metrics is None:
+            missing.append(str(run.dir))
+            continue
+        row = {"method": ov.get("guidance", "?"), "representation": ov.get("representation", "nerf"),
+               "seed": int(ov.get("seed", 0))}
+        row.update({k: run.metrics.get(k) for k in KEYS if k in run.metrics})
+        if row.get("mode_id") is not None:
+            row["mode_id"] = int(row["mode_id"])
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["representation"], r["method"], r["seed"])), missing
+
+
+def summarize(rows: list[dict]) -> dict:
+    table = {}
+    for rep in sorted({r["representation"] for r in rows}):
+        for method in sorted({r["method"] for r in rows if r["representation"] == rep}):
+            rs = [r for r in rows if r["representation"] == rep and r["method"] == method]
+            modes = [r["mode_id"] for r in rs]
+            janus = [r["janus_rate"] for r in rs if r.get("janus_rate") is not None]
+            table[f"{method}/{rep}"] = {
+                "method": method, "representation": rep, "seeds": [r["seed"] for r in rs], "mode_ids": modes,
+                "distinct_modes": distinct_modes(modes), "mode_entropy_bits": mode_entropy(modes),
+                "mean_precision": sum(r["precision"] for r in rs) / len(rs),
+                "mean_janus_rate": sum(janus) / len(janus) if janus else None,
+            }
+    return table
+
+
+def markdown(title: str, table: dict, missing: list[str], command: str) -> str:
+    lines = [f"# {title}", "", f"`{command}`", "",
+             "mode_id: the world class reached (shape * n_colors + color, -1 = none within the precision "
+             "threshold); distinct modes and mode entropy (bits, over the seeds that reached a mode) "
+             "count diversity; precision and janus_rate are means over seeds.", "",
+             "| method | representation | mode_id per seed | distinct modes | mode entropy (bits) | mean precision | mean janus_rate |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for t in table.values():
+        janus = "" if t["mean_janus_rate"] is None else f"{t['mean_janus_rate']:.2f}"
+        lines.append(f"| {t['method']} | {t['representation']} | {' '.join(map(str, t['mode_ids']))} | "
+                     f"{t['distinct_modes']} | {t['mode_entropy_bits']:.2f} | {t['mean_precision']:.2f} | {janus} |")
+    if missing:
+        lines += ["", f"Unfinished or failed runs ({len(missing)}):", ""] + [f"- `{m}`" for m in missing]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sweep_dir", type=Path)
+    p.add_argument("--out", default=None, help="default: benchmarks/<sweep dir name>")
+    p.add_argument("--title", default=None)
+    args = p.parse_args(argv)
+    rows, missing = collect(args.sweep_dir)
+    if not rows:
+        print(f"no finished runs under {args.sweep_dir}", file=sys.stderr)
+        return 2
+    out = Path(args.out or Path("benchmarks") / args.sweep_dir.name)
+    table = summarize(rows)
+    command = "python scripts/shapes_tables.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(
+        {"sweep": str(args.sweep_dir), "rows": rows, "table": table, "unfinished": missing}, indent=1))
+    md = markdown(args.title or f"ShapesWorld: {args.sweep_dir.name}", table, missing, command)
+    out.with_suffix(".md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
