@@ -202,6 +202,10 @@ class StableDiffusion(Backbone):
         return self._memo[text].to(self.device)
 
     def validate_prompt(self, prompt: str) -> None:
+        self.check_prompt(None, prompt)
+
+    @classmethod
+    def check_prompt(cls, cfg, prompt):
         """CLIP tokenizes anything; only empty prompts are refused."""
         if not prompt or not prompt.strip():
             raise ValueError("prompt is empty: Stable Diffusion needs a text prompt (prompt=...)")

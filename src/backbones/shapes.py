@@ -165,11 +165,11 @@ def parse_prompt(
             continue
         if w in shapes:
             if shape is not None:
-                raise ValueError(f"prompt {text!r} names two shapes; {vocab}")
+                raise ValueError(f"prompt {checks.echo(text)} names two shapes; {vocab}")
             shape = w
         elif w in colors:
             if color is not None:
-                raise ValueError(f"prompt {text!r} names two colors; {vocab}")
+                raise ValueError(f"prompt {checks.echo(text)} names two colors; {vocab}")
             color = w
         else:
             unknown.append(w)
@@ -180,7 +180,7 @@ def parse_prompt(
         else:
             unknown.append(tail)
     if unknown:
-        raise ValueError(f"unknown words {unknown} in prompt {text!r}; {vocab}")
+        raise ValueError(f"unknown words {checks.echo(unknown)} in prompt {checks.echo(text)}; {vocab}")
     return shape, color, view
 
 
@@ -280,6 +280,10 @@ class ShapesWorld(ExactMetrics, Backbone):
         self.cache_hit, self.cache_path, self.render_seconds = False, None, 0.0
         self.register_buffer("_data", None, persistent=False)
         self._data64: tuple[Tensor, Tensor] | None = None  # float64 copy + norms (_prior_data)
+
+    @classmethod
+    def check_prompt(cls, cfg, prompt):
+        parse_prompt(prompt, list(cfg.get("shapes") or []), list(cfg.get("colors") or []))
 
     @classmethod
     def check_config(cls, cfg, key):
@@ -430,7 +434,7 @@ class ShapesWorld(ExactMetrics, Backbone):
             mask &= self.image_view_idx == VIEW_NAMES.index(view)
         if not mask.any():
             raise ValueError(
-                f"prompt {text!r} matches no image of this world (elevations "
+                f"prompt {checks.echo(text)} matches no image of this world (elevations "
                 f"{list(self.elevation_range)} x {self.n_azimuths} azimuths); {self.vocabulary()}"
             )
         return mask

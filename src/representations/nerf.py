@@ -184,6 +184,10 @@ class NeRF(Representation):
             regs["opaque"] = self.lambda_opaque * F.binary_cross_entropy(oc, oc)
         return regs
 
+    @classmethod
+    def reads_max_steps(cls, cfg):
+        return bool(cfg.get("resolution_schedule"))  # milestones are fractions of max_steps
+
     def scheduled_resolution(self, step: int, max_steps: int) -> int | None:
         """``resolution_schedule = {resolutions: [r0, r1, ...], milestones: [f1, ...]}``,
         milestones as fractions of max_steps (f_i in (0, 1]): r_i from f_i * max_steps on."""
