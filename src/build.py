@@ -86,6 +86,12 @@ def validate_logger(cfg: DictConfig) -> None:
         names, _ = checks.accepted_arguments(WandbLogger)
         _unknown(wandb, names - {"run_dir", "config"}, "logger.wandb.")
         checks.choice(wandb, "mode", "logger.wandb.mode", WandbLogger.MODES)
+        for name in ("project", "entity", "group", "name"):
+            value = wandb.get(name)
+            checks.require(value is None or isinstance(value, str), f"logger.wandb.{name}", value, "a text or null")
+        tags = wandb.get("tags")
+        checks.require(tags is None or (OmegaConf.is_list(tags) or isinstance(tags, list))
+                       and all(isinstance(t, str) for t in tags), "logger.wandb.tags", tags, "a list of texts")
 
 
 def validate_trainer(cfg: DictConfig) -> None:

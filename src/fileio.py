@@ -7,6 +7,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -71,11 +72,31 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     return path
 
 
-def stale_temp_files(directory: Path) -> list[Path]:
-    """atomic_write's temp files in ``directory`` (left by a process killed mid-write); only
-    safe to delete while no other process writes there (the run-dir lock)."""
+# A temp file this old in a directory shared by concurrent writers (the ShapesWorld and text
+# embedding caches) is a killed writer's: a write takes seconds.
+SHARED_TEMP_MAX_AGE_S = 24 * 3600.0
+
+
+def stale_temp_files(directory: Path, older_than_s: float = 0.0) -> list[Path]:
+    """atomic_write's temp files in ``directory`` (left by a process killed mid-write) not
+    modified for ``older_than_s``; with 0, only safe to delete while no other process writes
+    there (the run-dir lock)."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.iterdir()
-                  if p.name.startswith(TEMP_PREFIX) and p.name.endswith(TEMP_SUFFIX) and p.is_file())
+    now = time.time()
+    found = []
+    for p in directory.iterdir():
+        if p.name.startswith(TEMP_PREFIX) and p.name.endswith(TEMP_SUFFIX):
+            try:
+                if p.is_file() and now - p.stat().st_mtime >= older_than_s:
+                    found.append(p)
+            except OSError:  # removed meanwhile by its writer
+                pass
+    return sorted(found)
+
+
+def remove_stale_shared_temp_files(directory: Path) -> None:
+    """In a cache shared by concurrent runs: remove temp files of writers killed long ago."""
+    for p in stale_temp_files(directory, SHARED_TEMP_MAX_AGE_S):
+        p.unlink(missing_ok=True)

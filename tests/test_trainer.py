@@ -331,3 +331,15 @@ def test_progress_in_a_log_file_is_a_line_now_and_then(monkeypatch, caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert 2 <= len(lines) <= steps // loggers.PROGRESS_LOG_EVERY_S + 2
     assert lines[-1].startswith("SDS step 1000/1000 (100%)")
+
+
+def test_shared_caches_drop_temp_files_of_writers_killed_long_ago(tmp_path):
+    from src.fileio import SHARED_TEMP_MAX_AGE_S, remove_stale_shared_temp_files
+
+    old, fresh = tmp_path / ".world.pt.ab12.tmp", tmp_path / ".world.pt.cd34.tmp"  # atomic_write's names
+    for p in (old, fresh):
+        p.write_bytes(b"half")
+    long_ago = time.time() - SHARED_TEMP_MAX_AGE_S - 1
+    os.utime(old, (long_ago, long_ago))
+    remove_stale_shared_temp_files(tmp_path)
+    assert not old.exists() and fresh.exists()  # a fresh one may be another run's write

@@ -54,13 +54,16 @@ from src.backbones.shapes_render import (
 from src.cameras import VIEW_NAMES, ViewBatch
 from src.cameras_orbit import make_views
 from src.diffusion import alpha_sigma, bcast, sd_alphas_cumprod
-from src.fileio import atomic_write
+from src.fileio import atomic_write, remove_stale_shared_temp_files
 
 ARTICLES = ("a", "an", "the")
 ANY_SHAPE = "object"  # "a red object": every shape of that color
 CACHE_ENV = "DISTILLERY_CACHE"  # root of on-disk caches; default ~/.cache/distillery
 DEFAULT_CHUNK = 512  # images per chunk of the online softmax
 MIN_RESOLUTION = 8  # pixels: below this the shapes are a few pixels wide
+# pixels: the exact prior holds every image in memory (float32 and float64): the default 1024
+# images take 2.4 GB at 256 px and grow with its square
+MAX_RESOLUTION = 256
 
 
 # ---------------------------------------------------------------------------------------
@@ -204,6 +207,7 @@ def cache_dir() -> Path:
 
 def _atomic_save(obj, path: Path) -> None:
     """Concurrent runs of a sweep never read a half-written cache."""
+    remove_stale_shared_temp_files(path.parent)
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
@@ -291,7 +295,7 @@ class ShapesWorld(ExactMetrics, Backbone):
             values = list(cfg.get(name) or [])
             checks.require(len(values) > 0 and all(v in known for v in values), f"{key}.{name}", values,
                            f"a non-empty list of {', '.join(known)}")
-        checks.number(cfg, "resolution", f"{key}.resolution", lo=MIN_RESOLUTION, integer=True)
+        checks.number(cfg, "resolution", f"{key}.resolution", lo=MIN_RESOLUTION, hi=MAX_RESOLUTION, integer=True)
         for name in ("n_azimuths", "n_elevations", "supersample", "chunk_size"):
             checks.number(cfg, name, f"{key}.{name}", lo=1, integer=True)
         lo_el, hi_el = (list(cfg.get("elevation_range")) + [None, None])[:2]
