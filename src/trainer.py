@@ -152,15 +152,16 @@ def _all_finite(tensors) -> bool:
     return not flags or bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
 
 
-def _state_tensors(obj):
+def _state_tensors(obj, path: str = ""):
+    """(dotted path, tensor) of every tensor in a nested state dict."""
     if isinstance(obj, torch.Tensor):
-        yield obj
+        yield path, obj
     elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _state_tensors(v)
+        for k, v in obj.items():
+            yield from _state_tensors(v, f"{path}.{k}" if path else str(k))
     elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from _state_tensors(v)
+        for i, v in enumerate(obj):
+            yield from _state_tensors(v, f"{path}[{i}]")
 
 
 def _first_line(err: BaseException) -> str:
@@ -209,8 +210,10 @@ class Trainer:
         """Checkpoint, unless some tensor of the state is non-finite: a good checkpoint is
         never replaced by a diverged one (the step checks make this a last line of defence)."""
         state = self.state()
-        if not _all_finite(_state_tensors({k: state[k] for k in ("representation", "optimizer", "guidance")})):
-            raise NonFinite("state (parameters or optimizer moments) at the checkpoint", self.step)
+        tensors = dict(_state_tensors({k: state[k] for k in ("representation", "optimizer", "guidance")}))
+        if not _all_finite(tensors.values()):  # e.g. psi's Adam moments overflow, its weights not
+            bad = next(k for k, t in tensors.items() if not _all_finite([t]))
+            raise NonFinite(f"state at the checkpoint ({bad})", self.step)
         save_checkpoint(self.run_dir / CHECKPOINT, state)
         self.checkpoint_step = self.step
 
@@ -445,14 +448,18 @@ def run(cfg: DictConfig, run_dir: Path, files: dict[str, str] | None = None) -> 
         except Interrupted as err:
             status, outcome = INTERRUPTED, {"error": str(err)}
             raise
-        except BaseException as err:
+        except BaseException as err:  # an error, or an exit (e.g. submitit's requeue on USR2)
+            status = FAILED if isinstance(err, Exception) else INTERRUPTED
             outcome = {"error": _first_line(err)}
             raise
         finally:
             if trainer is None and first and not (run_dir / CHECKPOINT).exists():
                 _discard_claim(run_dir)  # failed while building (e.g. weights): leave nothing
             else:
-                record.end(status, step=trainer.step if trainer else None, **outcome)
+                try:
+                    record.end(status, step=trainer.step if trainer else None, **outcome)
+                except OSError as err:  # e.g. the full disk that stopped the run: keep its error
+                    log.error("could not record the end of this attempt in %s: %s", record.path, err)
 
 
 def _saved_step(run_dir: Path) -> int | None:

@@ -271,7 +271,7 @@ def test_damaged_log_line_and_stale_temp_files_are_cleaned_on_resume(tmp_path, m
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert lines[:-1] == (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()[:-1]
     attempts = json.loads((run / "run_info.json").read_text())["attempts"]
-    assert [a["status"] for a in attempts] == ["failed", "finished"]  # a history, not overwritten
+    assert [a["status"] for a in attempts] == ["interrupted", "finished"]  # a history, not overwritten
 
 
 def test_a_different_run_is_refused_before_any_checkpoint_and_changes_nothing(tmp_path, monkeypatch):
