@@ -1,6 +1,7 @@
-"""Process faults on a real ``python -m src.train`` (issue 11 items 1-3): one live owner per run
-dir, SIGTERM writes a checkpoint, the rerun resumes exactly, a different run is refused without
-a byte of the run dir changing, a diverged run exits non-zero. SIGKILL mid-run:
+"""Process faults on real ``python -m src.train`` processes (issue 11 items 1-3), in one scenario
+so that the processes start in parallel: one live owner per run dir, a different run refused
+without a byte of the run dir changing, SIGTERM writes a checkpoint, the rerun resumes exactly,
+a diverged run exits non-zero. SIGKILL mid-run:
 tests/test_trainer.py::test_sigkill_mid_run_then_resume_matches (its rerun also proves that a
 killed owner leaves no stale lock)."""
 
@@ -28,27 +29,44 @@ def cli(run_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "src.train", *TOY, "num_threads=1", f"hydra.run.dir={run_dir}", *extra]
 
 
+def start(run_dir: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(cli(run_dir, *extra), cwd=REPO, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+
+
 def snapshot(run_dir: Path) -> dict:
     return {str(p.relative_to(run_dir)): (hashlib.sha1(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
             for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
-def test_one_owner_sigterm_checkpoints_rerun_resumes_other_run_refused(tmp_path):
+def test_owner_refusals_sigterm_resume_and_divergence(tmp_path):
     ref, _ = train(compose(TOY), tmp_path / "ref")  # uninterrupted, in-process
-    run = tmp_path / "run"
+    run, bad = tmp_path / "run", tmp_path / "diverges"
     # the owner: slow steps (step_sleep), no periodic checkpoint before the end, progress on
-    # with stderr a pipe (a log file, not a terminal)
-    owner = subprocess.Popen(cli(run, "trainer.step_sleep=1.0"), cwd=REPO, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # with its output a pipe (a log file, not a terminal); beside it, a run that diverges (sgd
+    # at a huge lr, a checkpoint every step)
+    owner = start(run, "trainer.step_sleep=1.0")
+    diverging = start(bad, "trainer.optimizer=sgd", "representation.lr=1e200", "trainer.checkpoint_every=1",
+                      "trainer.progress=false")
     deadline = time.time() + START_TIMEOUT_S
     while not (run / "metrics.jsonl").exists() and time.time() < deadline and owner.poll() is None:
         time.sleep(0.1)
     assert owner.poll() is None, "the owner ended before the test could share its run dir"
 
-    busy = subprocess.run(cli(run), cwd=REPO, capture_output=True, text=True, timeout=START_TIMEOUT_S)
-    assert busy.returncode == 2 and "in use by a running process" in busy.stderr
-    assert f"pid {owner.pid}" in busy.stderr and "Traceback" not in busy.stderr
+    # the owner paused (it cannot write): the same run is refused as busy, another run as
+    # different, naming the keys, and neither changes a byte of the dir
+    owner.send_signal(signal.SIGSTOP)
+    before = snapshot(run)
+    same, other = start(run), start(run, "seed=7", "score_model.lr=0.01")
+    same_out, other_out = same.communicate(timeout=START_TIMEOUT_S)[0], other.communicate(timeout=START_TIMEOUT_S)[0]
+    assert snapshot(run) == before  # .hydra/config.yaml and overrides.yaml included
+    owner.send_signal(signal.SIGCONT)
+    assert same.returncode == 2 and "in use by a running process" in same_out, same_out[-2000:]
+    assert f"pid {owner.pid}" in same_out and "Traceback" not in same_out
+    assert other.returncode == 2 and "holds a different run" in other_out, other_out[-2000:]
+    assert "score_model.lr: 0.001 -> 0.01; seed: 0 -> 7" in other_out
 
+    # SIGTERM: the owner ends its step, writes a checkpoint there and exits 128 + 15
     owner.send_signal(signal.SIGTERM)
     out, _ = owner.communicate(timeout=120)
     assert owner.returncode == 128 + signal.SIGTERM, out[-2000:]
@@ -67,26 +85,13 @@ def test_one_owner_sigterm_checkpoints_rerun_resumes_other_run_refused(tmp_path)
     assert [a["status"] for a in attempts] == ["interrupted", "finished"]
     assert attempts[1]["resumed_from_step"] == killed_at
 
-    before = snapshot(run)
-    other = subprocess.run(cli(run, "seed=7", "score_model.lr=0.01"), cwd=REPO, capture_output=True,
-                           text=True, timeout=START_TIMEOUT_S)
-    assert other.returncode == 2 and "holds a different run" in other.stderr
-    assert "score_model.lr: 0.001 -> 0.01; seed: 0 -> 7" in other.stderr
-    assert snapshot(run) == before  # .hydra/config.yaml and overrides.yaml included
-
-
-def test_diverged_run_exits_non_zero_with_strict_metrics(tmp_path):
-    """The issue's example (sgd at a huge lr on the toy): exit 3, the step and the checkpoint
-    named, strict-JSON metrics.json, the checkpoint on disk finite."""
-    run = tmp_path / "run"
-    out = subprocess.run(cli(run, "trainer.optimizer=sgd", "representation.lr=1e200",
-                             "trainer.checkpoint_every=1", "trainer.progress=false"),
-                         cwd=REPO, capture_output=True, text=True, timeout=START_TIMEOUT_S)
-    assert out.returncode == 3, out.stderr[-2000:]
-    saved = json.loads((run / "metrics.json").read_text(), parse_constant=lambda c: 1 / 0)
+    # the diverged run: exit 3, the step and the checkpoint named, strict JSON, finite checkpoint
+    out, _ = diverging.communicate(timeout=START_TIMEOUT_S)
+    assert diverging.returncode == 3, out[-2000:]
+    saved = json.loads((bad / "metrics.json").read_text(), parse_constant=lambda c: 1 / 0)
     assert saved["status"] == "diverged" and isinstance(saved["failed_step"], int)
-    assert f"diverged at step {saved['failed_step']}" in out.stderr
-    assert f"{run / CHECKPOINT} (step {saved['last_good_step']})" in out.stderr
-    state = torch.load(run / CHECKPOINT, weights_only=False)
+    assert f"error: diverged at step {saved['failed_step']}" in out
+    assert f"{bad / CHECKPOINT} (step {saved['last_good_step']})" in out
+    state = torch.load(bad / CHECKPOINT, weights_only=False)
     assert state["step"] == saved["last_good_step"] == saved["failed_step"] - 1
     assert all(bool(torch.isfinite(v).all()) for v in state["representation"].values())

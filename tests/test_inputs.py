@@ -88,8 +88,8 @@ def cli(*args):
 
 
 def test_cli_bad_inputs_exit_cleanly_and_leave_nothing(tmp_path):
-    """A file as the run dir, an unknown experiment, a 10k-character prompt: a short message,
-    no traceback, no run dir left behind."""
+    """A file as the run dir, an unknown experiment: a short message, no traceback, no run dir
+    left behind (both fail before Python imports torch: this test is quick)."""
     afile = tmp_path / "afile"
     afile.write_text("not a dir")
     out = cli(f"hydra.run.dir={afile}")
@@ -100,7 +100,3 @@ def test_cli_bad_inputs_exit_cleanly_and_leave_nothing(tmp_path):
     out = cli("experiment=esd_toyy", f"hydra.run.dir={run}")
     assert out.returncode != 0 and "experiment/esd_toyy" in out.stderr and "esd_toy" in out.stderr
     assert "Traceback" not in out.stderr and not run.exists()
-
-    out = cli(f"prompt='{LONG_PROMPT}'", f"hydra.run.dir={run}")
-    assert out.returncode == 2 and out.stderr.startswith("error: unknown words")
-    assert len(out.stderr) < MAX_MESSAGE and not run.exists()
