@@ -54,8 +54,11 @@ ARGS     ?=
 sweep: install ## make sweep SWEEP=esd_lambda LAUNCHER=basic|submitit_local|slurm_a100 [TOY=0|1] [ARGS=...]
 	$(PY) scripts/sweep.py $(SWEEP) --launcher $(LAUNCHER) $(if $(filter 1,$(TOY)),--toy) $(ARGS)
 
-report: install ## make report SWEEP_DIR=multirun/esd_lambda -> report.csv + report.md there
-	@test -n "$(SWEEP_DIR)" || { echo "usage: make report SWEEP_DIR=multirun/<sweep>"; exit 2; }
+# The directory `make sweep` with the same SWEEP / LAUNCHER / TOY writes (src/sweeps.py:
+# default_sweep_dir): multirun/<sweep>, or multirun/<sweep>_toy for the toy settings.
+SWEEP_DIR ?= multirun/$(SWEEP)$(if $(filter 1,$(TOY)),_toy)
+
+report: install ## make report SWEEP_DIR=multirun/esd_lambda_toy (default: the dir `make sweep` with the same SWEEP/LAUNCHER/TOY writes)
 	$(PY) scripts/report.py $(SWEEP_DIR)
 
 # The session fixture of tests/test_slurm.py installs slurm-wlm + munge if missing (root,

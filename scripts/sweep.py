@@ -5,7 +5,8 @@
     python scripts/sweep.py esd_lambda --dry-run        # print the command only
 
 Extra `key=value` arguments are Hydra overrides for every run; `hydra.*` ones (launcher
-settings) pass through unchanged. Resubmitting the same command skips finished runs and
+settings) pass through unchanged. Every grid point is validated before anything is recorded or
+launched (all invalid points are listed). Resubmitting the same command skips finished runs and
 resumes interrupted ones (same sweep dir, same run dirs).
 """
 
@@ -25,11 +26,16 @@ from src.sweeps import (  # noqa: E402
     LAUNCHERS,
     REPO_ROOT,
     default_sweep_dir,
+    describe_invalid,
+    invalid_points,
     load_sweep,
     multirun_args,
+    point_overrides,
     record_spec,
     write_report,
 )
+
+EXIT_INVALID = 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return 0
 
+    # every grid point valid before anything is recorded or launched
+    from src.api import compose
+
+    points = point_overrides(sweep)
+    bad = invalid_points(points, compose)
+    if bad:
+        print(f"error: {describe_invalid(bad, points)}", file=sys.stderr)
+        return EXIT_INVALID
     try:
         record_spec(sweep, sweep_dir, args.launcher, force=args.force)
     except ValueError as err:

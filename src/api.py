@@ -27,11 +27,7 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
 
 
 def train(cfg: DictConfig, run_dir: str | Path):
-    """Validate, build and run; returns (metrics, trainer)."""
-    from src.trainer import Trainer, validate
+    """Validate, own the run dir, build and run (src.trainer.run); returns (metrics, trainer)."""
+    from src.trainer import run
 
-    validate(cfg)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(cfg, run_dir)
-    return trainer.fit(), trainer
+    return run(cfg, Path(run_dir))

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from src import checks, rng
 from src.checks import ConfigError
 from src.configs import CONF_DIR, options
 from src.fileio import atomic_write
+from src.loggers import WandbLogger
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -28,9 +30,13 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 # Groups built by _target_, in build order; score_model only for methods with psi, reward only
 # when one is chosen.
 GROUPS = ("backbone", "representation", "camera", "schedule", "reward", "score_model", "guidance")
+DEVICES = "auto, cpu, cuda, cuda:N"
+_CUDA = re.compile(r"cuda(?::(\d+))?")
+# Keys of conf/config.yaml that are Hydra's, not the run's.
+_NOT_RUN_KEYS = ("defaults", "hydra")
 
 __all__ = ["CHECKPOINT", "Components", "ConfigError", "build_components", "load_checkpoint",
-           "save_checkpoint", "validate"]
+           "max_steps_readers", "save_checkpoint", "validate"]
 
 
 # --- validation ---------------------------------------------------------------------------
@@ -44,9 +50,62 @@ def component_class(cfg: DictConfig, group: str) -> type | None:
         raise ConfigError(f"{group}._target_={target!r} cannot be imported: {err}") from None
 
 
+def _known_keys() -> tuple[set[str], set[str]]:
+    """(top-level keys, trainer keys) a run may have: conf/config.yaml's plus the groups."""
+    base = OmegaConf.load(CONF_DIR / "config.yaml")
+    groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in _NOT_RUN_KEYS}
+    return set(base) - set(_NOT_RUN_KEYS) | groups, set(base.trainer)
+
+
+def _unknown(given, known: set[str], prefix: str) -> None:
+    unknown = sorted(str(k) for k in given if k not in known)
+    if unknown:
+        raise ConfigError(f"{', '.join(prefix + k for k in unknown)}: unknown key(s); "
+                          f"known: {', '.join(prefix + k for k in sorted(known))}")
+
+
+def validate_device(cfg: DictConfig) -> None:
+    """device is auto, cpu, or a CUDA device this machine has."""
+    value = cfg.get("device")
+    if value in ("auto", "cpu"):
+        return
+    match = _CUDA.fullmatch(str(value))
+    checks.require(match is not None, "device", value, f"allowed: {DEVICES}")
+    if not torch.cuda.is_available():
+        raise checks.fail("device", value, "no CUDA GPU is visible here "
+                          "(torch.cuda.is_available() is False); use device=cpu or device=auto")
+    index, count = int(match.group(1) or 0), torch.cuda.device_count()
+    checks.require(index < count, "device", value, f"this machine has cuda:0 to cuda:{count - 1}")
+
+
+def validate_logger(cfg: DictConfig) -> None:
+    lg = cfg.get("logger") or {}
+    _unknown(lg, {"wandb"}, "logger.")
+    wandb = lg.get("wandb")
+    if wandb is not None:
+        names, _ = checks.accepted_arguments(WandbLogger)
+        _unknown(wandb, names - {"run_dir", "config"}, "logger.wandb.")
+        checks.choice(wandb, "mode", "logger.wandb.mode", WandbLogger.MODES)
+        for name in ("project", "entity", "group", "name"):
+            value = wandb.get(name)
+            checks.require(value is None or isinstance(value, str), f"logger.wandb.{name}", value, "a text or null")
+        tags = wandb.get("tags")
+        checks.require(tags is None or (OmegaConf.is_list(tags) or isinstance(tags, list))
+                       and all(isinstance(t, str) for t in tags), "logger.wandb.tags", tags, "a list of texts")
+
+
 def validate_trainer(cfg: DictConfig) -> None:
+    """The run's own keys: trainer.*, seed, device, threads, logger, no unknown keys."""
+    top, trainer_keys = _known_keys()
+    _unknown(cfg, top, "")
+    _unknown(cfg.trainer, trainer_keys, "trainer.")
     tr = cfg.trainer
     checks.number(cfg, "seed", "seed", integer=True)
+    checks.number(cfg, "num_threads", "num_threads", lo=1, integer=True, optional=True)
+    validate_device(cfg)
+    validate_logger(cfg)
+    for name in ("progress", "export"):
+        checks.require(isinstance(tr.get(name), bool), f"trainer.{name}", tr.get(name), "true or false")
     checks.number(tr, "max_steps", "trainer.max_steps", lo=1, integer=True)
     for name in ("checkpoint_every", "log_every"):
         checks.number(tr, name, f"trainer.{name}", lo=1, integer=True)
@@ -83,12 +142,27 @@ def validate(cfg: DictConfig) -> None:
     for group, cls in classes.items():
         if cls is not None:
             cls.check_composition(cfg[group], group, cfg)
+    for name in ("prompt", "negative_prompt"):
+        value = cfg.get(name)
+        checks.require(value is None or isinstance(value, (str, int, float)), name, value, "a text")
+    classes["backbone"].check_prompt(cfg.backbone, str(cfg.prompt or ""))
     rep, bb = classes["representation"], classes["backbone"]
     if rep.kind not in bb.supported_representations:
         raise ConfigError(
             f"representation={rep.__name__} is a {rep.kind!r} representation, which backbone "
             f"{bb.__name__} cannot drive; it drives {', '.join(representations_for(bb.supported_representations))}"
         )
+
+
+def max_steps_readers(cfg: DictConfig) -> list[str]:
+    """The parts whose steps depend on trainer.max_steps (``reads_max_steps``), e.g.
+    ['schedule=LinearDecreasing']: a run using none of them can be extended in place."""
+    readers = []
+    for group in GROUPS:
+        cls = component_class(cfg, group)
+        if cls is not None and cls.reads_max_steps(cfg[group]):
+            readers.append(f"{group}={cls.__name__}")
+    return readers
 
 
 # --- building -------------------------------------------------------------------------------

@@ -119,6 +119,13 @@ class Configurable:
         """Value checks of this class (subclasses extend and call super)."""
 
     @classmethod
+    def reads_max_steps(cls, cfg: Mapping) -> bool:
+        """Whether what this part does at a step depends on ``trainer.max_steps`` (a schedule
+        over the fraction of the run done): a finished run cannot then be continued by raising
+        ``trainer.max_steps`` (src/build.py: max_steps_readers)."""
+        return False
+
+    @classmethod
     def check_composition(cls, cfg: Mapping, key: str, root: Mapping) -> None:
         """Checks against the rest of the run's config ``root`` (e.g. SIM's reward term needs a
         reward group); called by the trainer's ``validate`` after ``validate_config``."""

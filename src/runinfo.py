@@ -1,4 +1,5 @@
-"""What is recorded with every run: seed, package versions, git revision, host, command."""
+"""What is recorded with every run: seed, package versions, git revision, host, command, and
+one entry per attempt (a run killed and resumed has several) in ``<run_dir>/run_info.json``."""
 
 from __future__ import annotations
 
@@ -12,11 +13,15 @@ import sys
 import time
 from pathlib import Path
 
-from src.fileio import atomic_write
+from src.fileio import atomic_write, to_json
 
 PACKAGES = ("torch", "torchvision", "numpy", "diffusers", "transformers", "peft", "hydra-core",
             "omegaconf", "nerfacc", "gsplat", "submitit", "wandb", "lpips", "trimesh")
 REPO_ROOT = Path(__file__).resolve().parents[1]
+RUN_INFO = "run_info.json"
+# An attempt's status while its process runs; an attempt found "running" by the next owner of
+# the run dir (which holds the lock, so that process is gone) is marked "killed".
+RUNNING, KILLED = "running", "killed"
 
 
 def package_versions() -> dict[str, str | None]:
@@ -45,7 +50,7 @@ def git_revision() -> dict[str, str | bool | None]:
 def run_info(seed: int) -> dict:
     return {
         "seed": seed,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "started": now(),
         "host": socket.gethostname(),
         "command": sys.argv,
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
@@ -55,5 +60,58 @@ def run_info(seed: int) -> dict:
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=True, default=str)
+    """Strict JSON (non-finite numbers as null), written atomically."""
+    text = to_json(obj, indent=2, sort_keys=True)
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class RunRecord:
+    """``<run_dir>/run_info.json``: the run's ``identity`` (src/rundir.py), ``attempts`` (one
+    entry per process that ran it: start, end, status, host, command, versions, the step it
+    resumed from), and the latest attempt's fields again at the top level. Written only by the
+    process holding the run dir's lock."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / RUN_INFO
+        self.identity: dict | None = None
+        self.attempts: list[dict] = []
+
+    def read(self) -> RunRecord:
+        if self.path.exists():
+            try:
+                info = json.loads(self.path.read_text())
+            except ValueError as err:
+                raise ValueError(f"{self.path} is not valid JSON ({err}); move it away to reuse "
+                                 "this run directory") from None
+            self.identity = info.get("identity")
+            self.attempts = info.get("attempts") or [
+                # a record written before attempts were kept: its one attempt
+                {k: v for k, v in info.items() if k != "identity"} | {"status": "unknown"}]
+        return self
+
+    def begin(self, seed: int, identity: dict) -> dict:
+        """Start an attempt (the caller holds the lock): earlier attempts still "running" died."""
+        self.read()
+        for attempt in self.attempts:
+            if attempt.get("status") == RUNNING:
+                attempt["status"] = KILLED
+        self.identity = identity
+        self.attempts.append({**run_info(seed), "attempt": len(self.attempts) + 1,
+                              "pid": os.getpid(), "status": RUNNING})
+        self.write()
+        return self.attempts[-1]
+
+    def update(self, **fields) -> None:
+        self.attempts[-1].update(fields)
+        self.write()
+
+    def end(self, status: str, **fields) -> None:
+        self.update(status=status, ended=now(), **fields)
+
+    def write(self) -> None:
+        write_json_atomic(self.path, {**self.attempts[-1], "identity": self.identity,
+                                      "attempts": self.attempts})

@@ -70,6 +70,10 @@ class Anneal(Uniform):
 class Deterministic(TimestepSchedule):
     """t(tau) decreasing from t_max to t_min over the run; tau = step / (max_steps - 1)."""
 
+    @classmethod
+    def reads_max_steps(cls, cfg):
+        return True
+
     def frac(self, tau: float) -> float:
         raise NotImplementedError
 

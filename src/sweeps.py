@@ -27,6 +27,7 @@ import json
 import math
 import re
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,20 +86,40 @@ def expand_glob(key: str, values):
     return [o for o in options(key) if fnmatch.fnmatchcase(o, match.group(1).strip())]
 
 
+def _read_yaml(path: Path):
+    try:
+        with path.open() as f:  # a stream, so that YAML's error marks name the file
+            return yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} cannot be read: {err}") from None
+
+
+def _mapping(value, path: Path, key: str) -> dict:
+    """A section of a sweep file as a dict (absent or empty: {}), else a ValueError."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: {key} must be a mapping (key: value lines), got {type(value).__name__}")
+    return dict(value)
+
+
 def load_sweep(name_or_path: str, toy: bool = False) -> Sweep:
     path = sweep_path(name_or_path)
-    spec = yaml.safe_load(path.read_text()) or {}
+    spec = _mapping(_read_yaml(path), path, "the file")
     unknown = set(spec) - {"name", "description", "overrides", "grid", "toy"}
     if unknown:
         raise ValueError(
-            f"{path}: unknown keys {sorted(unknown)}; allowed: name, description, overrides, grid, toy"
+            f"{path}: unknown keys {sorted(map(str, unknown))}; allowed: name, description, overrides, grid, toy"
         )
-    overrides, grid = dict(spec.get("overrides") or {}), dict(spec.get("grid") or {})
+    overrides, grid = _mapping(spec.get("overrides"), path, "overrides"), _mapping(spec.get("grid"), path, "grid")
     if toy:
         if "toy" not in spec:
             raise ValueError(f"{path} has no `toy:` section; run it without --toy")
-        overrides = dict(spec["toy"].get("overrides") or {})
-        grid.update(spec["toy"].get("grid") or {})
+        section = _mapping(spec["toy"], path, "toy")
+        overrides = _mapping(section.get("overrides"), path, "toy.overrides")
+        grid.update(_mapping(section.get("grid"), path, "toy.grid"))
     grid = {key: expand_glob(key, values) for key, values in grid.items()}
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
@@ -161,6 +182,12 @@ def multirun_args(sweep: Sweep, launcher: str, sweep_dir: Path, extra: list[str]
     return args + list(extra)
 
 
+def point_overrides(sweep: Sweep) -> list[list[str]]:
+    """Each run's overrides (fixed, then swept), as the multirun passes them."""
+    fixed = [f"{k}={hydra_value(v)}" for k, v in sweep.overrides.items()]
+    return [fixed + [f"{k}={hydra_value(v)}" for k, v in point.items()] for point in sweep.points()]
+
+
 def record_spec(sweep: Sweep, sweep_dir: Path, launcher: str, force: bool = False) -> None:
     """Write <sweep_dir>/sweep.yaml; refuse to reuse a dir launched with other fixed overrides.
 
@@ -171,10 +198,12 @@ def record_spec(sweep: Sweep, sweep_dir: Path, launcher: str, force: bool = Fals
     if path.exists() and not force:
         old = yaml.safe_load(path.read_text()) or {}
         if old.get("overrides") != sweep.overrides:
-            raise ValueError(
-                f"{sweep_dir} holds a sweep with other fixed overrides:\n  was {old.get('overrides')}\n"
-                f"  now {sweep.overrides}\nuse another --sweep-dir (or --force to reuse it anyway)"
-            )
+            if started_runs(sweep_dir):
+                raise ValueError(
+                    f"{sweep_dir} holds a sweep with other fixed overrides:\n  was {old.get('overrides')}\n"
+                    f"  now {sweep.overrides}\nuse another --sweep-dir (or --force to reuse it anyway)"
+                )
+            old = {}  # no run of it ever started (e.g. it failed on a typo): the new file wins
         sweep = Sweep(sweep.name, sweep.overrides, {**(old.get("grid") or {}), **sweep.grid})
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
@@ -188,6 +217,50 @@ def record_spec(sweep: Sweep, sweep_dir: Path, launcher: str, force: bool = Fals
             sort_keys=False,
         )
     )
+
+
+# Files that show a run of a sweep dir started training (record_spec).
+STARTED_MARKERS = ("checkpoints/last.pt", "metrics.json", "metrics.jsonl")
+
+
+def started_runs(sweep_dir: Path) -> list[Path]:
+    """Run dirs under ``sweep_dir`` where training started."""
+    found = set()
+    for marker in STARTED_MARKERS:
+        for hit in Path(sweep_dir).glob(f"*/{marker}"):
+            found.add(hit.parent.parent if marker.startswith("checkpoints/") else hit.parent)
+    return sorted(found)
+
+
+def invalid_points(points: list[list[str]], compose: Callable[[list[str]], object]) -> list[tuple[list[str], str]]:
+    """(overrides, error) of every grid point whose config does not compose or validate, so
+    that a sweep refuses all of them before launching any (``compose``: overrides -> config)."""
+    from src.build import validate  # here, not at the top: scripts/report.py needs no torch
+
+    bad = []
+    for point in points:
+        try:
+            validate(compose(point))
+        except Exception as err:  # every reason a job would fail before its first step
+            text = str(err).strip().splitlines()
+            bad.append((point, text[0] if text else type(err).__name__))
+    return bad
+
+
+def describe_invalid(bad: list[tuple[list[str], str]], points: list[list[str]], shown: int = 3) -> str:
+    """One paragraph per distinct error, with a few of the points that have it (their swept
+    overrides: those that differ between points)."""
+    swept = {o for p in points for o in p if sum(o in q for q in points) < len(points)}
+    by_error: dict[str, list[list[str]]] = {}
+    for point, error in bad:
+        by_error.setdefault(error, []).append(point)
+    lines = [f"{len(bad)} of {len(points)} grid points are invalid; nothing was launched:"]
+    for error, pts in by_error.items():
+        lines.append(f"  {error}")
+        lines += [f"    at {' '.join(o for o in p if o in swept) or ' '.join(p)}" for p in pts[:shown]]
+        if len(pts) > shown:
+            lines.append(f"    and {len(pts) - shown} more points")
+    return "\n".join(lines)
 
 
 # -- the report ------------------------------------------------------------------------------
@@ -217,11 +290,13 @@ def find_runs(sweep_dir: Path) -> list[Run]:
         metrics_file = run_dir / "metrics.json"
         metrics = None
         if metrics_file.exists():
-            metrics = {
-                k: float(v)
-                for k, v in json.loads(metrics_file.read_text()).items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)
-            }
+            saved = json.loads(metrics_file.read_text())
+            if saved.get("status", "finished") == "finished":  # diverged / failed: no metrics
+                metrics = {
+                    k: float(v)
+                    for k, v in saved.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)
+                }
         runs.append(Run(run_dir, overrides, metrics))
     return runs
 

@@ -8,53 +8,91 @@ Examples::
     python -m src.train --cfg job                         # print the composed config
 
 Invalid configs fail before any compute with a message naming the key and what is allowed.
+Exit codes: 0 finished, 2 invalid config or unusable run dir (or missing weights), 3 diverged,
+128 + N stopped by signal N (after writing a checkpoint), 1 anything else.
+
+Hydra's own ``.hydra/`` files are written by the run (src/trainer.py: run), once it owns the
+run directory (``hydra.output_subdir: null`` in conf/config.yaml): a refused run changes nothing
+there. ``src/hooks.py`` checks the run or sweep directory, and every point of a sweep, before
+Hydra starts.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
 from src.configs import CONF_DIR
 
 log = logging.getLogger("src.train")
 
+EXIT_INVALID, EXIT_DIVERGED = 2, 3
+# Hydra's job log; a run dir holding nothing else was created by this failed run alone.
+HYDRA_LOG = "train.log"
+# An error message longer than this is cut (a 10k-character value must not make a 10 kB error).
+MAX_ERROR_CHARS = 2000
+
+
+class RunFailed(RuntimeError):
+    """A job of a multirun failed: raised (not sys.exit) so that the launcher runs the others."""
+
+
+def short(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_CHARS else f"{text[:MAX_ERROR_CHARS]}... ({len(text)} characters)"
+
 
 def _discard_empty_run_dir(run_dir: Path) -> None:
-    """A run that failed validation leaves nothing behind (only Hydra's own files were written)."""
-    if (run_dir / "checkpoints").exists() or (run_dir / "metrics.json").exists():
-        return
-    if all(p.name in {".hydra", "train.log"} for p in run_dir.iterdir()):
-        shutil.rmtree(run_dir, ignore_errors=True)
+    """A run that failed before owning its dir leaves nothing (Hydra made the dir and its log)."""
+    try:
+        if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {HYDRA_LOG}:
+            (run_dir / HYDRA_LOG).unlink(missing_ok=True)
+            run_dir.rmdir()
+    except OSError:
+        pass
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict:
-    from src.trainer import Trainer, validate
+def hydra_files(hc) -> dict[str, str]:
+    """What Hydra writes into <run_dir>/.hydra when output_subdir is set."""
+    return {".hydra/hydra.yaml": OmegaConf.to_yaml(HydraConfig.instance().cfg),
+            ".hydra/overrides.yaml": OmegaConf.to_yaml(hc.overrides.task)}
 
-    validate(cfg)
-    return Trainer(cfg, run_dir).fit()
+
+def fail(run_dir: Path, err: BaseException, code: int, multirun: bool):
+    _discard_empty_run_dir(run_dir)
+    message = f"error: {short(str(err))}"
+    print(message, file=sys.stderr, flush=True)
+    if multirun:
+        raise RunFailed(message) from None
+    sys.exit(code)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    from src.trainer import Diverged, Interrupted, run
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
     try:
         try:
-            metrics = run(cfg, run_dir)
+            metrics, _ = run(cfg, run_dir, hydra_files(hc))
         except InstantiationException as wrapped:  # report the builder's own error, not Hydra's
             raise (wrapped.__cause__ or wrapped) from None
-    except (ValueError, FileNotFoundError, OSError) as err:  # config, prompt, missing weights
-        _discard_empty_run_dir(run_dir)
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    log.info("metrics: %s", {k: round(v, 4) for k, v in metrics.items()})
+    except (ValueError, OSError) as err:  # config, run dir, prompt, missing weights, full disk
+        fail(run_dir, err, EXIT_INVALID, multirun)
+    except Diverged as err:
+        fail(run_dir, err, EXIT_DIVERGED, multirun)
+    except Interrupted as err:
+        fail(run_dir, err, err.exit_code, multirun)
+    numbers = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, (int, float))}
+    log.info("metrics: %s", numbers)
     return metrics.get("precision", metrics.get("mode_coverage"))
 
 

@@ -150,13 +150,14 @@ def test_failed_job_is_reported_with_its_log(slurm_cluster, tmp_path):
             "trainer.max_steps": 5,
             "trainer.progress": False,
             "trainer.export": False,
+            "trainer.optimizer": "sgd",
         },
-        "grid": {"guidance.scale": [7.5, 0.5]},
-    }  # scale < 1 fails validation
+        "grid": {"representation.lr": [0.01, 1e20]},
+    }  # lr 1e20 overflows float32 at step 2: the job diverges (invalid values never launch)
     out, sweep_dir = _sweep(spec, tmp_path)
     assert out.returncode != 0
     failed = (sweep_dir / "failed.txt").read_text()
-    assert "guidance.scale=0.5" in failed and "guidance.scale=7.5" not in failed
+    assert "representation.lr=1e+20" in failed and "representation.lr=0.01" not in failed
     log = Path(failed.split("log: ")[1].split()[0])
-    assert log.exists() and "guidance.scale=0.5" in log.read_text()
-    assert (sweep_dir / "guidance.scale=7.5" / "metrics.json").exists()
+    assert log.exists() and "diverged at step 2" in log.read_text()
+    assert (sweep_dir / "representation.lr=0.01" / "metrics.json").exists()

@@ -68,6 +68,13 @@ def test_bad_sweep_files_are_rejected(tmp_path):
         load_sweep(write({"grids": {}}))
     with pytest.raises(FileNotFoundError, match="esd_lambda"):  # lists the known sweeps
         load_sweep("no_such_sweep")
+    bad = tmp_path / "bad.yaml"
+    for text, reason in [("grid:\n  seed: [0, 1\n", "not valid YAML"),  # unclosed list
+                         ("- seed\n", "must be a mapping"), ("grid: [seed]\n", "grid must be a mapping")]:
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=reason) as err:
+            load_sweep(str(bad))
+        assert str(bad) in str(err.value) and "<unicode string>" not in str(err.value)
 
 
 def test_hydra_values_are_quoted_only_when_needed():
@@ -99,13 +106,19 @@ def test_no_wandb_group_without_wandb_logger(tmp_path):
     assert not any(a.startswith("logger.wandb.group") for a in args)
 
 
-def test_sweep_dir_refuses_other_fixed_overrides(tmp_path):
+def test_sweep_dir_refuses_other_fixed_overrides_once_a_run_started(tmp_path):
     s = Sweep("x", {"trainer.max_steps": 300}, {"seed": [0, 1]})
     sweeps.record_spec(s, tmp_path, "basic")
     sweeps.record_spec(
         Sweep("x", {"trainer.max_steps": 300}, {"seed": [2]}), tmp_path, "slurm_a100"
     )
     assert yaml.safe_load((tmp_path / "sweep.yaml").read_text())["grid"]["seed"] == [2]
+    # no run started under the recorded settings (e.g. the sweep failed on a typo): the
+    # corrected file takes the directory over
+    sweeps.record_spec(Sweep("x", {"trainer.max_steps": 400}, {"seed": [0]}), tmp_path, "basic")
+    assert yaml.safe_load((tmp_path / "sweep.yaml").read_text())["overrides"] == {"trainer.max_steps": 400}
+    (tmp_path / "seed=0").mkdir()
+    (tmp_path / "seed=0" / "metrics.jsonl").write_text('{"step": 10}\n')  # a run started
     with pytest.raises(ValueError, match="other fixed overrides"):
         sweeps.record_spec(Sweep("x", {"trainer.max_steps": 999}, {"seed": [0]}), tmp_path, "basic")
 
@@ -303,23 +316,20 @@ def test_toy_sweep_runs_one_dir_per_point_and_reports(tmp_path):
         },
         "grid": {"trainer.max_steps": [TOY_STEPS], "seed": [0, 1]},
     }
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(spec))
     sweep_dir = tmp_path / "out"
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "sweep.py"),
-            str(tmp_path / "tiny.yaml"),
-            "--launcher",
-            "basic",
-            "--sweep-dir",
-            str(sweep_dir),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
+    cmd = [sys.executable, str(REPO / "scripts" / "sweep.py"), str(tmp_path / "tiny.yaml"),
+           "--launcher", "basic", "--sweep-dir", str(sweep_dir)]
+    # a typo in a fixed override and one bad grid value: every invalid point is listed, nothing
+    # is recorded or launched...
+    typo = {**spec, "overrides": {**spec["overrides"], "guidance.scale": -1.0}}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(typo))
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 2 and "2 of 2 grid points are invalid" in out.stderr
+    assert "guidance.scale=-1.0 is invalid" in out.stderr and "Traceback" not in out.stderr
+    assert not sweep_dir.exists()
+    # ...and the corrected file runs in the same directory
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(spec))
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     runs = sorted(p.name for p in sweep_dir.iterdir() if (p / "metrics.json").exists())
     assert runs == [f"seed={s},trainer.max_steps={TOY_STEPS}" for s in (0, 1)]
@@ -330,7 +340,8 @@ def test_toy_sweep_runs_one_dir_per_point_and_reports(tmp_path):
 
 @pytest.mark.slow
 def test_local_launcher_reports_failures_and_skips_finished_runs(tmp_path):
-    """submitit_local: a bad run is reported with its log; a resubmission skips finished runs."""
+    """submitit_local: a run that fails (here: diverges) is reported with its log and the other
+    runs still run; a resubmission skips finished and diverged runs, and lists the latter."""
     spec = {
         "overrides": {
             "backbone": "mog2d",
@@ -339,9 +350,10 @@ def test_local_launcher_reports_failures_and_skips_finished_runs(tmp_path):
             "trainer.max_steps": TOY_STEPS,
             "trainer.progress": False,
             "trainer.export": False,
+            "trainer.optimizer": "sgd",
         },
-        "grid": {"guidance.scale": [7.5, -1.0]},
-    }  # scale < 1 fails validation
+        "grid": {"representation.lr": [0.01, 1e20]},
+    }  # lr 1e20 overflows float32 at step 2
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(spec))
     sweep_dir = tmp_path / "out"
     cmd = [
@@ -357,15 +369,21 @@ def test_local_launcher_reports_failures_and_skips_finished_runs(tmp_path):
     first = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=180, env=env)
     assert first.returncode != 0
     failed = (sweep_dir / "failed.txt").read_text()
-    assert "guidance.scale=-1.0" in failed and "guidance.scale=7.5" not in failed
+    assert "representation.lr=1e+20" in failed and "representation.lr=0.01" not in failed
+    assert "diverged at step 2" in failed
     log = Path(failed.split("log: ")[1].split()[0])
-    assert log.exists() and "guidance.scale=-1" in log.read_text()  # the log holds the reason
-    assert (sweep_dir / "guidance.scale=7.5" / "metrics.json").exists()
-    assert "Failed jobs" in (sweep_dir / "report.md").read_text()
+    assert log.exists() and "diverged at step 2" in log.read_text()  # the log holds the reason
+    good = json.loads((sweep_dir / "representation.lr=0.01" / "metrics.json").read_text())
+    bad = json.loads((sweep_dir / "representation.lr=1e+20" / "metrics.json").read_text())
+    assert good["status"] == "finished" and bad["status"] == "diverged"
+    report = (sweep_dir / "report.md").read_text()
+    assert "Failed jobs" in report and "representation.lr=1e+20" in report
 
     second = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=180, env=env)
     assert "skip, finished" in second.stdout + second.stderr
+    assert "skip, diverged" in second.stdout + second.stderr
     assert second.returncode != 0  # the bad run is still bad, and still reported
+    assert "diverged at step 2" in (sweep_dir / "failed.txt").read_text()
 
 
 def test_wandb_group_override_composes():
@@ -373,3 +391,40 @@ def test_wandb_group_override_composes():
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["logger=wandb", "logger.wandb.group=esd_lambda"])
     assert cfg.logger.wandb.group == "esd_lambda" and cfg.logger.wandb.mode == "offline"
+
+
+def test_multirun_validates_every_point_before_launching_any(tmp_path):
+    """`python -m src.train -m` (any launcher): all invalid points listed, none launched."""
+    sweep_dir = tmp_path / "m"
+    out = subprocess.run(
+        [sys.executable, "-m", "src.train", "-m", "backbone=mog2d", "representation=particles",
+         "trainer.max_steps=2", "guidance.scale=7.5,-1,0", "seed=0,1", f"hydra.sweep.dir={sweep_dir}"],
+        capture_output=True, text=True, cwd=REPO, timeout=180,
+    )
+    assert out.returncode == 2 and "4 of 6 grid points are invalid; nothing was launched" in out.stderr
+    assert "at guidance.scale=-1 seed=1" in out.stderr and "guidance.scale=0 is invalid" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not [p for p in sweep_dir.iterdir() if p.is_dir()]  # no run dir
+
+
+def test_diverged_runs_are_not_averaged_and_healthy_ones_still_report(tmp_path):
+    for seed, metrics in [(0, {"status": "finished", "precision": 0.5}),
+                          (1, {"status": "finished", "precision": 0.7}),
+                          (2, {"status": "diverged", "failed_step": 45, "last_good_step": 40,
+                               "error": "diverged at step 45: non-finite loss (inf)"})]:
+        _fake_run(tmp_path, [f"seed={seed}"], metrics)
+    _, md = sweeps.write_report(tmp_path)
+    rows = list(csv.DictReader((tmp_path / "report.csv").open()))
+    assert float(rows[0]["precision_mean"]) == pytest.approx(0.6) and rows[0]["n_finished"] == "2"
+    assert "failed_step" not in rows[0] and "seed=2" in md.read_text()
+
+
+def test_documented_report_dirs_are_where_the_sweeps_write():
+    """README / docs/sweeps.md: each `make report SWEEP_DIR=...` is a dir `make sweep` writes."""
+    import re
+
+    written = {str(sweeps.default_sweep_dir(load_sweep(name, toy=toy), toy))
+               for name in STUDIES for toy in (False, True)}
+    for doc in ("README.md", "docs/sweeps.md"):
+        dirs = re.findall(r"make report SWEEP_DIR=(multirun/\S+)", (REPO / doc).read_text())
+        assert dirs and set(dirs) <= written, (doc, dirs)

@@ -94,7 +94,8 @@ def test_sigkill_mid_run_then_resume_matches(tmp_path):
 def test_run_records_and_checkpoint_atomicity(tmp_path):
     metrics, _ = train(compose(TOY + ["guidance=sds"]), tmp_path)
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert saved == metrics and all(isinstance(v, (int, float)) for v in saved.values())
+    assert saved == metrics and saved.pop("status") == "finished"
+    assert all(isinstance(v, (int, float)) for v in saved.values())  # the rest: name -> number
     assert {"mode_coverage", "precision", "final_loss", "steps"} <= saved.keys()
     info = json.loads((tmp_path / "run_info.json").read_text())
     assert info["seed"] == 0 and info["versions"]["torch"] == torch.__version__.split("+")[0]
@@ -127,3 +128,218 @@ def test_validation_grids_are_written_and_logged(tmp_path):
                  "trainer.val_every=2", "trainer.export=false"]
     train(compose(overrides), tmp_path)
     assert sorted(p.name for p in (tmp_path / "val").iterdir()) == ["step_000002.png", "step_000004.png"]
+
+
+# --- a run never lies (issue 11): divergence, ownership, recovery, extension ---------------------
+def strict_json(path: Path) -> dict:
+    """json.loads that refuses NaN / Infinity, as a strict reader (e.g. JavaScript) would."""
+    def refuse(name):
+        raise ValueError(f"{path}: {name} is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def checkpoint_step_and_finite(run_dir: Path) -> tuple[int, bool]:
+    state = torch.load(run_dir / CHECKPOINT, weights_only=False)
+    tensors = [v for v in state["representation"].values() if torch.is_tensor(v)]
+    return state["step"], all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def inject(monkeypatch, at: int, fault):
+    """Run ``fault(trainer)`` before train_step(at) (and undo hooks it returns after it)."""
+    original = Trainer.train_step
+
+    def step(self, k):
+        undo = fault(self) if k == at else None
+        try:
+            return original(self, k)
+        finally:
+            if undo is not None:
+                undo.remove()
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+
+
+def _inf_gradient(trainer):
+    p = next(trainer.c.representation.parameters())
+    return p.register_hook(lambda g: torch.full_like(g, float("inf")))
+
+
+def _inf_learning_rate(trainer):
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = float("inf")
+
+
+@pytest.mark.parametrize("kind", ["loss", "gradient", "parameters"])
+def test_divergence_stops_at_that_step_and_keeps_the_good_checkpoint(tmp_path, monkeypatch, kind):
+    """Issue 11 item 1: a non-finite loss (sgd at lr 1e20 overflows), gradient or parameter
+    stops the run at that step, names it and the last good checkpoint, and metrics.json is
+    strict JSON with status "diverged"; the checkpoint on disk stays the last good one."""
+    from src.trainer import Diverged
+
+    overrides = TOY + ["guidance=sds"]
+    if kind == "loss":
+        overrides += ["trainer.optimizer=sgd", "representation.lr=1e20", "trainer.dtype=float32",
+                      "trainer.checkpoint_every=1"]
+    else:
+        inject(monkeypatch, 24, _inf_gradient if kind == "gradient" else _inf_learning_rate)
+    with pytest.raises(Diverged) as err:
+        train(compose(overrides), tmp_path)
+    saved = strict_json(tmp_path / "metrics.json")
+    assert saved["status"] == "diverged" and saved["failed_step"] == err.value.step
+    assert f"non-finite {kind if kind != 'parameters' else 'parameters'}" in saved["error"]
+    assert f"diverged at step {err.value.step}" in saved["error"] and str(tmp_path / CHECKPOINT) in saved["error"]
+    step, finite = checkpoint_step_and_finite(tmp_path)
+    assert finite and step == saved["last_good_step"]
+    if kind != "loss":
+        assert (err.value.step, step) == (25, 20)
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert info["attempts"][-1]["status"] == "diverged"
+
+
+def test_a_non_finite_state_is_never_checkpointed(tmp_path):
+    from src.trainer import NonFinite
+
+    _, trainer = train(compose(TOY + ["guidance=sds", "trainer.max_steps=10"]), tmp_path)
+    before = (tmp_path / CHECKPOINT).read_bytes()
+    with torch.no_grad():
+        next(trainer.c.representation.parameters()).fill_(float("nan"))
+    with pytest.raises(NonFinite):
+        trainer.save()
+    assert (tmp_path / CHECKPOINT).read_bytes() == before
+
+
+def test_sigint_checkpoints_the_step_and_the_rerun_resumes_identically(tmp_path, monkeypatch):
+    """Issue 11 item 3: SIGINT (SIGTERM in tests/test_faults.py) ends the step, writes a
+    checkpoint there (not at a checkpoint_every multiple) and stops; the rerun is exact."""
+    from src.trainer import Interrupted
+
+    cfg = compose(TOY + ["guidance=vsd"])
+    m_ref, ref = train(cfg, tmp_path / "ref")
+    original = Trainer.train_step
+
+    def step(self, k):
+        logs = original(self, k)
+        if k == 14:
+            os.kill(os.getpid(), signal.SIGINT)
+        return logs
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+    with pytest.raises(Interrupted) as err:
+        train(cfg, tmp_path / "run")
+    assert err.value.exit_code == 128 + signal.SIGINT
+    assert checkpoint_step_and_finite(tmp_path / "run") == (15, True)
+    monkeypatch.setattr(Trainer, "train_step", original)
+    m_res, res = train(cfg, tmp_path / "run")
+    for k, v in params(ref).items():
+        assert torch.equal(v, params(res)[k])
+    attempts = json.loads((tmp_path / "run" / "run_info.json").read_text())["attempts"]
+    assert [a["status"] for a in attempts] == ["interrupted", "finished"]
+    assert attempts[1]["resumed_from_step"] == 15
+
+
+def test_missing_final_metrics_are_recomputed_from_the_checkpoint(tmp_path):
+    """Killed after the final checkpoint, before metrics.json (here: metrics.json deleted, which
+    leaves the same files): the rerun evaluates the checkpoint, it does not report NaN / 0."""
+    cfg = compose(TOY + ["guidance=sds"])
+    first, _ = train(cfg, tmp_path)
+    (tmp_path / "metrics.json").unlink()
+    again, _ = train(cfg, tmp_path)
+    assert again == first and strict_json(tmp_path / "metrics.json") == first
+    assert again["final_loss"] == again["final_loss"] and again["steps_per_s"] > 0
+
+
+def test_damaged_log_line_and_stale_temp_files_are_cleaned_on_resume(tmp_path, monkeypatch, caplog):
+    """A half-written last line of metrics.jsonl (a full disk; simulated by writing half a line)
+    is dropped with a warning naming the file; temp files of killed writers are removed."""
+    cfg = compose(TOY + ["guidance=sds"])
+    train(cfg, tmp_path / "ref")
+    inject(monkeypatch, 27, lambda trainer: (_ for _ in ()).throw(KeyboardInterrupt("killed")))
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run)
+    monkeypatch.undo()
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 30, "loss": 1.2')  # no newline: the write stopped there
+    stale = [run / "checkpoints" / ".last.pt.k3j2.tmp", run / ".metrics.json.x9.tmp"]
+    for p in stale:
+        p.write_bytes(b"half")
+    with caplog.at_level("WARNING"):
+        train(cfg, run)
+    assert any("metrics.jsonl:" in r.getMessage() and "dropped" in r.getMessage() for r in caplog.records)
+    assert not any(p.exists() for p in stale)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert lines[:-1] == (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()[:-1]
+    attempts = json.loads((run / "run_info.json").read_text())["attempts"]
+    assert [a["status"] for a in attempts] == ["interrupted", "finished"]  # a history, not overwritten
+
+
+def test_a_different_run_is_refused_before_any_checkpoint_and_changes_nothing(tmp_path, monkeypatch):
+    inject(monkeypatch, 3, lambda trainer: (_ for _ in ()).throw(KeyboardInterrupt("killed")))
+    with pytest.raises(KeyboardInterrupt):
+        train(compose(TOY + ["guidance=sds"]), tmp_path)
+    assert not (tmp_path / CHECKPOINT).exists()
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match=r"different run.*guidance.scale: 101.0 -> 7.5; seed: 0 -> 5"):
+        train(compose(TOY + ["guidance=sds", "seed=5", "guidance.scale=7.5"]), tmp_path)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_raising_max_steps_continues_a_finished_run_unless_something_reads_it(tmp_path):
+    """Issue 11 item 7: SDS (uniform t) continues to the exact result of the longer run; FSD's
+    decreasing schedule reads max_steps, so its run is refused naming the key and the part."""
+    long, _ = train(compose(TOY + ["guidance=sds", "trainer.max_steps=80"]), tmp_path / "long")
+    train(compose(TOY + ["guidance=sds"]), tmp_path / "run")
+    m, res = train(compose(TOY + ["guidance=sds", "trainer.max_steps=80"]), tmp_path / "run")
+    assert m["steps"] == 80 and m["precision"] == long["precision"] and m["final_loss"] == long["final_loss"]
+    with pytest.raises(ConfigError, match="past trainer.max_steps=50"):
+        train(compose(TOY + ["guidance=sds", "trainer.max_steps=50"]), tmp_path / "run")
+    train(compose(TOY + ["guidance=fsd"]), tmp_path / "fsd")
+    with pytest.raises(ConfigError, match=r"trainer.max_steps=80 because schedule=LinearDecreasing"):
+        train(compose(TOY + ["guidance=fsd", "trainer.max_steps=80"]), tmp_path / "fsd")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_run_files_honour_the_umask(tmp_path, umask):
+    """Issue 11 item 6: run records, checkpoints and caches get the mode open() would give."""
+    from src.fileio import atomic_write
+
+    old = os.umask(umask)
+    try:
+        path = atomic_write(tmp_path / "x.json", lambda f: f.write(b"{}"))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_progress_in_a_log_file_is_a_line_now_and_then(monkeypatch, caplog):
+    """Issue 11 item 6: without a terminal, one line per PROGRESS_LOG_EVERY_S (a fake clock
+    advancing one second per step here) instead of a tqdm redraw per step."""
+    import io
+
+    from src import loggers
+
+    clock = iter(range(10**6))
+    monkeypatch.setattr(loggers.time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(loggers.sys, "stderr", io.StringIO())
+    steps = 1000
+    with caplog.at_level("INFO", logger="src.loggers"):
+        bar = loggers.Progress(steps, 0, "SDS")
+        for _ in range(steps):
+            bar.update({"loss": 1.0, "t": 500})
+        bar.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert 2 <= len(lines) <= steps // loggers.PROGRESS_LOG_EVERY_S + 2
+    assert lines[-1].startswith("SDS step 1000/1000 (100%)")
+
+
+def test_shared_caches_drop_temp_files_of_writers_killed_long_ago(tmp_path):
+    from src.fileio import SHARED_TEMP_MAX_AGE_S, remove_stale_shared_temp_files
+
+    old, fresh = tmp_path / ".world.pt.ab12.tmp", tmp_path / ".world.pt.cd34.tmp"  # atomic_write's names
+    for p in (old, fresh):
+        p.write_bytes(b"half")
+    long_ago = time.time() - SHARED_TEMP_MAX_AGE_S - 1
+    os.utime(old, (long_ago, long_ago))
+    remove_stale_shared_temp_files(tmp_path)
+    assert not old.exists() and fresh.exists()  # a fresh one may be another run's write

@@ -4,9 +4,10 @@ Selected by ``_target_`` in conf/hydra/launcher/{submitit_local,slurm_a100}.yaml
 accepts launcher classes under the ``hydra_plugins`` namespace; the repository root is on
 ``sys.path`` for ``python -m src.train``). On top of the plugin's launchers these
 
-- skip grid points whose run directory already holds ``metrics.json`` (a resubmitted sweep
-  only runs what is missing; the trainer would also skip them, but on a cluster that still
-  costs a queue slot and a Python start-up per run),
+- skip grid points whose run directory already holds ``metrics.json`` with status
+  "finished" (a resubmitted sweep only runs what is missing; the trainer would also skip them,
+  but on a cluster that still costs a queue slot and a Python start-up per run) or "diverged"
+  (it would diverge again: listed as failed, with its error); "failed" runs run again,
 - wait for *all* jobs and then report every failed one with its run directory and the
   submitit log that holds its traceback, instead of stopping at the first failure,
 - limit how many local jobs run at once (submitit's local executor starts them all).
@@ -21,6 +22,7 @@ depend on time), and the trainer resumes from ``checkpoints/last.pt``. Work sinc
 checkpoint is redone, so the result equals an uninterrupted run.
 """
 
+import json
 import logging
 import os
 import sys
@@ -40,6 +42,8 @@ from omegaconf import OmegaConf
 log = logging.getLogger(__name__)
 
 FINISHED_MARKER = "metrics.json"  # the trainer writes it last, after the final checkpoint
+# metrics.json "status" values (src/trainer.py) for which a resubmission does not run the job
+SKIPPED_STATUSES = ("finished", "diverged")
 FAILED_LIST = "failed.txt"  # in the sweep dir: one failed run per line, with its log
 # Local jobs running at once (submitit's local executor starts all of them). An environment
 # variable because conf/hydra/launcher/submitit_local.yaml is held to the plugin's schema, which
@@ -122,20 +126,30 @@ class _SweepLauncher:
         log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {sweep_dir}")
 
         returns: list[JobReturn | None] = [None] * len(job_overrides)
+        failures: list[Failure] = []
         todo = []  # (position, index, overrides, run_dir)
         for pos, overrides in enumerate(job_overrides):
             idx = initial_job_idx + pos
             run_dir = self._run_dir(list(overrides))
-            if (run_dir / FINISHED_MARKER).exists():
-                log.info(f"\t#{idx} : skip, finished in {run_dir}")
-                returns[pos] = JobReturn(
-                    overrides=list(overrides), working_dir=str(run_dir), status=JobStatus.COMPLETED
-                )
+            outcome = _outcome(run_dir)
+            if outcome.get("status") in SKIPPED_STATUSES:
+                log.info(f"\t#{idx} : skip, {outcome['status']} in {run_dir}")
+                if outcome["status"] == "finished":
+                    returns[pos] = JobReturn(
+                        overrides=list(overrides), working_dir=str(run_dir), status=JobStatus.COMPLETED
+                    )
+                else:
+                    error = RuntimeError(str(outcome.get("error", outcome["status"])))
+                    returns[pos] = JobReturn(
+                        overrides=list(overrides), working_dir=str(run_dir),
+                        status=JobStatus.FAILED, _return_value=error,
+                    )
+                    failures.append(Failure(idx, list(overrides), run_dir,
+                                            run_dir / FINISHED_MARKER, _first_line(error)))
                 continue
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
             todo.append((pos, idx, list(overrides), run_dir))
 
-        failures: list[Failure] = []
         for chunk in self._chunks(todo):
             executor = self._executor()
             args = [
@@ -218,6 +232,16 @@ class _SweepLauncher:
         if ret.status == JobStatus.FAILED:
             return ret, Failure(idx, overrides, run_dir, log_path, _first_line(ret._return_value))
         return ret, None
+
+
+def _outcome(run_dir: Path) -> dict:
+    """The run's metrics.json ({} when absent or unreadable); one without a status is a
+    finished run of an older version."""
+    try:
+        saved = json.loads((run_dir / FINISHED_MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {"status": "finished", **saved} if isinstance(saved, dict) else {}
 
 
 def _first_line(error: BaseException) -> str:

@@ -74,6 +74,11 @@ class Backbone(checks.Configurable, nn.Module):
         """Raise ValueError (listing what is allowed) before any compute."""
         self.embed(prompt)
 
+    @classmethod
+    def check_prompt(cls, cfg, prompt: str) -> None:
+        """Check ``prompt`` against what the backbone config ``cfg`` allows, before anything
+        is built (src/build.py: validate); ``validate_prompt`` checks it again once built."""
+
     def conditioning(
         self, prompt: str, negative: str = "", view_dependent: bool = False
     ) -> Conditioning:

@@ -16,6 +16,7 @@ import math
 import torch
 from torch import Tensor
 
+from src import checks
 from src.backbones.base import Backbone
 from src.diffusion import alpha_sigma, sd_alphas_cumprod
 
@@ -78,12 +79,21 @@ class GaussianMixture(Backbone):
         word = text.strip()
         if word == "":
             return torch.ones(len(self.tags), dtype=torch.float64)
-        if word not in self.vocabulary:
-            raise ValueError(
-                f"prompt {text!r} is outside the {self.name} backbone's vocabulary; "
-                f"valid prompts: '' (all components), {', '.join(repr(v) for v in self.vocabulary)}"
-            )
+        self._check_word(text, self.vocabulary, self.name)
         return torch.tensor([float(word in ts) for ts in self.tags], dtype=torch.float64)
+
+    @classmethod
+    def check_prompt(cls, cfg, prompt):
+        tags = cfg.get("tags") or []
+        cls._check_word(prompt, sorted({t for ts in tags for t in ts}), cfg.get("name", "mog"))
+
+    @staticmethod
+    def _check_word(text: str, vocabulary: list[str], name: str) -> None:
+        if text.strip() and text.strip() not in vocabulary:
+            raise ValueError(
+                f"prompt {checks.echo(text)} is outside the {name} backbone's vocabulary; "
+                f"valid prompts: '' (all components), {', '.join(repr(v) for v in vocabulary)}"
+            )
 
     def conditioning(self, prompt: str, negative: str = "", view_dependent: bool = False):
         # no views in R^D: view-dependent prompting is a no-op here

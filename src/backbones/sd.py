@@ -43,7 +43,7 @@ from torch import Tensor
 from src import checks, weights
 from src.backbones.base import Backbone
 from src.diffusion import alpha_sigma, bcast, sd_alphas_cumprod, v_to_eps
-from src.fileio import atomic_write
+from src.fileio import atomic_write, remove_stale_shared_temp_files
 from src.modules import hold
 from src.weights import WeightsNotFound  # noqa: F401  (re-exported: the error users catch)
 
@@ -202,6 +202,10 @@ class StableDiffusion(Backbone):
         return self._memo[text].to(self.device)
 
     def validate_prompt(self, prompt: str) -> None:
+        self.check_prompt(None, prompt)
+
+    @classmethod
+    def check_prompt(cls, cfg, prompt):
         """CLIP tokenizes anything; only empty prompts are refused."""
         if not prompt or not prompt.strip():
             raise ValueError("prompt is empty: Stable Diffusion needs a text prompt (prompt=...)")
@@ -300,5 +304,6 @@ def _alphas_cumprod64(scheduler) -> Tensor:
 
 def _atomic_save(emb: Tensor, path: Path, meta: dict) -> None:
     """The embedding (path) and a readable sidecar (which model, which text; path.json)."""
+    remove_stale_shared_temp_files(path.parent)
     atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(meta).encode()))
     atomic_write(path, lambda f: torch.save(emb.contiguous(), f))

@@ -64,13 +64,16 @@ from src.backbones.shapes_render import (
 from src.cameras import VIEW_NAMES, ViewBatch
 from src.cameras_orbit import make_views
 from src.diffusion import alpha_sigma, bcast, sd_alphas_cumprod
-from src.fileio import atomic_write
+from src.fileio import atomic_write, remove_stale_shared_temp_files
 
 ARTICLES = ("a", "an", "the")
 ANY_SHAPE = "object"  # "a red object": every shape of that color
 CACHE_ENV = "DISTILLERY_CACHE"  # root of on-disk caches; default ~/.cache/distillery
 DEFAULT_CHUNK = 512  # images per chunk of the online softmax
 MIN_RESOLUTION = 8  # pixels: below this the shapes are a few pixels wide
+# pixels: the exact prior holds every image in memory (float32 and float64): the default 1024
+# images take 2.4 GB at 256 px and grow with its square
+MAX_RESOLUTION = 256
 
 
 # ---------------------------------------------------------------------------------------
@@ -175,11 +178,11 @@ def parse_prompt(
             continue
         if w in shapes:
             if shape is not None:
-                raise ValueError(f"prompt {text!r} names two shapes; {vocab}")
+                raise ValueError(f"prompt {checks.echo(text)} names two shapes; {vocab}")
             shape = w
         elif w in colors:
             if color is not None:
-                raise ValueError(f"prompt {text!r} names two colors; {vocab}")
+                raise ValueError(f"prompt {checks.echo(text)} names two colors; {vocab}")
             color = w
         else:
             unknown.append(w)
@@ -190,7 +193,7 @@ def parse_prompt(
         else:
             unknown.append(tail)
     if unknown:
-        raise ValueError(f"unknown words {unknown} in prompt {text!r}; {vocab}")
+        raise ValueError(f"unknown words {checks.echo(unknown)} in prompt {checks.echo(text)}; {vocab}")
     return shape, color, view
 
 
@@ -214,6 +217,7 @@ def cache_dir() -> Path:
 
 def _atomic_save(obj, path: Path) -> None:
     """Concurrent runs of a sweep never read a half-written cache."""
+    remove_stale_shared_temp_files(path.parent)
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
@@ -294,12 +298,16 @@ class ShapesWorld(ExactMetrics, Backbone):
         self._data64: tuple[Tensor, Tensor] | None = None  # float64 copy + norms (_prior_data)
 
     @classmethod
+    def check_prompt(cls, cfg, prompt):
+        parse_prompt(prompt, list(cfg.get("shapes") or []), list(cfg.get("colors") or []))
+
+    @classmethod
     def check_config(cls, cfg, key):
         for name, known in (("shapes", SDFS), ("colors", PALETTE)):
             values = list(cfg.get(name) or [])
             checks.require(len(values) > 0 and all(v in known for v in values), f"{key}.{name}", values,
                            f"a non-empty list of {', '.join(known)}")
-        checks.number(cfg, "resolution", f"{key}.resolution", lo=MIN_RESOLUTION, integer=True)
+        checks.number(cfg, "resolution", f"{key}.resolution", lo=MIN_RESOLUTION, hi=MAX_RESOLUTION, integer=True)
         for name in ("n_azimuths", "n_elevations", "supersample", "chunk_size"):
             checks.number(cfg, name, f"{key}.{name}", lo=1, integer=True)
         lo_el, hi_el = (list(cfg.get("elevation_range")) + [None, None])[:2]
@@ -443,7 +451,7 @@ class ShapesWorld(ExactMetrics, Backbone):
             mask &= self.image_view_idx == VIEW_NAMES.index(view)
         if not mask.any():
             raise ValueError(
-                f"prompt {text!r} matches no image of this world (elevations "
+                f"prompt {checks.echo(text)} matches no image of this world (elevations "
                 f"{list(self.elevation_range)} x {self.n_azimuths} azimuths); {self.vocabulary()}"
             )
         return mask

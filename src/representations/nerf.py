@@ -157,6 +157,17 @@ class NeRF(Representation):
         checks.choice(cfg, "density_activation", f"{key}.density_activation", DENSITY_ACTIVATIONS)
         for name in ("lambda_sparsity", "lambda_opaque", "near_plane"):
             checks.number(cfg, name, f"{key}.{name}", lo=0.0)
+        schedule = cfg.get("resolution_schedule")
+        if schedule:
+            res, ms = list(schedule.get("resolutions") or []), list(schedule.get("milestones") or [])
+            checks.require(len(res) >= 1 and len(ms) == len(res) - 1, f"{key}.resolution_schedule", schedule,
+                           "{resolutions: [r0, r1, ...], milestones: [f1, ...]} with one milestone fewer "
+                           "than resolutions")
+            for i in range(len(res)):
+                checks.number(res, i, f"{key}.resolution_schedule.resolutions[{i}]", lo=1, integer=True)
+            for i in range(len(ms)):
+                checks.number(ms, i, f"{key}.resolution_schedule.milestones[{i}]", lo=0.0, hi=1.0, lo_open=True)
+            checks.require(ms == sorted(ms), f"{key}.resolution_schedule.milestones", ms, "increasing")
 
     # --- optimization ------------------------------------------------------------------
     def param_groups(self) -> list[dict]:
@@ -183,6 +194,10 @@ class NeRF(Representation):
             oc = o.clamp(1e-3, 1 - 1e-3)
             regs["opaque"] = self.lambda_opaque * F.binary_cross_entropy(oc, oc)
         return regs
+
+    @classmethod
+    def reads_max_steps(cls, cfg):
+        return bool(cfg.get("resolution_schedule"))  # milestones are fractions of max_steps
 
     def scheduled_resolution(self, step: int, max_steps: int) -> int | None:
         """``resolution_schedule = {resolutions: [r0, r1, ...], milestones: [f1, ...]}``,

@@ -1,0 +1,140 @@
+"""A run directory holds one run and is owned by one live process (README "Run directories").
+
+- ``RunLock``: an exclusive ``flock`` on ``<run_dir>/.lock`` held for a whole attempt. The
+  kernel drops it when the process ends, however it ends (SIGKILL, OOM, node reboot), so a
+  killed run never leaves its directory stuck; a second process is refused at once.
+- ``identity(cfg)``: the config keys that define a run's result. A run dir records the identity
+  of its run when first claimed (``run_info.json``), and a run with another identity is refused
+  before anything in the dir changes, whether or not a checkpoint exists yet, naming the keys
+  that differ (``check_same_run``).
+- The one difference that continues a run: a higher ``trainer.max_steps``, unless some part of
+  the run reads ``max_steps`` (a decreasing timestep schedule, a resolution schedule): then
+  the steps already taken would differ, and the message names the key and those parts.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from src.checks import ConfigError, echo
+from src.fileio import NEW_FILE_MODE, current_umask, to_json
+
+LOCK_FILE = ".lock"
+# Config keys that do not change a run's result; every other key defines the run.
+NON_IDENTITY_KEYS = ("device", "num_threads", "logger", "trainer.progress", "trainer.log_every",
+                     "trainer.checkpoint_every", "trainer.step_sleep", "trainer.export")
+# The one key whose change continues a run rather than starting another (module docstring).
+EXTENDABLE_KEY = "trainer.max_steps"
+# Differing keys listed in a refusal before "and N more".
+MAX_KEYS_SHOWN = 8
+_MISSING = "<absent>"
+
+
+class RunDirError(ConfigError):
+    """The run directory cannot be used by this run (busy, another run's, not a directory)."""
+
+
+# --- the directory itself -------------------------------------------------------------------
+def make(run_dir: Path, key: str = "hydra.run.dir") -> Path:
+    """``run_dir`` as an existing directory, or a RunDirError naming ``key``."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{key}={run_dir} is a file, not a directory: choose another {key}")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunDirError(f"{key}={run_dir} cannot be created: {err.strerror or err}") from None
+    return run_dir
+
+
+class RunLock:
+    """``with RunLock(run_dir):`` holds the directory for this process or raises RunDirError."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, NEW_FILE_MODE & ~current_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunDirError(f"{self.path.parent} is in use by a running process ({holder}); "
+                              "wait for it to end, or use another hydra.run.dir") from None
+        # who holds it, for the message above (the lock itself is the flock, not this text)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                     f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+# --- identity -------------------------------------------------------------------------------
+def identity(cfg: DictConfig) -> dict:
+    """The resolved config without NON_IDENTITY_KEYS, as JSON would store it."""
+    ident = OmegaConf.to_container(cfg, resolve=True)
+    for key in NON_IDENTITY_KEYS:
+        *parents, leaf = key.split(".")
+        node = ident
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return json.loads(to_json(ident))
+
+
+def differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) for every leaf that differs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += differences(old.get(k, _MISSING), new.get(k, _MISSING), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
+
+
+def describe(diffs: list[tuple[str, Any, Any]]) -> str:
+    shown = [f"{k}: {echo(a)} -> {echo(b)}" for k, a, b in diffs[:MAX_KEYS_SHOWN]]
+    more = len(diffs) - MAX_KEYS_SHOWN
+    return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+
+
+def check_same_run(where: Path | str, recorded: dict, current: dict, max_steps_readers: list[str],
+                   saved_step: Callable[[], int | None] = lambda: None) -> None:
+    """Refuse ``current`` unless it is the run ``recorded`` in ``where``, or that run with a
+    higher ``trainer.max_steps`` that nothing depends on. ``saved_step()``: the step the run
+    has reached (asked only when max_steps is lowered)."""
+    diffs = differences(recorded, current)
+    if not diffs:
+        return
+    if [k for k, _, _ in diffs] == [EXTENDABLE_KEY]:
+        _, old, new = diffs[0]
+        if max_steps_readers:
+            raise RunDirError(
+                f"{where} holds this run with {EXTENDABLE_KEY}={old}; it cannot be continued to "
+                f"{EXTENDABLE_KEY}={new} because {', '.join(max_steps_readers)} depend(s) on "
+                f"{EXTENDABLE_KEY} (the steps taken so far would differ): use a fresh hydra.run.dir")
+        if isinstance(new, int) and isinstance(old, int) and new < old:
+            step = saved_step()
+            if step is not None and step > new:
+                raise RunDirError(f"{where} holds this run at step {step}, past {EXTENDABLE_KEY}={new}: "
+                                  "use a fresh hydra.run.dir for a shorter run")
+        return
+    raise RunDirError(f"{where} holds a different run; the keys that differ (recorded -> now): "
+                      f"{describe(diffs)}. Use a fresh hydra.run.dir, or delete that directory")

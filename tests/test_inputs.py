@@ -1,0 +1,102 @@
+"""Issue 11 item 4: every key is validated before any compute, the message names the key and
+what is allowed, and it stays short whatever the value (the issue's examples first, then
+inputs invented to break it)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import MissingConfigException
+
+from src.api import compose
+from src.trainer import validate
+
+REPO = Path(__file__).resolve().parents[1]
+TOY = ["backbone=mog2d", "representation=particles"]
+LONG_PROMPT = "dragon " * 1429  # 10,003 characters of words no prior knows
+MAX_MESSAGE = 600  # characters: a message, not a dump of the input
+
+
+@pytest.mark.parametrize("overrides, names", [
+    # the issue's examples
+    (["representation.lr=-1"], "representation.lr=-1 is invalid: must be >= 0.0"),
+    (["representation.lr=nan"], "representation.lr=nan is invalid: must be finite"),
+    (["representation.lr=inf"], "representation.lr=inf is invalid: must be finite"),
+    (TOY + ["trainer.optimizer=sgd", "representation.lr=-inf"], "representation.lr=-inf is invalid"),
+    (["guidance.scale=inf"], "guidance.scale=inf is invalid: must be finite"),
+    (["trainer.max_steps=2.5"], "trainer.max_steps=2.5 is invalid: must be an integer"),
+    (["trainer.grad_clip=-1"], "trainer.grad_clip=-1 is invalid: must be > 0.0"),
+    (["trainer.max_steps=abc"], "trainer.max_steps='abc' is invalid: must be an integer"),
+    (["backbone.resolution=0"], "backbone.resolution=0 is invalid: must be >= 8"),
+    (["num_threads=-1"], "num_threads=-1 is invalid: must be >= 1"),
+    # invented
+    (["num_threads=1.5"], "num_threads=1.5 is invalid: must be an integer"),
+    (["device=tpu"], "device='tpu' is invalid: allowed: auto, cpu, cuda, cuda:N"),
+    (["device=cuda:x"], "device='cuda:x' is invalid"),
+    (["seed=0.5"], "seed=0.5 is invalid: must be an integer"),
+    (["trainer.checkpoint_every=0"], "trainer.checkpoint_every=0 is invalid: must be >= 1"),
+    (["trainer.warmup_steps=-1"], "trainer.warmup_steps=-1 is invalid"),
+    (["trainer.grad_clip=nan"], "trainer.grad_clip=nan is invalid: must be finite"),
+    (["trainer.step_sleep=-1"], "trainer.step_sleep=-1 is invalid"),
+    (["trainer.export=maybe"], "trainer.export='maybe' is invalid: true or false"),
+    (["+trainer.max_step=3"], "trainer.max_step: unknown key"),
+    (["+lr=0.1"], "lr: unknown key"),
+    (["logger=wandb", "logger.wandb.mode=sometimes"], "logger.wandb.mode='sometimes' is invalid"),
+    (["logger=wandb", "+logger.wandb.projekt=x"], "logger.wandb.projekt: unknown key"),
+    (["prompt=[a,b]"], "prompt=['a', 'b'] is invalid: a text"),
+    (["prompt=a purple dragon"], "unknown words ['purple', 'dragon']"),
+    (TOY + ["prompt=dragon"], "outside the mog2d backbone's vocabulary"),
+    (["representation=gaussians", "representation.lr_opacities=-2"], "representation.lr_opacities=-2 is invalid"),
+    (["representation=gaussians", "representation.n_gaussians=0"], "representation.n_gaussians=0 is invalid"),
+    (["guidance=fsd", "guidance.beta=inf"], "guidance.beta=inf is invalid"),
+    (["schedule.t_min=0.9", "schedule.t_max=0.1"], "schedule.t_max=0.1 is invalid"),
+    (["backbone.resolution=100000"], "backbone.resolution=100000 is invalid: must be >= 8 and <= 256"),
+    (["representation.resolution_schedule={resolutions:[32,64],milestones:[0.5,0.7]}"],
+     "one milestone fewer than resolutions"),
+    (["logger=wandb", "logger.wandb.tags=3"], "logger.wandb.tags=3 is invalid: a list of texts"),
+])
+def test_bad_values_are_refused_naming_the_key(overrides, names):
+    with pytest.raises(ValueError) as err:
+        validate(compose(overrides))
+    assert names in str(err.value) and len(str(err.value)) < MAX_MESSAGE
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
+def test_cuda_without_a_gpu_is_refused_before_anything_is_built():
+    with pytest.raises(ValueError, match=r"device='cuda' is invalid: no CUDA GPU is visible here"):
+        validate(compose(["device=cuda"]))
+
+
+@pytest.mark.parametrize("backbone", [[], TOY])
+def test_a_10k_character_prompt_gives_a_short_error(backbone):
+    with pytest.raises(ValueError) as err:
+        validate(compose(backbone + [f"prompt='{LONG_PROMPT}'"]))
+    assert "characters" in str(err.value) and len(str(err.value)) < MAX_MESSAGE
+
+
+def test_an_unknown_experiment_is_an_error_listing_the_presets():
+    """It was silently ignored (``optional``): the default job ran instead of the typo'd toy."""
+    with pytest.raises(MissingConfigException, match="experiment/esd_toyy"):
+        compose(["experiment=esd_toyy"])
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "src.train", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=180)
+
+
+def test_cli_bad_inputs_exit_cleanly_and_leave_nothing(tmp_path):
+    """A file as the run dir, an unknown experiment: a short message, no traceback, no run dir
+    left behind (both fail before Python imports torch: this test is quick)."""
+    afile = tmp_path / "afile"
+    afile.write_text("not a dir")
+    out = cli(f"hydra.run.dir={afile}")
+    assert out.returncode == 2 and "is a file, not a directory" in out.stderr
+    assert "Traceback" not in out.stderr and afile.read_text() == "not a dir"
+
+    run = tmp_path / "run"
+    out = cli("experiment=esd_toyy", f"hydra.run.dir={run}")
+    assert out.returncode != 0 and "experiment/esd_toyy" in out.stderr and "esd_toy" in out.stderr
+    assert "Traceback" not in out.stderr and not run.exists()
