@@ -73,8 +73,10 @@ class Trainer:
         rep = self.c.representation
         self.optimizer = OPTIMIZERS[str(cfg.trainer.optimizer)](rep.param_groups())
         warm = int(cfg.trainer.warmup_steps)
-        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm > 0 else 1.0)
+        # the warm-up times the representation's own per-group factor (Representation.lr_scale)
+        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, [
+            lambda s, name=g.get("name"): (min(1.0, (s + 1) / warm) if warm > 0 else 1.0) * rep.lr_scale(name, s)
+            for g in self.optimizer.param_groups])
         self.step = 0
 
     # state --------------------------------------------------------------------------------
@@ -117,10 +119,11 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(c.representation.parameters(), float(self.cfg.trainer.grad_clip))
         self.optimizer.step()
         self.lr_schedule.step()
+        c.representation.after_optimizer_step(step, self.optimizer)  # e.g. densify / prune
         logs = c.guidance.update(x.detach().to(dtype), views, step)
         return {"loss": float(loss.detach()), "grad_norm": float(g.grad.flatten(1).norm(dim=1).mean()),
                 "t": float(g.t.float().mean()), **{f"reg/{k}": float(v) for k, v in regs.items()},
-                **g.logs, **logs}
+                **g.logs, **logs, **c.representation.metrics()}
 
     # the run ------------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
@@ -162,7 +165,7 @@ class Trainer:
         if bar is not None:
             bar.close()
         elapsed = time.time() - t0
-        metrics = {**self.evaluate(), "final_loss": logs.get("loss", float("nan")),
+        metrics = {**self.evaluate(), **self.c.representation.metrics(), "final_loss": logs.get("loss", float("nan")),
                    "steps": float(self.step), "wall_time_s": elapsed,
                    "steps_per_s": (self.step - start) / elapsed if elapsed > 0 else float("nan")}
         if cfg.trainer.export:
