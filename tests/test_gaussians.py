@@ -542,7 +542,8 @@ def test_train_20_steps_through_the_api(tmp_path, monkeypatch):
                    "representation.n_gaussians=1024", "backbone.shapes=[cone]", "backbone.colors=[red]",
                    "backbone.n_azimuths=4", "backbone.n_elevations=2", "prompt=a red cone",
                    "camera.n_eval_views=4", "trainer.checkpoint_every=20", "trainer.log_every=5",
-                   "representation.densify.refine_every=10", "representation.densify.grow_grad2d=0.05"])
+                   "representation.densify.refine_every=10", "representation.densify.grow_grad2d=0.05",
+                   "representation.densify.refine_start_iter=0"])
     assert cfg.camera.height == 32  # camera follows the representation (conf/camera/gaussians.yaml)
     metrics, trainer = train(cfg, tmp_path / "run")
     run = tmp_path / "run"
@@ -557,3 +558,61 @@ def test_train_20_steps_through_the_api(tmp_path, monkeypatch):
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert logged[0]["n_gaussians"] == 1024 and logged[-2]["n_gaussians"] == n  # steps 5 and 20
     assert trainer.step == 20
+    # re-export from the checkpoint (python -m src.export): the densified set and the degree
+    from omegaconf import OmegaConf
+
+    from src.export.__main__ import reexport
+
+    (run / ".hydra").mkdir()
+    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
+    reexport(run, out_dir=tmp_path / "again", n_frames=2)
+    again = read_gaussians_ply(tmp_path / "again" / "gaussians.ply")
+    first = read_gaussians_ply(run / "export" / "gaussians.ply")
+    assert list(again) == list(first) and all(np.array_equal(again[k], first[k]) for k in first)
+
+
+def test_killed_run_resumes_bit_identical_across_densification(tmp_path, monkeypatch):
+    """Refines at steps 5, 10, 15, 20, 25 change the count (one before the checkpoint at 10,
+    the rest after); a run killed at step 17 and resumed from 10 ends with the same
+    Gaussians, strategy statistics and optimizer state as an uninterrupted one."""
+    from src.api import compose, train
+    from src.trainer import CHECKPOINT, Trainer
+
+    monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))
+    cfg = compose(["representation=gaussians", "representation.n_gaussians=256", "trainer.max_steps=30",
+                   "trainer.checkpoint_every=10", "trainer.export=false", "backbone.shapes=[cone]",
+                   "backbone.colors=[red]", "backbone.n_azimuths=4", "backbone.n_elevations=2",
+                   "camera.n_eval_views=2", "representation.densify.refine_every=5",
+                   "representation.densify.grow_grad2d=0.05", "representation.sh_degree=1",
+                   "representation.sh_degree_interval=12", "representation.densify.refine_start_iter=0"])
+    _, ref = train(cfg, tmp_path / "ref")
+    original = Trainer.train_step
+    counts = []
+
+    def crashing(self, step):
+        if step == 17:
+            raise KeyboardInterrupt("killed")
+        out = original(self, step)
+        counts.append(self.c.representation.counts()[0])
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "run")
+    ckpt = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)
+    assert ckpt["step"] == 10 and ckpt["representation"]["splats.0.means"].shape[0] == counts[9] != 256
+    assert counts[10] != counts[9]  # the refine at step 10 came after the checkpoint
+    monkeypatch.setattr(Trainer, "train_step", original)
+    _, res = train(cfg, tmp_path / "run")
+    a, b = ref.c.representation, res.c.representation
+    assert a.counts() == b.counts() and a.counts()[0] != counts[9] and a.active_sh_degree == 1
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        if name != "_extra_state":
+            assert torch.equal(x, y), name
+    for key in ("grad2d", "count"):
+        assert torch.equal(a.strategy_states[0][key], b.strategy_states[0][key]), key
+    sa, sb = ref.optimizer.state_dict(), res.optimizer.state_dict()
+    for i, st in sa["state"].items():
+        for key, x in st.items():
+            assert torch.equal(x, sb["state"][i][key]), (i, key)
+    assert [g["lr"] for g in sa["param_groups"]] == [g["lr"] for g in sb["param_groups"]]
