@@ -1,4 +1,5 @@
-"""gsplat's CUDA rasterizer vs the pure-torch reference (src/representations/splat.py).
+"""gsplat's CUDA rasterizer vs the pure-torch reference (src/representations/splat.py), and
+gsplat's densification strategy fed by each (the same decisions from the same Gaussians).
 
 Run on the device machine: ``pytest -m cuda -s tests/test_gaussians_cuda.py``; the numbers
 printed are quoted in the issue note.
@@ -195,8 +196,10 @@ def test_densification_decisions_match_on_cuda_and_cpu():
     round-off -- and so the same clone / split / prune decisions and the same count.
 
     Tolerance: a Gaussian whose mean gradient lies within 1% of the threshold may fall on
-    either side (the gradients differ by round-off, ~1e-4 relative); every other decision
-    must agree, and the counts may differ by at most 2 per such borderline Gaussian."""
+    either side (the gradients differ by round-off, ~1e-4 relative; 1e-2 is the bound the
+    rasterizer comparison above allows), as may one seen in different views (radii agree
+    but for rare one-pixel round-off at integer boundaries, <= 1% of pairs); every other
+    decision must agree, and the counts may differ by at most 2 per borderline Gaussian."""
     n, res = 3000, 64
     v = views(3, res=res, distance=2.0, fovy=40.0, elevation=20.0)
     g = torch.Generator().manual_seed(2)
@@ -219,7 +222,9 @@ def test_densification_decisions_match_on_cuda_and_cpu():
     avg_c = (norm(cpu) * seen_c).sum(0) / seen_c.sum(0).clamp_min(1)
     avg_g = (norm(gpu) * seen_g).sum(0) / seen_g.sum(0).clamp_min(1)
     high_c, high_g = avg_c > thr, avg_g > thr
-    borderline = (avg_c - thr).abs() <= 0.01 * thr
+    # undecidable by round-off: within 1% of the threshold, or seen in different views (a
+    # radius one pixel apart at the image border: counted and bounded above)
+    borderline = ((avg_c - thr).abs() <= 0.01 * thr) | (seen_c != seen_g).any(0)
     small = cpu["scales_max"] <= 0.04  # grow_scale3d * scene_scale
     print(f"\n[densify N={n}, {res}px, 3 views, threshold {thr:.4g}] seen sets differ in {n_seen_diff} of "
           f"{seen_c.numel()} (camera, Gaussian) pairs, radii in {n_rad_diff}; view-space gradient rel. L2 error "
