@@ -34,7 +34,11 @@ GaussianDreamer, 3DGS ``train.py``; constants below):
   whose mean view-space gradient exceeds ``grow_grad2d`` are cloned (small) or split (large,
   by ``grow_scale3d * scene_scale``), those below ``prune_opa`` opacity (and, after the
   first opacity reset, above ``prune_scale3d * scene_scale`` size) are pruned; every
-  ``reset_every`` steps opacities are clamped to 2 ``prune_opa``.
+  ``reset_every`` steps opacities are clamped to 2 ``prune_opa`` (gsplat's ``reset_opa``,
+  called here: gsplat 1.5.3's own test for it never fires, see ``after_optimizer_step``).
+Left out: GaussianDreamer's screen-size prune (max 2D radius > 20 px from step 500; gsplat
+has it as ``refine_scale2d_stop_iter`` / ``prune_scale2d``, off by default, and ``densify``
+passes them through) and its extra random points around Shap-E's (``add_points``).
 
 How gsplat's strategy meets the trainer's single optimizer: the strategy wants a dict of
 parameters and one single-group optimizer per parameter. ``param_groups`` gives each
