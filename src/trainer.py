@@ -180,8 +180,10 @@ class Trainer:
         rep = self.c.representation
         self.optimizer = OPTIMIZERS[str(cfg.trainer.optimizer)](rep.param_groups())
         warm = int(cfg.trainer.warmup_steps)
-        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm > 0 else 1.0)
+        # the warm-up times the representation's own per-group factor (Representation.lr_scale)
+        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, [
+            lambda s, name=g.get("name"): (min(1.0, (s + 1) / warm) if warm > 0 else 1.0) * rep.lr_scale(name, s)
+            for g in self.optimizer.param_groups])
         self.step = 0
         self.checkpoint_step: int | None = None  # the step of checkpoints/last.pt on disk
         self.last_logs: dict[str, float] = {}  # the scalars of the last step (final_loss)
@@ -250,11 +252,12 @@ class Trainer:
         self._check_and_clip_gradients()
         self.optimizer.step()
         self.lr_schedule.step()
+        c.representation.after_optimizer_step(step, self.optimizer)  # e.g. densify / prune
         logs = c.guidance.update(x.detach().to(dtype), views, step)
         self._check_parameters()
         return {"loss": float(loss.detach()), "grad_norm": float(g.grad.flatten(1).norm(dim=1).mean()),
                 "t": float(g.t.float().mean()), **{f"reg/{k}": float(v) for k, v in regs.items()},
-                **g.logs, **logs}
+                **g.logs, **logs, **c.representation.metrics()}
 
     def _check_and_clip_gradients(self) -> None:
         params = [p for p in self.c.representation.parameters() if p.grad is not None]
@@ -343,8 +346,8 @@ class Trainer:
     def finish(self, loggers: Loggers) -> dict:
         """Final evaluation, export and metrics.json; also what a run that reached max_steps
         without its metrics (killed in between) does on its next attempt."""
-        metrics = {**self.evaluate(), "final_loss": self.last_logs.get("loss", float("nan")),
-                   "steps": float(self.step), "wall_time_s": self.train_seconds,
+        metrics = {**self.evaluate(), **self.c.representation.metrics(),
+                   "final_loss": self.last_logs.get("loss", float("nan")), "steps": float(self.step), "wall_time_s": self.train_seconds,
                    "steps_per_s": self.step / self.train_seconds if self.train_seconds > 0 else float("nan")}
         self.check_stop()
         if self.cfg.trainer.export:

@@ -108,6 +108,27 @@ def test_shapes_tuning_applies_to_every_shapes_preset_and_can_be_dropped():
     assert compose(["backbone=mog2d", "representation=particles", "guidance=vsd"]).guidance.scale == 7.5
 
 
+def test_gaussians_shapes_preset_follows_the_worlds_tuning():
+    """conf/tuning/gaussians/shapes.yaml applies with every ShapesWorld backbone (their shared
+    tuning is `shapes`), not without it (SD, ~tuning@_global_), and the command line wins."""
+    from omegaconf import OmegaConf
+
+    preset = OmegaConf.load(REPO / "conf" / "tuning" / "gaussians" / "shapes.yaml").representation
+    general = OmegaConf.load(REPO / "conf" / "representation" / "gaussians.yaml")
+    assert preset.n_gaussians != general.n_gaussians
+    for world in ("shapes", "shapes_janus", "shapes_multimode"):
+        cfg = compose(["representation=gaussians", f"backbone={world}"])
+        assert cfg.representation.n_gaussians == preset.n_gaussians, world
+        assert cfg.representation.densify == OmegaConf.merge(general.densify, preset.densify), world
+        assert cfg.schedule.t_max == 0.5 and cfg.trainer.max_steps == 1000, world  # the shared tuning too
+    for untuned in (["backbone=sd21"], ["~tuning@_global_"]):
+        cfg = compose(["representation=gaussians", *untuned])
+        assert cfg.representation.n_gaussians == general.n_gaussians, untuned
+        assert cfg.representation.densify == general.densify, untuned
+    assert compose(["representation=gaussians", "representation.n_gaussians=77"]).representation.n_gaussians == 77
+    assert "densify" not in compose([]).representation  # the NeRF is untouched
+
+
 def test_prompt_outside_vocabulary(tmp_path):
     with pytest.raises(ValueError, match="outside the mog2d backbone's vocabulary"):
         train(compose(["backbone=mog2d", "representation=particles", "prompt=dragon"]), tmp_path)

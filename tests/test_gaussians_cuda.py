@@ -1,4 +1,5 @@
-"""gsplat's CUDA rasterizer vs the pure-torch reference (src/representations/splat.py).
+"""gsplat's CUDA rasterizer vs the pure-torch reference (src/representations/splat.py), and
+gsplat's densification strategy fed by each (the same decisions from the same Gaussians).
 
 Run on the device machine: ``pytest -m cuda -s tests/test_gaussians_cuda.py``; the numbers
 printed are quoted in the issue note.
@@ -62,11 +63,11 @@ def cameras(res: int, n: int = 3):
     return splat.viewmats_from_c2w(v.c2w), splat.intrinsics(v.fovy_deg, res, res)
 
 
-def run(fn, cloud: dict, viewmats, Ks, res: int, weights: tuple, device: str):
+def run(fn, cloud: dict, viewmats, Ks, res: int, weights: tuple, device: str, sh_degree=None):
     """Render, then a fixed random linear loss of rgb and alpha; returns outputs and grads."""
     p = {k: v.to(device).clone().requires_grad_(True) for k, v in cloud.items()}
-    rgb, alpha, _ = fn(p["means"], p["quats"], p["scales"], p["opacities"], p["colors"],
-                       viewmats.to(device), Ks.to(device), res, res)
+    rgb, alpha, _, _ = fn(p["means"], p["quats"], p["scales"], p["opacities"], p["colors"],
+                          viewmats.to(device), Ks.to(device), res, res, sh_degree=sh_degree)
     loss = (rgb * weights[0].to(device)).sum() + (alpha * weights[1].to(device)).sum()
     loss.backward()
     return rgb.detach().cpu(), alpha.detach().cpu(), {k: v.grad.cpu() for k, v in p.items()}
@@ -76,17 +77,22 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
-@pytest.mark.parametrize("n, res", [(2000, 64), (20000, 128)])
-def test_gsplat_cuda_matches_torch_reference(n, res):
+@pytest.mark.parametrize("n, res, sh_degree", [(2000, 64, None), (20000, 128, None), (2000, 64, 2)])
+def test_gsplat_cuda_matches_torch_reference(n, res, sh_degree):
+    """sh_degree None: post-activation colours; 2: colours from SH coefficients (the torch
+    path's gsplat ``_spherical_harmonics`` vs gsplat's CUDA kernel)."""
     cloud = random_cloud(n)
+    if sh_degree is not None:
+        g = torch.Generator().manual_seed(5)
+        cloud["colors"] = torch.randn(n, (sh_degree + 1) ** 2, 3, generator=g) * 0.3
     viewmats, Ks = cameras(res)
     g = torch.Generator().manual_seed(1)
     weights = (torch.randn(3, res, res, 3, generator=g), torch.randn(3, res, res, 1, generator=g))
-    rgb_t, a_t, g_t = run(splat.rasterize_torch, cloud, viewmats, Ks, res, weights, "cpu")
-    rgb_c, a_c, g_c = run(splat.rasterize_gsplat, cloud, viewmats, Ks, res, weights, "cuda")
+    rgb_t, a_t, g_t = run(splat.rasterize_torch, cloud, viewmats, Ks, res, weights, "cpu", sh_degree)
+    rgb_c, a_c, g_c = run(splat.rasterize_gsplat, cloud, viewmats, Ks, res, weights, "cuda", sh_degree)
     d_rgb, d_a = (rgb_c - rgb_t).abs(), (a_c - a_t).abs()
     n_px = int((d_rgb.amax(-1) > 1e-4).sum())
-    print(f"\n[N={n}, {res}px, 3 views] coverage mean alpha {float(a_t.mean()):.3f}; "
+    print(f"\n[N={n}, {res}px, 3 views, sh_degree {sh_degree}] coverage mean alpha {float(a_t.mean()):.3f}; "
           f"rgb |cuda - torch| max {float(d_rgb.max()):.2e} mean {float(d_rgb.mean()):.2e}; "
           f"alpha max {float(d_a.max()):.2e} mean {float(d_a.mean()):.2e}; "
           f"pixels off by > 1e-4: {n_px} / {3 * res * res}")
@@ -104,6 +110,7 @@ def test_representation_renders_the_same_on_cuda_and_cpu():
     """``Gaussians.render``: renderer=auto picks gsplat on CUDA, the torch path on the CPU."""
     torch.manual_seed(0)
     gs = Gaussians(n_gaussians=4096, background={"kind": "learned", "color": [1.0, 1.0, 1.0]})
+    gs.splats[0]["sh0"].data.uniform_(-1, 1)  # coloured, not the gray init
     v = views(4, res=64, distance=2.0, fovy=40.0, elevation=15.0)
     with torch.no_grad():
         cpu = gs.render(v)
@@ -126,7 +133,7 @@ def test_gsplat_throughput_printout():
             vm, K = viewmats.cuda(), Ks.cuda()
 
             def step(p=p, vm=vm, K=K, res=res):
-                rgb, alpha, _ = splat.rasterize_gsplat(p["means"], p["quats"], p["scales"], p["opacities"],
+                rgb, alpha, _, _ = splat.rasterize_gsplat(p["means"], p["quats"], p["scales"], p["opacities"],
                                                        p["colors"], vm, K, res, res)
                 (rgb.sum() + alpha.sum()).backward()
 
@@ -141,3 +148,116 @@ def test_gsplat_throughput_printout():
             ms = (time.perf_counter() - t) / reps * 1e3
             print(f"gsplat fwd+bwd N={n:6d} {res:3d}px: {ms:.2f} ms")
     assert math.isfinite(ms)
+
+
+def cloud_gaussians(n: int, renderer: str) -> Gaussians:
+    """A Gaussians whose object 0 is random_cloud(n) (opacities 0.05-0.99, some below 1/255,
+    some off-screen), densifying with gsplat's DefaultStrategy."""
+    c = random_cloud(n)
+    c["opacities"][: n // 50] = 0.002  # culled by both (opacity < 1/255)
+    c["means"][n // 50 : n // 25] += torch.tensor([3.0, 0.0, 0.0])  # off-screen in most views
+    gs = Gaussians(n_gaussians=n, renderer=renderer, background={"kind": "constant", "color": [1.0, 1.0, 1.0]},
+                   densify=dict(refine_start_iter=0, refine_every=100, refine_stop_iter=10**6,
+                                reset_every=10**7, grow_grad2d=0.0, grow_scale3d=0.04, prune_opa=0.1))
+    p = gs.splats[0]
+    with torch.no_grad():
+        p["means"].copy_(c["means"])
+        p["quats"].copy_(c["quats"])
+        p["scales"].copy_(c["scales"].log())
+        p["opacities"].copy_(torch.logit(c["opacities"]))
+        p["sh0"].copy_(((c["colors"] - 0.5) / 0.28209479177387814)[:, None])
+    return gs
+
+
+def densify_once(gs: Gaussians, v, weights: tuple, threshold: float, device: str) -> dict:
+    """One render + fixed linear loss + backward, then the strategy's refine step; returns
+    what it decided from (radii, view-space gradients, mean gradient) and the result."""
+    gs = gs.to(device)
+    v = v.to(device)
+    gs.strategy.grow_grad2d = threshold
+    opt = torch.optim.Adam(gs.param_groups())  # no step: both paths keep identical parameters
+    gs.update_step(100, 1000)
+    out = gs.render(v)
+    loss = (out.rgb * weights[0].to(device)).sum() + (out.opacity * weights[1].to(device)).sum()
+    loss.backward()
+    info = gs._infos[0]
+    radii, grad = info["radii"].detach().cpu(), info["means2d"].grad.detach().cpu().float()
+    scales_max = gs.splats[0]["scales"].detach().exp().amax(-1).cpu()
+    opac = torch.sigmoid(gs.splats[0]["opacities"].detach()).cpu()
+    gs.after_optimizer_step(100, opt)
+    return {"radii": radii, "grad": grad, "count_after": gs.counts()[0], "scales_max": scales_max,
+            "opac": opac, "means": gs.splats[0]["means"].detach().cpu()}
+
+
+def test_densification_decisions_match_on_cuda_and_cpu():
+    """The same Gaussians, cameras and loss give gsplat's DefaultStrategy the same ``info``
+    from the pure-torch CPU path as from gsplat's CUDA rasterizer -- the same seen sets
+    (radii > 0, gsplat's opacity-aware radii on both), the same view-space gradients up to
+    round-off -- and so the same clone / split / prune decisions and the same count.
+
+    Tolerance: a Gaussian whose mean gradient lies within 1% of the threshold may fall on
+    either side (the gradients differ by round-off, ~1e-4 relative; 1e-2 is the bound the
+    rasterizer comparison above allows), as may one seen in different views (radii agree
+    but for rare one-pixel round-off at integer boundaries, <= 1% of pairs); every other
+    decision must agree, and the counts may differ by at most 2 per borderline Gaussian."""
+    n, res = 3000, 64
+    v = views(3, res=res, distance=2.0, fovy=40.0, elevation=20.0)
+    g = torch.Generator().manual_seed(2)
+    weights = (torch.randn(3, res, res, 3, generator=g), torch.randn(3, res, res, 1, generator=g))
+    # the threshold: the 80th percentile of the CPU path's gradient norms (a real mix of both)
+    probe = densify_once(cloud_gaussians(n, "torch"), v, weights, 1e9, "cpu")
+    seen = (probe["radii"] > 0).all(-1)
+    norms = (probe["grad"] * torch.tensor([res / 2 * 3, res / 2 * 3])).norm(dim=-1)
+    avg = (norms * seen).sum(0) / seen.sum(0).clamp_min(1)
+    thr = float(torch.quantile(avg[seen.any(0)], 0.8))
+    cpu = densify_once(cloud_gaussians(n, "torch"), v, weights, thr, "cpu")
+    gpu = densify_once(cloud_gaussians(n, "gsplat"), v, weights, thr, "cuda")
+    r_c, r_g = cpu["radii"], gpu["radii"]
+    seen_c, seen_g = (r_c > 0).all(-1), (r_g > 0).all(-1)
+    n_seen_diff = int((seen_c != seen_g).sum())
+    n_rad_diff = int((r_c != r_g).any(-1)[seen_c & seen_g].sum())
+    both = seen_c & seen_g
+    rel_grad = float((gpu["grad"][both] - cpu["grad"][both]).norm() / cpu["grad"][both].norm())
+    norm = lambda r: (r["grad"] * torch.tensor([res / 2 * 3, res / 2 * 3])).norm(dim=-1)  # noqa: E731
+    avg_c = (norm(cpu) * seen_c).sum(0) / seen_c.sum(0).clamp_min(1)
+    avg_g = (norm(gpu) * seen_g).sum(0) / seen_g.sum(0).clamp_min(1)
+    high_c, high_g = avg_c > thr, avg_g > thr
+    # undecidable by round-off: within 1% of the threshold, or seen in different views (a
+    # radius one pixel apart at the image border: counted and bounded above)
+    borderline = ((avg_c - thr).abs() <= 0.01 * thr) | (seen_c != seen_g).any(0)
+    small = cpu["scales_max"] <= 0.04  # grow_scale3d * scene_scale
+    print(f"\n[densify N={n}, {res}px, 3 views, threshold {thr:.4g}] seen sets differ in {n_seen_diff} of "
+          f"{seen_c.numel()} (camera, Gaussian) pairs, radii in {n_rad_diff}; view-space gradient rel. L2 error "
+          f"{rel_grad:.2e}; grow decisions differ for {int((high_c != high_g).sum())} Gaussians "
+          f"({int(borderline.sum())} borderline); clone {int((high_c & small).sum())} / split "
+          f"{int((high_c & ~small).sum())} / prune {int((cpu['opac'] < 0.1).sum())}; "
+          f"count {n} -> cpu {cpu['count_after']}, cuda {gpu['count_after']}")
+    assert n_seen_diff <= 0.001 * seen_c.numel() and n_rad_diff <= 0.01 * int(both.sum())
+    assert rel_grad <= 1e-2
+    assert bool((high_c == high_g)[~borderline].all())
+    assert abs(cpu["count_after"] - gpu["count_after"]) <= 2 * int(borderline.sum())
+    assert cpu["count_after"] != n and int((high_c & small).sum()) > 0 and int((high_c & ~small).sum()) > 0
+    # the kept and cloned Gaussians (everything but the split children, whose positions are
+    # drawn from each device's RNG) are the same Gaussians in the same order
+    if cpu["count_after"] == gpu["count_after"] and bool((high_c == high_g).all()):
+        n_children = 2 * int((high_c & ~small & (cpu["opac"] >= 0.1)).sum())
+        keep = cpu["count_after"] - n_children
+        torch.testing.assert_close(gpu["means"][:keep], cpu["means"][:keep], atol=1e-6, rtol=0)
+
+
+def test_densifying_run_on_cuda(tmp_path, monkeypatch):
+    """The trainer on CUDA: gsplat's rasterizer feeds the strategy through the same hook."""
+    import json
+
+    from src.api import compose, train
+
+    monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))
+    cfg = compose(["representation=gaussians", "device=cuda", "trainer.max_steps=30",
+                   "representation.n_gaussians=2048", "representation.densify.refine_every=10",
+                   "representation.densify.grow_grad2d=0.05", "representation.sh_degree=1",
+                   "representation.sh_degree_interval=10", "camera.n_eval_views=4"])
+    metrics, trainer = train(cfg, tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    print(f"\n[cuda run, 30 steps] n_gaussians 2048 -> {saved['n_gaussians']}, precision {saved['precision']}")
+    assert saved["n_gaussians"] == trainer.c.representation.counts()[0] != 2048
+    assert trainer.c.representation.active_sh_degree == 1

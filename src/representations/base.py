@@ -72,6 +72,19 @@ class Representation(checks.Configurable, nn.Module):
     def update_step(self, step: int, max_steps: int) -> None:
         """Per-step schedules of the representation (resolution, occupancy grid...)."""
 
+    def lr_scale(self, name: str, step: int) -> float:
+        """Factor on the lr of param group ``name`` at ``step`` (a per-group schedule, e.g. the
+        Gaussians' position decay); the trainer multiplies it into its lr schedule."""
+        return 1.0
+
+    def after_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+        """Called after each optimizer step with that optimizer: changes of the parameter set
+        itself (Gaussians' densification and pruning), which edit the optimizer's groups in place."""
+
+    def metrics(self) -> dict[str, float]:
+        """Numbers about the result for metrics.json and the step logs (e.g. ``n_gaussians``)."""
+        return {}
+
     def export(self, out_dir: Path, views: ViewBatch | None = None) -> list[Path]:
         """Write the result (points, mesh, video...) under out_dir; return the paths."""
         return []

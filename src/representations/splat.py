@@ -15,8 +15,9 @@ Conventions are gsplat 1.5.3's (``gsplat/cuda/csrc/ProjectionEWA3DGSFused.cu``,
 - Projection (EWA splatting, Zwicker et al. 2002): Sigma = R S S^T R^T, Sigma_cam =
   W Sigma W^T, Sigma_2d = J Sigma_cam J^T with the perspective Jacobian J (its x/z, y/z
   clamped to 1.3 tan(fov/2), gsplat's guard band), plus ``eps2d = 0.3`` px^2 on the
-  diagonal (low-pass filter). Culled: depth <= near_plane (0.01) or >= far_plane, and
-  boxes of radius ceil(3.33 sigma) that miss the image.
+  diagonal (low-pass filter). Culled: depth <= near_plane (0.01) or >= far_plane, opacity
+  < 1/255, and boxes that miss the image; the box radius is ceil(e sigma) with gsplat's
+  opacity-aware e = min(3.33, sqrt(2 ln(255 o))) (where alpha falls below 1/255).
 - Compositing, front to back by camera depth z: alpha_i = min(0.999, o_i exp(-q_i / 2))
   with q_i the Mahalanobis distance^2 under the conic; skipped if alpha_i < 1/255 (or the
   quadratic form is negative); a pixel stops *before* the Gaussian that would bring its
@@ -24,8 +25,9 @@ Conventions are gsplat 1.5.3's (``gsplat/cuda/csrc/ProjectionEWA3DGSFused.cu``,
   (gsplat 1.5.3 clamps alpha at 0.999; the 3DGS paper's rasterizer used 0.99.)
 
 The reference reuses gsplat's own pure-torch functions for everything they cover
-(``_quat_scale_to_covar_preci``, ``_fully_fused_projection`` = ``_world_to_cam`` +
-``_persp_proj`` + blur/conic/radii); only the per-pixel compositing is written here,
+(``_quat_scale_to_covar_preci``, ``_world_to_cam``, ``_persp_proj``, ``_spherical_harmonics``);
+written here are the projection's last lines (blur/conic/radii, with the CUDA kernel's
+opacity-aware radius that the torch twin lacks: ``project``) and the per-pixel compositing,
 because gsplat's pure-torch compositing (``_rasterize_to_pixels``/``accumulate``) needs
 its CUDA ``rasterize_to_indices_in_range``. It is vectorized over (pixels of a tile) x
 (Gaussians touching that tile), with gsplat's 16 px tiles and its tile-overlap rule, so
@@ -48,6 +50,7 @@ EPS2D = 0.3
 NEAR_PLANE = 0.01
 FAR_PLANE = 1e10
 TILE_SIZE = 16
+RADIUS_SIGMAS = 3.33  # box half-width in standard deviations (ProjectionEWA3DGSFused.cu: extend)
 # OpenGL camera frame -> OpenCV camera frame (flip camera y and z).
 _GL_TO_CV = (1.0, -1.0, -1.0)
 
@@ -76,22 +79,65 @@ def intrinsics(fovy_deg: Tensor, height: int, width: int) -> Tensor:
 def project(
     means: Tensor, quats: Tensor, scales: Tensor, viewmats: Tensor, Ks: Tensor,
     width: int, height: int, eps2d: float = EPS2D,
-    near_plane: float = NEAR_PLANE, far_plane: float = FAR_PLANE,
+    near_plane: float = NEAR_PLANE, far_plane: float = FAR_PLANE, opacities: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """EWA projection of N Gaussians into C cameras: gsplat's pure-torch functions.
+    """EWA projection of N Gaussians into C cameras.
 
     means (N, 3), quats (N, 4) (wxyz, any norm), scales (N, 3), viewmats (C, 4, 4),
-    Ks (C, 3, 3) -> radii (C, N, 2) int (0 = culled), means2d (C, N, 2) px,
-    depths (C, N) camera z, conics (C, N, 3) upper triangle of Sigma_2d^-1.
+    Ks (C, 3, 3), opacities (N,) or None -> radii (C, N, 2) int32 (0 = culled), means2d
+    (C, N, 2) px, depths (C, N) camera z, conics (C, N, 3) upper triangle of Sigma_2d^-1.
+
+    gsplat's pure-torch functions do the geometry (``_quat_scale_to_covar_preci``,
+    ``_world_to_cam``, ``_persp_proj``); the rest is ``ProjectionEWA3DGSFused.cu`` after
+    the projection: blur by eps2d, cull det <= 0 and depth outside [near, far], conic, box
+    radius, cull boxes off the image. With ``opacities=None`` that is gsplat's
+    ``_fully_fused_projection`` (radius 3.33 sigma; tested equal). With opacities it is what
+    ``gsplat.rasterization`` computes on CUDA, which passes them to the projection: a
+    Gaussian with opacity < 1/255 is culled and the radius is the opacity-aware bound
+    min(3.33, sqrt(2 ln(255 o))) sigma (arXiv:2402.00525 B.2) -- the torch twin has no
+    ``opacities`` argument, and the densification strategy counts a Gaussian as seen where
+    its radius is > 0, so the CPU path needs the CUDA rule to make the same decisions.
     """
-    from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
+    from gsplat.cuda._torch_impl import _persp_proj, _quat_scale_to_covar_preci, _world_to_cam
 
     covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_covar=True, compute_preci=False)
-    radii, means2d, depths, conics, _ = _fully_fused_projection(
-        means, covars, viewmats, Ks, width, height, eps2d=eps2d,
-        near_plane=near_plane, far_plane=far_plane,
-    )
+    means_c, covars_c = _world_to_cam(means, covars, viewmats)
+    means2d, cov2d = _persp_proj(means_c, covars_c, Ks, width, height)
+    cov2d = cov2d + torch.eye(2, device=means.device, dtype=means.dtype) * eps2d
+    det = cov2d[..., 0, 0] * cov2d[..., 1, 1] - cov2d[..., 0, 1] * cov2d[..., 1, 0]
+    det_safe = det.clamp(min=1e-10)  # as gsplat's torch twin: culled entries stay finite
+    conics = torch.stack([cov2d[..., 1, 1] / det_safe, -(cov2d[..., 0, 1] + cov2d[..., 1, 0]) / 2.0 / det_safe,
+                          cov2d[..., 0, 0] / det_safe], dim=-1)
+    depths = means_c[..., 2]
+    with torch.no_grad():
+        extend = torch.full_like(depths, RADIUS_SIGMAS)
+        valid = (det > 0) & (depths > near_plane) & (depths < far_plane)
+        if opacities is not None:
+            o = opacities.detach().to(depths.dtype).expand_as(depths)
+            valid &= o >= ALPHA_THRESHOLD
+            extend = torch.minimum(extend, (2.0 * torch.log(o.clamp_min(ALPHA_THRESHOLD) / ALPHA_THRESHOLD)).sqrt())
+        radius = torch.ceil(extend[..., None] * torch.stack([cov2d[..., 0, 0], cov2d[..., 1, 1]], -1).clamp_min(0).sqrt())
+        m = means2d.detach()
+        inside = ((m[..., 0] + radius[..., 0] > 0) & (m[..., 0] - radius[..., 0] < width)
+                  & (m[..., 1] + radius[..., 1] > 0) & (m[..., 1] - radius[..., 1] < height))
+        radii = torch.where((valid & inside)[..., None], radius, torch.zeros_like(radius)).int()
     return radii, means2d, depths, conics
+
+
+def sh_colors(sh_degree: int, means: Tensor, coeffs: Tensor, viewmats: Tensor) -> Tensor:
+    """View-dependent colour of N Gaussians in C cameras from SH coefficients, gsplat's rule.
+
+    means (N, 3), coeffs (N, K, 3) with (sh_degree + 1)^2 <= K, viewmats (C, 4, 4) -> rgb
+    (C, N, 3): the first (sh_degree + 1)^2 bands evaluated at the direction camera -> Gaussian
+    (gsplat's pure-torch ``_spherical_harmonics``), + 0.5, clamped at 0 (``gsplat.rasterization``:
+    "apple-to-apple with Inria's CUDA backend"; no upper clamp, as there).
+    """
+    from gsplat.cuda._torch_impl import _spherical_harmonics
+
+    campos = torch.inverse(viewmats)[:, :3, 3]  # (C, 3)
+    dirs = means[None, :, :] - campos[:, None, :]  # (C, N, 3)
+    shs = coeffs[None].expand(dirs.shape[0], *coeffs.shape)
+    return torch.clamp_min(_spherical_harmonics(sh_degree, dirs, shs) + 0.5, 0.0)
 
 
 def composite_pixels(pix: Tensor, means2d: Tensor, conics: Tensor, opacities: Tensor,
@@ -164,38 +210,51 @@ def rasterize_torch(
     means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
     viewmats: Tensor, Ks: Tensor, width: int, height: int, eps2d: float = EPS2D,
     near_plane: float = NEAR_PLANE, far_plane: float = FAR_PLANE, tile_size: int = TILE_SIZE,
-) -> tuple[Tensor, Tensor, Tensor]:
+    sh_degree: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor, dict]:
     """The CPU (any device) path. means (N, 3), quats (N, 4), scales (N, 3) (not log),
-    opacities (N,) in [0, 1], colors (N, D), viewmats (C, 4, 4), Ks (C, 3, 3)
-    -> colors (C, H, W, D), alphas (C, H, W, 1), accumulated depth sum_i w_i z_i (C, H, W, 1)."""
+    opacities (N,) in [0, 1], colors (N, D) or, with ``sh_degree``, SH coefficients (N, K, 3)
+    (gsplat's convention), viewmats (C, 4, 4), Ks (C, 3, 3) -> colors (C, H, W, D), alphas
+    (C, H, W, 1), accumulated depth sum_i w_i z_i (C, H, W, 1), and ``info``: the keys of
+    ``gsplat.rasterization``'s meta that its densification strategies read (``means2d``
+    (C, N, 2) in the graph, ``radii`` (C, N, 2), ``width``, ``height``, ``n_cameras``,
+    ``gaussian_ids`` = None: not packed) plus ``depths`` and ``conics``."""
     radii, means2d, depths, conics = project(
-        means, F.normalize(quats, dim=-1), scales, viewmats, Ks, width, height, eps2d, near_plane, far_plane)
-    feats = torch.cat([colors.expand(depths.shape[0], *colors.shape), depths[..., None]], -1)
+        means, F.normalize(quats, dim=-1), scales, viewmats, Ks, width, height, eps2d, near_plane, far_plane,
+        opacities=opacities)
+    C = depths.shape[0]
+    feats = colors.expand(C, *colors.shape) if sh_degree is None else sh_colors(sh_degree, means, colors, viewmats)
+    feats = torch.cat([feats, depths[..., None]], -1)
     out, alpha = rasterize_reference(means2d, conics, depths, radii, opacities, feats, width, height, tile_size)
-    return out[..., :-1], alpha, out[..., -1:]
+    info = {"means2d": means2d, "radii": radii, "depths": depths, "conics": conics, "width": width,
+            "height": height, "n_cameras": C, "n_batches": 1, "gaussian_ids": None, "camera_ids": None,
+            "tile_size": tile_size}
+    return out[..., :-1], alpha, out[..., -1:], info
 
 
 def rasterize_gsplat(
     means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
     viewmats: Tensor, Ks: Tensor, width: int, height: int, eps2d: float = EPS2D,
     near_plane: float = NEAR_PLANE, far_plane: float = FAR_PLANE, tile_size: int = TILE_SIZE,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The CUDA path: ``gsplat.rasterization`` (classic mode, no background), same
-    signature and outputs as ``rasterize_torch``. float32 only (gsplat's kernels)."""
+    sh_degree: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor, dict]:
+    """The CUDA path: ``gsplat.rasterization`` (classic mode, no background, not packed),
+    same signature and outputs as ``rasterize_torch`` (``info`` is gsplat's meta).
+    float32 only (gsplat's kernels)."""
     from gsplat import rasterization
 
     dtype = means.dtype
     f32 = lambda x: x.float()  # noqa: E731
-    out, alpha, _ = rasterization(
+    out, alpha, info = rasterization(
         f32(means), f32(F.normalize(quats, dim=-1)), f32(scales), f32(opacities), f32(colors),
         f32(viewmats), f32(Ks), width, height, near_plane=near_plane, far_plane=far_plane,
-        eps2d=eps2d, tile_size=tile_size, packed=False, render_mode="RGB+D",
+        eps2d=eps2d, sh_degree=sh_degree, tile_size=tile_size, packed=False, render_mode="RGB+D",
         rasterize_mode="classic",
     )
-    return out[..., :-1].to(dtype), alpha.to(dtype), out[..., -1:].to(dtype)
+    return out[..., :-1].to(dtype), alpha.to(dtype), out[..., -1:].to(dtype), info
 
 
-def rasterize(*args, backend: str = "auto", **kw) -> tuple[Tensor, Tensor, Tensor]:
+def rasterize(*args, backend: str = "auto", **kw) -> tuple[Tensor, Tensor, Tensor, dict]:
     """``backend``: auto (gsplat on CUDA tensors, the torch reference otherwise) | gsplat | torch."""
     if backend not in ("auto", "gsplat", "torch"):
         raise ValueError(f"backend must be auto | gsplat | torch, got {backend!r}")
@@ -218,7 +277,7 @@ def knn_scale(points: Tensor, k: int = 3, chunk: int = 2048) -> Tensor:
 
 
 __all__ = [
-    "ALPHA_THRESHOLD", "EPS2D", "MAX_ALPHA", "NEAR_PLANE", "TRANSMITTANCE_MIN",
+    "ALPHA_THRESHOLD", "EPS2D", "MAX_ALPHA", "NEAR_PLANE", "RADIUS_SIGMAS", "TRANSMITTANCE_MIN",
     "composite_pixels", "intrinsics", "knn_scale", "project", "rasterize", "rasterize_gsplat",
-    "rasterize_reference", "rasterize_torch", "viewmats_from_c2w",
+    "rasterize_reference", "rasterize_torch", "sh_colors", "viewmats_from_c2w",
 ]
