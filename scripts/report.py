@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from src.sweeps import write_report  # noqa: E402
+from src.report import write_report  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
