@@ -40,7 +40,10 @@ log = logging.getLogger(__name__)
 # Config keys that do not change a run's result; every other key defines the run, and a run
 # dir holding a checkpoint of another run is refused rather than silently mixed.
 NON_IDENTITY_KEYS = ("device", "num_threads", "logger", "trainer.progress", "trainer.log_every",
-                     "trainer.checkpoint_every", "trainer.step_sleep", "trainer.export")
+                     "trainer.checkpoint_every", "trainer.step_sleep", "trainer.export",
+                     "trainer.val_every", "representation.export")
+# trainer.val_every=auto: a validation grid every 10% of the steps for 3D representations.
+VAL_FRACTION = 0.1
 
 __all__ = ["ConfigError", "Trainer", "identity", "resolve_device", "validate"]
 
@@ -60,6 +63,15 @@ def identity(cfg: DictConfig) -> dict:
             node = node.get(p, {})
         node.pop(leaf, None)
     return ident
+
+
+def validation_every(cfg: DictConfig, kind: str) -> int:
+    """Steps between validation grids: ``trainer.val_every``, or for ``auto`` VAL_FRACTION of
+    the run for 3D representations (off for the others); 0 = off."""
+    every = cfg.trainer.get("val_every", 0)
+    if every == "auto":
+        return max(1, round(VAL_FRACTION * int(cfg.trainer.max_steps))) if kind == "3d" else 0
+    return int(every or 0)
 
 
 # --- the loop -------------------------------------------------------------------------------
@@ -141,6 +153,7 @@ class Trainer:
         sleep = float(cfg.trainer.get("step_sleep", 0) or 0)
         t0, start = time.time(), self.step
         bar = self._progress(max_steps)
+        val_every = validation_every(cfg, self.c.representation.kind)
         logs: dict[str, float] = {}
         while self.step < max_steps:
             logs = self.train_step(self.step)
@@ -151,8 +164,8 @@ class Trainer:
                 loggers.log(logs, self.step)
             if self.step % int(cfg.trainer.checkpoint_every) == 0 or self.step == max_steps:
                 self.save()
-            val_every = int(cfg.trainer.get("val_every", 0) or 0)
-            if val_every and self.step % val_every == 0:
+            # the last step's grid would show what the export's views.png shows
+            if val_every and self.step % val_every == 0 and not (self.step == max_steps and cfg.trainer.export):
                 path = self.validation_grid()
                 if path is not None:
                     loggers.log_media("val/grid", path, self.step)
@@ -170,6 +183,9 @@ class Trainer:
             export_dir.mkdir(exist_ok=True)
             for path in self.c.representation.export(export_dir, self.c.cameras.eval_views()):
                 loggers.log_media(f"export/{Path(path).stem}", path, self.step)
+        from src.export.plots import plot_curves
+
+        plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
         write_json_atomic(metrics_path, metrics)
         loggers.log({f"final/{k}": v for k, v in metrics.items()}, self.step)
         loggers.finish(metrics)

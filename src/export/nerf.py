@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from src.export.mesh import extract_mesh, write_mesh
+from src.export.mesh import FLOATER_AREA_FRACTION, extract_mesh, remove_floaters, write_mesh
 from src.export.video import DEFAULT_FPS, write_turntables
 
 
@@ -18,6 +19,7 @@ def export_nerf(
     n_frames: int | None = None,
     fps: int = DEFAULT_FPS,
     formats=("glb", "ply"),
+    floater_area_fraction: float = FLOATER_AREA_FRACTION,
 ) -> list[Path]:
     """Everything a run leaves under ``out_dir``: mesh.glb / mesh.ply per object
     (object k > 0 as mesh_k.*), turntable.mp4 and views.png.
@@ -34,5 +36,8 @@ def export_nerf(
             lambda x, k=k: nerf.density(x, k), lambda x, k=k: nerf.color(x, k), nerf.radius,
             mesh_resolution, isosurface_threshold, device=device,
         )
+        mesh, before, after = remove_floaters(mesh, floater_area_fraction)
+        logging.getLogger(__name__).info("mesh %d: %d connected components, %d kept (area >= %g x the "
+                                         "largest)", k, before, after, floater_area_fraction)
         paths += write_mesh(mesh, out_dir, "mesh" if k == 0 else f"mesh_{k}", formats)
     return paths + write_turntables(nerf, out_dir, views, n_frames, video_resolution, fps)
