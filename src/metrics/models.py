@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -100,7 +101,8 @@ def load_lpips(weights: str = "real", net: str = LPIPS_DEFAULT_NET, trunk: str |
     import lpips
 
     file = lpips_trunk_file(net, trunk) if weights == "real" else None
-    with _seeded(1), contextlib.redirect_stdout(None):
+    with _seeded(1), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # lpips calls torchvision's old `pretrained=`
         model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
     if file is not None:
         # lpips keeps torchvision's `features` modules under their own indices, in slices:
