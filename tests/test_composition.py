@@ -43,6 +43,14 @@ def translate(old: dict) -> tuple[dict, dict | None]:
         # The old SIM overwrote any `scale` with 1 + gamma: the ShapesWorld tuning's s = 1 was
         # silently ignored for SIM. It now applies (the issue: "say so, or refuse").
         g["scale"] = g.get("scale", 1.0 + gamma)
+    # Issue 10: validation grids every 10% of a 3D run by default, turntables at 128 px with
+    # the mesh's floaters removed.
+    old["trainer"]["val_every"] = "auto"
+    export = old["representation"].get("export")
+    if export is not None:
+        export["video_resolution"] = 128
+        if "mesh_resolution" in export:  # a NeRF
+            export["floater_area_fraction"] = 0.05
     return old, psi
 
 

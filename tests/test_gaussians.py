@@ -222,7 +222,7 @@ def test_export_writes_a_loadable_3dgs_ply(tmp_path):
 
     gs = Gaussians(n_gaussians=100)
     paths = gs.export(tmp_path, views(4, res=16))
-    assert {p.name for p in paths} == {"gaussians.ply", "turntable.mp4", "views.png"}
+    assert {p.name for p in paths} == {"gaussians.ply", "turntable.mp4", "views.png", "turntable_frames.npz"}
     ply = read_gaussians_ply(tmp_path / "gaussians.ply")
     assert list(ply) == PLY_PROPERTIES
     np.testing.assert_allclose(np.stack([ply["x"], ply["y"], ply["z"]], 1), gs.means[0].detach().numpy())

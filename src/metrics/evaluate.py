@@ -219,3 +219,40 @@ def evaluate_sweep(sweep_dir: Path, metrics: list[str] | None = None, weights: s
     text = json.dumps(out, indent=2, allow_nan=False)
     atomic_write(sweep_dir / EVALUATION, lambda f: f.write(text.encode()))
     return out
+
+
+def log_summary(sweep_dir: Path, mode: str = "offline") -> str | None:
+    """One W&B run in the sweep's group (job_type "evaluation"): the report's table, report.png,
+    grid.png and the group metrics as its summary. Returns the run's directory (or None when
+    ``mode`` is "disabled")."""
+    if mode == "disabled":
+        return None
+    import csv
+
+    import wandb
+    import yaml
+
+    from src.report import GRID_PNG, REPORT_CSV, REPORT_PNG, SPEC_RECORD
+
+    sweep_dir = Path(sweep_dir)
+    record = sweep_dir / SPEC_RECORD
+    spec = (yaml.safe_load(record.read_text()) or {}) if record.exists() else {}
+    fixed = spec.get("overrides") or {}
+    name = spec.get("name") or sweep_dir.name
+    run = wandb.init(project=fixed.get("logger.wandb.project", "distillery"),
+                     entity=fixed.get("logger.wandb.entity"), group=fixed.get("logger.wandb.group", name),
+                     job_type="evaluation", name=f"{name}-evaluation", dir=str(sweep_dir), mode=mode,
+                     config={"sweep": spec})
+    rows = list(csv.DictReader((sweep_dir / REPORT_CSV).open()))
+    if rows:
+        run.log({"report": wandb.Table(columns=list(rows[0]), data=[list(r.values()) for r in rows])})
+    for key, fname in (("report_png", REPORT_PNG), ("grid_png", GRID_PNG)):
+        if (sweep_dir / fname).exists():
+            run.log({key: wandb.Image(str(sweep_dir / fname))})
+    evaluation = json.loads((sweep_dir / EVALUATION).read_text()) if (sweep_dir / EVALUATION).exists() else {}
+    for g in evaluation.get("groups", []):
+        label = ",".join(f"{k}={v}" for k, v in g["setting"].items()) or "all"
+        run.summary.update({f"{label}/{k}": v for k, v in g.items() if isinstance(v, (int, float))})
+    run_dir = run.dir
+    run.finish()
+    return run_dir
