@@ -64,6 +64,13 @@ def test_floaters_are_removed_and_the_object_kept(tmp_path):
     # a part of comparable size is the object too: kept
     twins = lambda x: 10.0 * torch.maximum(0.3 - (x - 0.4).norm(dim=-1), 0.3 - (x + 0.4).norm(dim=-1))  # noqa: E731
     assert remove_floaters(extract_mesh(twins, None, 1.0, 40, threshold=0.0))[1:] == (2, 2)
+    # density under the object (no camera looks from below) is cut by the box's floor into an
+    # open sheet larger than the object's 5%: dropped, as the default job's was
+    floor = lambda x: 10.0 * torch.maximum(0.7 - x.norm(dim=-1), -0.85 - x[:, 2])  # noqa: E731
+    sheet = extract_mesh(floor, None, 1.0, 48, threshold=0.0)
+    assert remove_floaters(sheet)[1:] == (2, 2)  # without the box: kept (area 4 > 6.2 x 0.05)
+    kept, before, after = remove_floaters(sheet, box_radius=1.0, margin=1.5 * 2 / 47)
+    assert (before, after) == (2, 1) and kept.bounds[0][2] > -0.75
 
 
 def test_empty_field_writes_no_mesh(tmp_path):

@@ -1,9 +1,12 @@
 """Meshes from density fields: marching cubes (PyMCubes) + vertex colors, via trimesh.
 
 Two fixes make the mesh open as expected in a viewer:
-- floaters: marching cubes also wraps every small blob of stray density; ``remove_floaters``
-  keeps the connected components whose surface area is at least ``FLOATER_AREA_FRACTION`` of
-  the largest one's (the object, and any part of comparable size), and drops the rest;
+- floaters: marching cubes also wraps every blob of stray density. ``remove_floaters`` keeps
+  the largest connected component (the object) and any other whose surface area is at least
+  ``FLOATER_AREA_FRACTION`` of its area and that stays inside the scene box; it drops the
+  specks and the sheets cut by the box's faces (density where no camera looks, e.g. under the
+  object, which cameras at elevations >= 0 never see, ends as an open sheet on the box's
+  floor: the default job left one of a third of the cone's area, and 175 specks);
 - frame: the world is z-up with the object's front at +x (src/cameras_orbit.py), glTF is
   +Y up with the front facing +Z (glTF 2.0 spec, "Coordinate System and Units"), so the .glb
   is written through ``WORLD_TO_GLTF`` (world (x, y, z) -> glTF (y, z, x), a rotation). The
@@ -82,9 +85,13 @@ def extract_mesh(
     return mesh
 
 
-def remove_floaters(mesh, min_fraction: float = FLOATER_AREA_FRACTION):
-    """(mesh without the components of area < min_fraction x the largest's, components before,
-    components kept). Vertex colors are kept."""
+def remove_floaters(mesh, min_fraction: float = FLOATER_AREA_FRACTION, box_radius: float | None = None,
+                    margin: float = 0.0):
+    """(the mesh without its floaters, components before, components kept); vertex colors kept.
+
+    Kept: the largest component, and every other whose area is >= ``min_fraction`` x the
+    largest's and whose vertices all lie strictly inside the box [-box_radius + margin,
+    box_radius - margin]^3 (when ``box_radius`` is given)."""
     import trimesh
 
     if mesh is None or len(mesh.faces) == 0:
@@ -93,7 +100,13 @@ def remove_floaters(mesh, min_fraction: float = FLOATER_AREA_FRACTION):
     if len(parts) <= 1:
         return mesh, len(parts), len(parts)
     areas = np.array([p.area for p in parts])
-    kept = [p for p, a in zip(parts, areas) if a >= min_fraction * areas.max()]
+    main = int(areas.argmax())
+
+    def inside(p) -> bool:
+        return box_radius is None or bool(np.abs(p.vertices).max() < box_radius - margin)
+
+    kept = [p for i, (p, a) in enumerate(zip(parts, areas))
+            if i == main or (a >= min_fraction * areas[main] and inside(p))]
     return trimesh.util.concatenate(kept), len(parts), len(kept)
 
 

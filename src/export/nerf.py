@@ -36,8 +36,10 @@ def export_nerf(
             lambda x, k=k: nerf.density(x, k), lambda x, k=k: nerf.color(x, k), nerf.radius,
             mesh_resolution, isosurface_threshold, device=device,
         )
-        mesh, before, after = remove_floaters(mesh, floater_area_fraction)
-        logging.getLogger(__name__).info("mesh %d: %d connected components, %d kept (area >= %g x the "
-                                         "largest)", k, before, after, floater_area_fraction)
+        # a component within one lattice cell of the box's faces was cut by the box
+        cell = 2 * nerf.radius / (mesh_resolution - 1)
+        mesh, before, after = remove_floaters(mesh, floater_area_fraction, nerf.radius, 1.5 * cell)
+        logging.getLogger(__name__).info("mesh %d: %d connected components, %d kept (the largest, and "
+                                         "those of area >= %g x its area inside the box)", k, before, after, floater_area_fraction)
         paths += write_mesh(mesh, out_dir, "mesh" if k == 0 else f"mesh_{k}", formats)
     return paths + write_turntables(nerf, out_dir, views, n_frames, video_resolution, fps)
