@@ -277,3 +277,15 @@ def test_shapes_prior_samples_are_the_prompts_images_and_ddim_lands_on_them():
     x = Backbone.prior_samples(world, "a red cone", 2, rng.generator(0, rng.Stream.METRICS), scale=1.0, steps=20)
     d = image_distance(data[:, None], x[None]).min(0).values
     assert x.shape == (2, 32, 32, 3) and float(d.max()) < world.precision_threshold
+
+
+def test_fid_on_stable_diffusion_without_its_weights_fails_before_compute(no_weights):
+    from src.api import compose
+
+    sweep = _sweep(no_weights / "sweep", [np.zeros((2, 8, 8, 3), np.uint8)] * 2)
+    cfg = compose(["backbone=sd21", "trainer.max_steps=1"])
+    for run in sweep.glob("guidance=*"):
+        OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
+    with pytest.raises(WeightsNotFound, match="hf download stabilityai/stable-diffusion-2-1-base"):
+        evaluate_sweep(sweep, ["lpips_d", "fid"], weights="random", log=lambda *_: None)
+    assert not (sweep / "evaluation.json").exists()

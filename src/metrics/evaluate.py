@@ -118,8 +118,6 @@ class Evaluator:
         """Prior samples of the run's prompt (cached in <sweep_dir>/prior_samples/)."""
         from hydra.utils import instantiate
 
-        from src.build import component_class
-
         cfg = _run_config(run.dir)
         prompt = str(cfg.prompt or "")
         res = int(self.frames[run.dir].rgb.shape[1])
@@ -131,7 +129,6 @@ class Evaluator:
             with np.load(path) as z:
                 self.prior_how.add(str(z["how"]))
                 return torch.from_numpy(z["rgb"].astype(np.float32) / 255.0)
-        component_class(cfg, "backbone").validate_config(cfg.backbone, "backbone")  # weights first
         backbone = instantiate(cfg.backbone).eval()
         n = self.n_prior
         from src.backbones.shapes import ShapesWorld
@@ -166,6 +163,13 @@ def evaluate_sweep(sweep_dir: Path, metrics: list[str] | None = None, weights: s
         raise FileNotFoundError(f"no runs (.hydra/overrides.yaml) under {sweep_dir}")
     needs = {METRICS[m][1] for m in metrics if METRICS[m][1]}
     models.check_weights(needs, weights, lpips_net, lpips_trunk, clip, inception)  # before compute
+    if {"fid", "kid"} & set(metrics):  # the priors that will draw FID's samples (SD weights)
+        from src.build import component_class
+
+        for run in runs:
+            cfg = _run_config(run.dir) if run.finished else None
+            if cfg is not None:
+                component_class(cfg, "backbone").validate_config(cfg.backbone, "backbone")
     ev = Evaluator(sweep_dir, weights, lpips_net, lpips_trunk, clip, inception, prior_samples)
     keys = group_keys(runs, sweep_dir)
     out: dict = {"weights": weights, "metrics": metrics, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
