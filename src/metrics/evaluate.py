@@ -257,6 +257,6 @@ def log_summary(sweep_dir: Path, mode: str = "offline") -> str | None:
     for g in evaluation.get("groups", []):
         label = ",".join(f"{k}={v}" for k, v in g["setting"].items()) or "all"
         run.summary.update({f"{label}/{k}": v for k, v in g.items() if isinstance(v, (int, float))})
-    run_dir = run.dir
+    run_dir = str(Path(run.dir).parent)  # the offline-run-* folder (run.dir is its files/)
     run.finish()
     return run_dir
