@@ -6,7 +6,7 @@ PIP     ?= .venv/bin/pip
 TORCH_PINS = torch==2.14.1 torchvision==0.29.1
 STAMP   = .venv/.installed
 
-.PHONY: help install demo test test-cuda test-slurm lint format toy-figures sweep report clean
+.PHONY: help install demo test test-cuda test-slurm lint format toy-figures sweep report evaluate clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -42,7 +42,7 @@ toy-figures: install ## ESD Fig. 3, SSD Fig. 7 and the 4-mode per-method panel i
 clean:
 	rm -rf outputs multirun .pytest_cache
 
-# --- sweeps (sweeps/*.yaml, scripts/sweep.py, scripts/report.py; README "Sweeps") ---
+# --- sweeps (sweeps/*.yaml, scripts/sweep.py, scripts/evaluate.py, scripts/report.py; README "Sweeps") ---
 SWEEP    ?= esd_lambda
 LAUNCHER ?= basic
 # The local launchers run the sweep file's `toy:` settings unless TOY=0 (the studies need SD
@@ -50,6 +50,11 @@ LAUNCHER ?= basic
 TOY      ?= $(if $(filter slurm_a100,$(LAUNCHER)),0,1)
 # Extra overrides, e.g. ARGS="hydra.launcher.partition=gpu hydra.launcher.account=lab"
 ARGS     ?=
+# Metrics over a finished sweep (scripts/evaluate.py): which ones (all | a comma list) and the
+# weights (real: from disk; random: test weights, numbers that only test the plumbing).
+METRICS  ?=
+WEIGHTS  ?=
+METRIC_ARGS = $(if $(METRICS),--metrics $(METRICS)) $(if $(WEIGHTS),--weights $(WEIGHTS))
 
 sweep: install ## make sweep SWEEP=esd_lambda LAUNCHER=basic|submitit_local|slurm_a100 [TOY=0|1] [ARGS=...]
 	$(PY) scripts/sweep.py $(SWEEP) --launcher $(LAUNCHER) $(if $(filter 1,$(TOY)),--toy) $(ARGS)
@@ -58,8 +63,11 @@ sweep: install ## make sweep SWEEP=esd_lambda LAUNCHER=basic|submitit_local|slur
 # default_sweep_dir): multirun/<sweep>, or multirun/<sweep>_toy for the toy settings.
 SWEEP_DIR ?= multirun/$(SWEEP)$(if $(filter 1,$(TOY)),_toy)
 
-report: install ## make report SWEEP_DIR=multirun/esd_lambda_toy (default: the dir `make sweep` with the same SWEEP/LAUNCHER/TOY writes)
-	$(PY) scripts/report.py $(SWEEP_DIR)
+report: install ## make report SWEEP_DIR=multirun/esd_lambda_toy [WEIGHTS=random] [METRICS=...] -> report.md/.csv/.png + grid.png there (default dir: what `make sweep` with the same SWEEP/TOY writes)
+	$(PY) scripts/report.py $(SWEEP_DIR) $(METRIC_ARGS)
+
+evaluate: install ## make evaluate SWEEP_DIR=multirun/<sweep> [WEIGHTS=random] [METRICS=...] -> evaluation.json, the report, a W&B summary run
+	$(PY) scripts/evaluate.py $(SWEEP_DIR) $(METRIC_ARGS)
 
 # The session fixture of tests/test_slurm.py installs slurm-wlm + munge if missing (root,
 # apt-get), starts the one-node cluster unless it already runs, and stops what it started.

@@ -109,8 +109,9 @@ def validate_trainer(cfg: DictConfig) -> None:
     checks.number(tr, "max_steps", "trainer.max_steps", lo=1, integer=True)
     for name in ("checkpoint_every", "log_every"):
         checks.number(tr, name, f"trainer.{name}", lo=1, integer=True)
-    for name in ("warmup_steps", "val_every"):
-        checks.number(tr, name, f"trainer.{name}", lo=0, integer=True)
+    checks.number(tr, "warmup_steps", "trainer.warmup_steps", lo=0, integer=True)
+    if tr.get("val_every") != "auto":
+        checks.number(tr, "val_every", "trainer.val_every", lo=0, integer=True)
     checks.number(tr, "grad_clip", "trainer.grad_clip", lo=0.0, lo_open=True, optional=True)
     checks.number(tr, "step_sleep", "trainer.step_sleep", lo=0.0)
     checks.choice(tr, "dtype", "trainer.dtype", DTYPES)

@@ -56,11 +56,17 @@ class JSONLLogger:
         pass
 
 
+# file suffix -> the wandb media class that uploads it (W&B's Object3D reads .glb directly)
+MEDIA = {".png": "Image", ".jpg": "Image", ".mp4": "Video", ".gif": "Video", ".glb": "Object3D"}
+
+
 class WandbLogger:
     """W&B run in <run_dir>/wandb; ``mode`` offline (default), online or disabled.
 
     The run id is derived from the run directory so that a resumed run (preemption,
-    requeue) continues the same W&B run.
+    requeue) continues the same W&B run. Media: images (.png, .jpg), videos (.mp4, .gif) and
+    meshes (.glb, as a W&B 3D object); a file whose bytes were already uploaded by this run is
+    not uploaded again (e.g. an export identical to the last validation grid).
     """
 
     MODES = ("offline", "online", "disabled")
@@ -75,6 +81,7 @@ class WandbLogger:
             raise ValueError(f"logger.wandb.mode={mode!r} is unknown; valid: {', '.join(self.MODES)}")
         run_id = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
         self.wandb = wandb
+        self._uploaded: set[str] = set()
         self.run = wandb.init(project=project, entity=entity, group=group, tags=list(tags or []),
                               name=name or Path(run_dir).name, config=config, dir=str(run_dir),
                               mode=mode, id=run_id, resume="allow")
@@ -84,10 +91,19 @@ class WandbLogger:
 
     def log_media(self, name: str, path: Path, step: int) -> None:
         path = Path(path)
-        if path.suffix in (".png", ".jpg"):
-            self.run.log({name: self.wandb.Image(str(path))}, step=step)
-        elif path.suffix in (".mp4", ".gif"):
-            self.run.log({name: self.wandb.Video(str(path))}, step=step)
+        kind = MEDIA.get(path.suffix)
+        if kind is None or not self._first_upload(path):
+            return
+        self.run.log({name: getattr(self.wandb, kind)(str(path))}, step=step)
+
+    def _first_upload(self, path: Path) -> bool:
+        import hashlib
+
+        digest = hashlib.sha1(path.read_bytes()).hexdigest()
+        if digest in self._uploaded:
+            return False
+        self._uploaded.add(digest)
+        return True
 
     def finish(self, summary: dict) -> None:
         self.run.summary.update(summary)

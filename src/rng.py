@@ -34,6 +34,7 @@ class Stream(enum.IntEnum):
     WORLD_BACKGROUND = 9  # per object: FSD's background noise eps_b
     INIT = 10  # once: parameter initialisation (representation, psi, camera MLPs)
     EVAL = 11  # once: fixed evaluation inputs (the affine toy's evaluation codes)
+    METRICS = 12  # once: draws of the metrics over finished runs (surface points, KID subsets)
 
 
 def derive(seed: int, stream: Stream, index: int = 0) -> int:

@@ -1,4 +1,4 @@
-"""Declarative sweeps (sweeps/*.yaml) -> one Hydra multirun command, and the sweep report.
+"""Declarative sweeps (sweeps/*.yaml) -> one Hydra multirun command (the report: src/report.py).
 
 A sweep file::
 
@@ -19,14 +19,10 @@ time, so a resubmitted sweep lands in the same directories and resumes or skips 
 
 from __future__ import annotations
 
-import csv
 import fnmatch
-import io
 import itertools
-import json
 import math
 import re
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,14 +30,12 @@ from pathlib import Path
 import yaml
 
 from src.configs import options
+from src.report import SEED_KEY, SPEC_RECORD, write_report  # noqa: F401  (scripts/sweep.py)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SWEEPS_DIR = REPO_ROOT / "sweeps"
 CONFIG_YAML = REPO_ROOT / "conf" / "config.yaml"
 LAUNCHERS = ("basic", "submitit_local", "slurm_a100")
-SEED_KEY = "seed"  # the axis the report averages over
-SPEC_RECORD = "sweep.yaml"  # what a sweep dir was launched with
-REPORT_CSV, REPORT_MD = "report.csv", "report.md"
 # Unquoted Hydra override values may use these characters; anything else is quoted.
 _PLAIN_VALUE = re.compile(r"^[A-Za-z0-9_./:@+\-]+$")
 _GLOB = re.compile(r"^glob\((.*)\)$")
@@ -261,151 +255,3 @@ def describe_invalid(bad: list[tuple[list[str], str]], points: list[list[str]], 
         if len(pts) > shown:
             lines.append(f"    and {len(pts) - shown} more points")
     return "\n".join(lines)
-
-
-# -- the report ------------------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    dir: Path
-    overrides: dict[str, str]  # key -> value as written on the command line
-    metrics: dict[str, float] | None  # None: not finished
-
-
-def _parse_override(text: str) -> tuple[str, str]:
-    key, _, value = text.partition("=")
-    return key.lstrip("+~"), value
-
-
-def find_runs(sweep_dir: Path) -> list[Run]:
-    runs = []
-    for overrides_file in sorted(Path(sweep_dir).rglob(".hydra/overrides.yaml")):
-        run_dir = overrides_file.parent.parent
-        if ".submitit" in run_dir.parts:
-            continue
-        overrides = dict(
-            _parse_override(o) for o in yaml.safe_load(overrides_file.read_text()) or []
-        )
-        metrics_file = run_dir / "metrics.json"
-        metrics = None
-        if metrics_file.exists():
-            saved = json.loads(metrics_file.read_text())
-            if saved.get("status", "finished") == "finished":  # diverged / failed: no metrics
-                metrics = {
-                    k: float(v)
-                    for k, v in saved.items()
-                    if isinstance(v, (int, float)) and not isinstance(v, bool)
-                }
-        runs.append(Run(run_dir, overrides, metrics))
-    return runs
-
-
-def swept_keys(runs: list[Run], sweep_dir: Path) -> list[str]:
-    """Grid keys from sweep.yaml when present, else the override keys whose values differ."""
-    record = Path(sweep_dir) / SPEC_RECORD
-    if record.exists():
-        grid = (yaml.safe_load(record.read_text()) or {}).get("grid") or {}
-        if grid:
-            return list(grid)
-    keys = sorted({k for r in runs for k in r.overrides})
-    return [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
-
-
-def _sort_key(value: str | None):
-    """Numbers in numeric order, then strings."""
-    try:
-        return (0, float(value), "")
-    except (TypeError, ValueError):
-        return (1, 0.0, str(value))
-
-
-def aggregate(runs: list[Run], group_keys: list[str]) -> tuple[list[str], list[dict]]:
-    """One row per setting of group_keys: n, n_finished and mean/std of every metric over seeds.
-
-    std is the sample standard deviation (n-1); empty with a single finished run.
-    """
-    metric_names = sorted({m for r in runs if r.metrics for m in r.metrics})
-    groups: dict[tuple, list[Run]] = {}
-    for run in runs:
-        groups.setdefault(tuple(run.overrides.get(k) for k in group_keys), []).append(run)
-    rows = []
-    for values in sorted(groups, key=lambda vs: [_sort_key(v) for v in vs]):
-        members = groups[values]
-        done = [r.metrics for r in members if r.metrics is not None]
-        row = dict(zip(group_keys, values), n=len(members), n_finished=len(done))
-        for m in metric_names:
-            xs = [d[m] for d in done if m in d]
-            row[f"{m}_mean"] = statistics.fmean(xs) if xs else None
-            row[f"{m}_std"] = statistics.stdev(xs) if len(xs) > 1 else None
-        rows.append(row)
-    return metric_names, rows
-
-
-def _fmt(x: float | None) -> str:
-    return "" if x is None else f"{x:.4g}"
-
-
-def render_csv(rows: list[dict]) -> str:
-    if not rows:
-        return ""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
-
-
-def render_markdown(
-    title: str,
-    group_keys: list[str],
-    metric_names: list[str],
-    rows: list[dict],
-    unfinished: list[Run],
-    failed_text: str = "",
-) -> str:
-    head = [*group_keys, "n"] + metric_names
-    lines = [
-        f"# {title}",
-        "",
-        "mean ± std over seeds (sample std; blank with one run)",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
-    for row in rows:
-        n = f"{row['n_finished']}" + ("" if row["n_finished"] == row["n"] else f"/{row['n']}")
-        cells = [str(row[k]) for k in group_keys] + [n]
-        for m in metric_names:
-            mean, std = row[f"{m}_mean"], row[f"{m}_std"]
-            cells.append(_fmt(mean) + (f" ± {_fmt(std)}" if std is not None else ""))
-        lines.append("| " + " | ".join(cells) + " |")
-    if unfinished:
-        lines += ["", f"## Unfinished runs ({len(unfinished)})", ""]
-        lines += [f"- `{r.dir}`" for r in unfinished]
-    if failed_text:
-        lines += ["", "## Failed jobs", "", "```", failed_text.rstrip(), "```"]
-    return "\n".join(lines) + "\n"
-
-
-def write_report(sweep_dir: Path) -> tuple[Path, Path]:
-    """Collect <sweep_dir>'s runs into report.csv and report.md; returns their paths."""
-    sweep_dir = Path(sweep_dir)
-    runs = find_runs(sweep_dir)
-    if not runs:
-        raise FileNotFoundError(f"no runs (.hydra/overrides.yaml) under {sweep_dir}")
-    group_keys = [k for k in swept_keys(runs, sweep_dir) if k != SEED_KEY]
-    metric_names, rows = aggregate(runs, group_keys)
-    failed = sweep_dir / "failed.txt"
-    md = render_markdown(
-        sweep_dir.name,
-        group_keys,
-        metric_names,
-        rows,
-        [r for r in runs if r.metrics is None],
-        failed.read_text() if failed.exists() else "",
-    )
-    csv_path, md_path = sweep_dir / REPORT_CSV, sweep_dir / REPORT_MD
-    csv_path.write_text(render_csv(rows))
-    md_path.write_text(md)
-    return csv_path, md_path

@@ -57,6 +57,8 @@ INTERRUPTED = "interrupted"  # an attempt's status in run_info.json (no metrics.
 # Files a run's first attempt writes before its first step: removed again when that attempt
 # fails before training (e.g. weights missing), so that it leaves no run dir behind.
 CLAIM_FILES = (".hydra", RUN_INFO, rundir.LOCK_FILE, "metrics.jsonl")
+# trainer.val_every=auto: a validation grid every 10% of the steps for 3D representations.
+VAL_FRACTION = 0.1
 
 __all__ = ["ConfigError", "Diverged", "Interrupted", "NON_IDENTITY_KEYS", "Trainer", "identity",
            "read_metrics", "resolve_device", "run", "validate"]
@@ -167,6 +169,15 @@ def _state_tensors(obj, path: str = ""):
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+def validation_every(cfg: DictConfig, kind: str) -> int:
+    """Steps between validation grids: ``trainer.val_every``, or for ``auto`` VAL_FRACTION of
+    the run for 3D representations (off for the others); 0 = off."""
+    every = cfg.trainer.get("val_every", 0)
+    if every == "auto":
+        return max(1, round(VAL_FRACTION * int(cfg.trainer.max_steps))) if kind == "3d" else 0
+    return int(every or 0)
 
 
 # --- the loop -------------------------------------------------------------------------------
@@ -311,7 +322,7 @@ class Trainer:
     def loop(self, loggers: Loggers) -> None:
         cfg, max_steps = self.cfg, int(self.cfg.trainer.max_steps)
         sleep = float(cfg.trainer.get("step_sleep", 0) or 0)
-        val_every = int(cfg.trainer.get("val_every", 0) or 0)
+        val_every = validation_every(cfg, self.c.representation.kind)
         t0, seconds0 = time.monotonic(), self.train_seconds
         bar = self._progress(max_steps) if self.step < max_steps else None
         while self.step < max_steps:
@@ -325,7 +336,8 @@ class Trainer:
                 loggers.log(logs, self.step)
             if self.step % int(cfg.trainer.checkpoint_every) == 0 or self.step == max_steps:
                 self.save()
-            if val_every and self.step % val_every == 0:
+            # the last step's grid would show what the export's views.png shows
+            if val_every and self.step % val_every == 0 and not (self.step == max_steps and cfg.trainer.export):
                 path = self.validation_grid()
                 if path is not None:
                     loggers.log_media("val/grid", path, self.step)
@@ -347,7 +359,8 @@ class Trainer:
         """Final evaluation, export and metrics.json; also what a run that reached max_steps
         without its metrics (killed in between) does on its next attempt."""
         metrics = {**self.evaluate(), **self.c.representation.metrics(),
-                   "final_loss": self.last_logs.get("loss", float("nan")), "steps": float(self.step), "wall_time_s": self.train_seconds,
+                   "final_loss": self.last_logs.get("loss", float("nan")), "steps": float(self.step),
+                   "wall_time_s": self.train_seconds,
                    "steps_per_s": self.step / self.train_seconds if self.train_seconds > 0 else float("nan")}
         self.check_stop()
         if self.cfg.trainer.export:
@@ -355,6 +368,9 @@ class Trainer:
             export_dir.mkdir(exist_ok=True)
             for path in self.c.representation.export(export_dir, self.c.cameras.eval_views()):
                 loggers.log_media(f"export/{Path(path).stem}", path, self.step)
+        from src.export.plots import plot_curves
+
+        plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
         self.check_stop()
         metrics = {"status": FINISHED, **metrics}
         write_json_atomic(self.run_dir / METRICS, metrics)

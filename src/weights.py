@@ -89,3 +89,25 @@ def resolve_weights(path: str, required: tuple[str, ...], *, what: str, key: str
             what, path, revision, [str(snap)], f"incomplete: no {', '.join(missing)}", key))
     # the snapshot folder's name is the commit hash: caches of another revision never collide
     return snap, f"hub:{path}@{snap.name}"
+
+
+def torch_hub_file(name: str) -> Path:
+    """Where ``torch.hub.load_state_dict_from_url`` keeps a downloaded file: the folder that
+    torchvision (LPIPS's trunk) and torch-fidelity (Inception) read before downloading."""
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / name
+
+
+def resolve_weight_file(path: str | Path, *, what: str, url: str, key: str) -> Path:
+    """A single weight file on disk (``path``), or WeightsNotFound naming the file and the one
+    command that fetches it. For weights published as one file at a URL rather than as a
+    Hugging Face repository (torchvision's AlexNet, torch-fidelity's Inception)."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path.resolve()
+    raise WeightsNotFound(
+        f"{what} are not available on this machine: no file {path}.\n"
+        f"  fetch it:   mkdir -p {path.parent} && curl -L -o {path} {url}\n"
+        f"  or point {key} at a local copy of the file"
+    )

@@ -54,6 +54,14 @@ def translate(old: dict) -> tuple[dict, dict | None]:
         # DSD's ODE runs on the plain prompt (issue 9: the paper's Algorithm 3); before, on the
         # view prompt, which ends different views of one object at different colours
         g["trajectory_prompt"] = "plain"
+    # Issue 10: validation grids every 10% of a 3D run by default, turntables at 128 px with
+    # the mesh's floaters removed.
+    old["trainer"]["val_every"] = "auto"
+    export = old["representation"].get("export")
+    if export is not None:
+        export["video_resolution"] = 128
+        if "mesh_resolution" in export:  # a NeRF
+            export["floater_area_fraction"] = 0.05
     return old, psi
 
 

@@ -40,13 +40,23 @@ def test_default_preset_leaves_other_backbones_and_experiments_alone():
 
 def test_default_job_short_run_leaves_metrics_and_export(tmp_path):
     cfg = compose(["trainer.max_steps=3", "camera.n_eval_views=6",
-                   "representation.export.mesh_resolution=48"])
-    assert cfg.camera.height == 32
+                   "representation.export.mesh_resolution=48", "representation.export.video_resolution=64"])
+    assert cfg.camera.height == 32 and cfg.trainer.val_every == "auto"
     metrics, _ = train(cfg, tmp_path)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("precision", "mode_id", "rmse"):
         assert key in saved and key in metrics
     assert 0.0 <= saved["precision"] <= 1.0
     out = tmp_path / "export"
-    assert (out / "mesh.glb").exists() or (out / "mesh.ply").exists()
     assert (out / "turntable.mp4").exists()
+    import numpy as np
+    import trimesh
+
+    glb = trimesh.load(out / "mesh.glb", force="mesh")  # the blob, floaters removed: one piece
+    assert len(glb.split(only_watertight=False)) == 1
+    with np.load(out / "turntable_frames.npz") as z:
+        assert z["rgb"].shape == (6, 64, 64, 3)
+    # validation grids: auto = every 10% of the steps (at least 1) but not the last, which
+    # would show the export's views.png; the loss curve from metrics.jsonl
+    assert sorted(p.name for p in (tmp_path / "val").iterdir()) == ["step_000001.png", "step_000002.png"]
+    assert (tmp_path / "loss.png").exists()

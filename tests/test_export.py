@@ -12,7 +12,7 @@ import pytest
 import torch
 import trimesh
 
-from src.export.mesh import extract_mesh, write_mesh
+from src.export.mesh import FLOATER_AREA_FRACTION, extract_mesh, remove_floaters, write_mesh
 from src.export.video import make_grid, write_video
 from tests._nerf_fixtures import tiny_nerf, views
 
@@ -34,6 +34,43 @@ def test_sphere_mesh_is_watertight_outward_and_colored(tmp_path):
     glb = trimesh.load(tmp_path / "mesh.glb")
     geom = next(iter(glb.geometry.values())) if isinstance(glb, trimesh.Scene) else glb
     assert len(geom.vertices) > 0 and np.asarray(geom.visual.vertex_colors).shape[0] == len(geom.vertices)
+
+
+def test_glb_is_y_up_with_the_front_at_plus_z(tmp_path):
+    """World z-up, front +x -> glTF +Y up, front +Z: an ellipsoid of world radii (x 0.2, y 0.3,
+    z 0.6) is 1.2 tall along glTF's Y, 0.6 wide along X (world y) and 0.4 deep along Z."""
+    r = torch.tensor([0.2, 0.3, 0.6])
+    density = lambda x: 10.0 * (1.0 - (x / r).norm(dim=-1))  # noqa: E731
+    write_mesh(extract_mesh(density, None, radius=1.0, resolution=48, threshold=0.0), tmp_path)
+    glb = trimesh.load(tmp_path / "mesh.glb", force="mesh")
+    assert np.allclose(glb.extents, [0.6, 1.2, 0.4], atol=0.06)
+    ply = trimesh.load(tmp_path / "mesh.ply", force="mesh")  # the .ply stays in the world frame
+    assert np.allclose(ply.extents, [0.4, 0.6, 1.2], atol=0.06)
+
+
+def test_floaters_are_removed_and_the_object_kept(tmp_path):
+    def density(x):  # a ball of radius 0.5 and a speck of radius 0.08 at x = 0.8
+        ball = 0.5 - x.norm(dim=-1)
+        speck = 0.08 - (x - torch.tensor([0.8, 0.0, 0.0])).norm(dim=-1)
+        return 10.0 * torch.maximum(ball, speck)
+
+    mesh = extract_mesh(density, None, radius=1.0, resolution=48, threshold=0.0)
+    cleaned, before, after = remove_floaters(mesh)
+    assert (before, after) == (2, 1)  # the speck's area is ~2.6% of the ball's < 5%
+    assert (0.08 / 0.5) ** 2 < FLOATER_AREA_FRACTION
+    assert abs(cleaned.volume - 4 / 3 * np.pi * 0.5**3) < 0.02
+    write_mesh(cleaned, tmp_path)
+    assert len(trimesh.load(tmp_path / "mesh.glb", force="mesh").split(only_watertight=False)) == 1
+    # a part of comparable size is the object too: kept
+    twins = lambda x: 10.0 * torch.maximum(0.3 - (x - 0.4).norm(dim=-1), 0.3 - (x + 0.4).norm(dim=-1))  # noqa: E731
+    assert remove_floaters(extract_mesh(twins, None, 1.0, 40, threshold=0.0))[1:] == (2, 2)
+    # density under the object (no camera looks from below) is cut by the box's floor into an
+    # open sheet larger than the object's 5%: dropped, as the default job's was
+    floor = lambda x: 10.0 * torch.maximum(0.7 - x.norm(dim=-1), -0.85 - x[:, 2])  # noqa: E731
+    sheet = extract_mesh(floor, None, 1.0, 48, threshold=0.0)
+    assert remove_floaters(sheet)[1:] == (2, 2)  # without the box: kept (area 4 > 6.2 x 0.05)
+    kept, before, after = remove_floaters(sheet, box_radius=1.0, margin=1.5 * 2 / 47)
+    assert (before, after) == (2, 1) and kept.bounds[0][2] > -0.75
 
 
 def test_empty_field_writes_no_mesh(tmp_path):
@@ -61,7 +98,10 @@ def test_nerf_export_bundle(tmp_path):
     nerf = tiny_nerf(export={"mesh_resolution": 24})
     paths = nerf.export(tmp_path, views(5, res=16))
     names = sorted(p.name for p in paths)
-    assert names == ["mesh.glb", "mesh.ply", "turntable.mp4", "views.png"]
+    assert names == ["mesh.glb", "mesh.ply", "turntable.mp4", "turntable_frames.npz", "views.png"]
+    with np.load(tmp_path / "turntable_frames.npz") as z:  # lossless frames + cameras for the metrics
+        assert z["rgb"].shape == (5, 16, 16, 3) and z["rgb"].dtype == np.uint8
+        assert np.allclose(z["azimuth_deg"], views(5, res=16).azimuth_deg.numpy())
     mesh = trimesh.load(tmp_path / "mesh.ply", process=False)
     assert len(mesh.faces) > 0 and np.asarray(mesh.visual.vertex_colors).shape[1] == 4
     # the blob: a ball of radius ~0.5 around the origin

@@ -501,7 +501,7 @@ def test_export_ply_round_trip_count_and_degree(tmp_path):
         gs.splats[0]["sh0"].uniform_(-1, 1)
     gs.update_step(15, 100)  # degree 1 reached (of 2)
     paths = gs.export(tmp_path, views(4, res=16))
-    assert {p.name for p in paths} == {"gaussians.ply", "turntable.mp4", "views.png"}
+    assert {p.name for p in paths} == {"gaussians.ply", "turntable.mp4", "views.png", "turntable_frames.npz"}
     ply = read_gaussians_ply(tmp_path / "gaussians.ply")
     assert list(ply) == ply_properties(1) and sum(k.startswith("f_rest_") for k in ply) == 9
     p = {k: v.detach().numpy() for k, v in gs.splats[0].items()}

@@ -1,7 +1,5 @@
-"""Sweeps: sweep files -> one Hydra multirun, launcher configs, the report (fast, CPU)."""
+"""Sweeps: sweep files -> one Hydra multirun, launcher configs (fast, CPU); the report: test_report.py."""
 
-import csv
-import json
 import os
 import subprocess
 import sys
@@ -236,69 +234,6 @@ def test_slurm_sbatch_script_has_the_requested_resources(tmp_path, monkeypatch):
         assert flag in text, flag
     assert "module load cuda" in text
     assert executor.max_num_timeout == 20
-
-
-# -- the report ------------------------------------------------------------------------------
-
-
-def _fake_run(sweep_dir: Path, overrides: list[str], metrics: dict | None):
-    run = sweep_dir / ",".join(overrides)
-    (run / ".hydra").mkdir(parents=True)
-    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    if metrics is not None:
-        (run / "metrics.json").write_text(json.dumps(metrics))
-    return run
-
-
-def test_report_groups_by_swept_values_mean_and_std_over_seeds(tmp_path):
-    fixed = ["guidance=esd", "trainer.max_steps=10"]
-    for lam, seed, prec in [
-        (0.0, 0, 0.2),
-        (0.0, 1, 0.4),
-        (0.5, 0, 0.6),
-        (0.5, 1, 0.8),
-        (0.5, 2, 1.0),
-    ]:
-        _fake_run(
-            tmp_path,
-            [*fixed, f"guidance.lam={lam}", f"seed={seed}"],
-            {"precision": prec, "note": "x"},
-        )
-    unfinished = _fake_run(tmp_path, [*fixed, "guidance.lam=1.0", "seed=0"], None)
-    (tmp_path / ".submitit" / "1_0").mkdir(parents=True)  # not a run
-
-    csv_path, md_path = sweeps.write_report(tmp_path)
-    rows = list(csv.DictReader(csv_path.open()))
-    assert [r["guidance.lam"] for r in rows] == ["0.0", "0.5", "1.0"]
-    assert "seed" not in rows[0] and "guidance" not in rows[0]  # fixed keys are no columns
-    assert float(rows[0]["precision_mean"]) == pytest.approx(0.3)
-    assert float(rows[0]["precision_std"]) == pytest.approx(0.1414213, rel=1e-5)  # sample std
-    assert float(rows[1]["precision_mean"]) == pytest.approx(0.8) and rows[1]["n"] == "3"
-    assert rows[2]["n_finished"] == "0" and rows[2]["precision_mean"] == ""
-    md = md_path.read_text()
-    assert "| guidance.lam | n | precision |" in md and "0.3 ± 0.1414" in md
-    assert str(unfinished) in md and "note" not in md  # non-numbers are skipped
-
-
-def test_report_uses_sweep_record_and_numeric_order(tmp_path):
-    (tmp_path / "sweep.yaml").write_text(
-        yaml.safe_dump({"grid": {"guidance.M": [0, 200, 1000], "seed": [0]}})
-    )
-    for m in (1000, 200, 0):
-        _fake_run(tmp_path, [f"guidance.M={m}", "seed=0"], {"loss": m / 10})
-    _, rows = sweeps.aggregate(sweeps.find_runs(tmp_path), ["guidance.M"])
-    assert [r["guidance.M"] for r in rows] == ["0", "200", "1000"]
-    assert rows[0]["loss_std"] is None  # one seed: no spread
-    assert sweeps.swept_keys(sweeps.find_runs(tmp_path), tmp_path) == ["guidance.M", "seed"]
-
-
-def test_report_script_fails_cleanly_on_empty_dir(tmp_path):
-    out = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "report.py"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 2 and "no runs" in out.stderr
 
 
 # -- end to end, in-process launcher ---------------------------------------------------------

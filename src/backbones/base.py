@@ -16,6 +16,12 @@ from torch import Tensor, nn
 
 from src import checks
 from src.cameras import VIEW_NAMES
+from src.diffusion import ddim_step
+
+# Samples of the prior for FID (esd Sec. 6: "sample N images using the pre-trained latent
+# diffusion model given text prompts"): diffusers' StableDiffusionPipeline defaults.
+PRIOR_DDIM_STEPS = 50  # num_inference_steps
+PRIOR_CFG_SCALE = 7.5  # guidance_scale
 
 
 @dataclass
@@ -120,6 +126,32 @@ class Backbone(checks.Configurable, nn.Module):
             return self.predict_eps(x_t, t, emb)
         e_c, e_u = self.eps_pair(x_t, t, emb, null)
         return e_u + scale * (e_c - e_u)
+
+    # --- samples of the prior (FID / KID, src/metrics/) ----------------------------
+    @torch.no_grad()
+    def prior_samples(self, prompt: str, n: int, generator: torch.Generator,
+                      resolution: int | None = None, scale: float = PRIOR_CFG_SCALE,
+                      steps: int = PRIOR_DDIM_STEPS, batch: int = 8) -> Tensor:
+        """n images the prior gives for ``prompt``, (n, H, W, 3) in [0, 1] on the CPU:
+        deterministic DDIM from x_T ~ N(0, I) (drawn from ``generator``) with CFG ``scale``,
+        decoded. ``resolution`` is a hint for priors that can render any size (this sampler
+        uses the prior's own). Analytic priors with a known data set override it."""
+        cond = self.conditioning(prompt)
+        device = self.alphas_cumprod.device
+        abar = self.alphas_cumprod.float()
+        ts = torch.linspace(self.num_timesteps - 1, 0, steps).round().long().tolist()
+        out = []
+        for start in range(0, n, batch):
+            b = min(batch, n - start)
+            x = torch.randn((b, *self.x_shape()), generator=generator).to(device)
+            emb, null = cond.select(torch.zeros(b, dtype=torch.long)), cond.null(b)
+            for k, t in enumerate(ts):
+                tt = torch.full((b,), t, dtype=torch.long, device=device)
+                e = self.eps(x, tt, emb.to(device), null.to(device), scale).float()
+                abar_s = abar[ts[k + 1]] if k + 1 < len(ts) else torch.ones((), device=device)
+                x = ddim_step(x, e, abar[tt], abar_s.expand(b))
+            out.append(self.decode(x).float().clamp(0, 1).cpu())
+        return torch.cat(out)
 
     # --- exact metrics ----------------------------------------------------------
     def evaluate(self, samples: Tensor, views, prompt: str) -> dict[str, float]:

@@ -435,6 +435,28 @@ class ShapesWorld(ExactMetrics, Backbone):
         R = self.resolution
         return self.decode(self.data.reshape(-1, 3, R, R))
 
+    @torch.no_grad()
+    def prior_samples(self, prompt: str, n: int | None = None, generator: torch.Generator | None = None,
+                      resolution: int | None = None, **_) -> Tensor:
+        """The prior's own images of ``prompt``, (N, R, R, 3) in [0, 1], rendered by the world's
+        renderer at the data cameras at ``resolution`` (default the world's): p(x | y) is this
+        set (up to the smoothing s). With uniform view weights (front_bias 0) and ``n`` None,
+        all of them; otherwise ``n`` (default: their number) drawn with the prior's weights."""
+        mask = self.prompt_mask(prompt).cpu()
+        idx = mask.nonzero()[:, 0]
+        w = self.embed(prompt).cpu()[idx].double()
+        if n is not None or bool((w != w[0]).any()):
+            k = len(idx) if n is None else int(n)
+            idx = idx[torch.multinomial(w, k, replacement=True, generator=generator)]
+        R = int(resolution or self.resolution)
+        views = self.world_views()
+        out = []
+        for cls in sorted(set(self.class_idx.cpu()[idx].tolist())):
+            sel = idx[self.class_idx.cpu()[idx] == cls]
+            vid = sel % self.n_views  # image i = class * n_views + view
+            out.append(self.render_classes([cls], views.select(vid), R, R)[0])
+        return torch.cat(out).float()
+
     # --- text ----------------------------------------------------------------------------
     def vocabulary(self) -> str:
         return vocabulary(self.shapes, self.colors)

@@ -1,4 +1,17 @@
-"""Meshes from density fields: marching cubes (PyMCubes) + vertex colors, via trimesh."""
+"""Meshes from density fields: marching cubes (PyMCubes) + vertex colors, via trimesh.
+
+Two fixes make the mesh open as expected in a viewer:
+- floaters: marching cubes also wraps every blob of stray density. ``remove_floaters`` keeps
+  the largest connected component (the object) and any other whose surface area is at least
+  ``FLOATER_AREA_FRACTION`` of its area and that stays inside the scene box; it drops the
+  specks and the sheets cut by the box's faces (density where no camera looks, e.g. under the
+  object, which cameras at elevations >= 0 never see, ends as an open sheet on the box's
+  floor: the default job left one of a third of the cone's area, and 175 specks);
+- frame: the world is z-up with the object's front at +x (src/cameras_orbit.py), glTF is
+  +Y up with the front facing +Z (glTF 2.0 spec, "Coordinate System and Units"), so the .glb
+  is written through ``WORLD_TO_GLTF`` (world (x, y, z) -> glTF (y, z, x), a rotation). The
+  .ply, a format without a convention, stays in the world frame of the renders and metrics.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +24,14 @@ import torch
 from torch import Tensor
 
 log = logging.getLogger(__name__)
+
+# A component smaller than this fraction of the largest one's area is a floater.
+FLOATER_AREA_FRACTION = 0.05
+# world z-up, front +x  ->  glTF y-up, front +z: (x, y, z) -> (y, z, x); det = +1
+WORLD_TO_GLTF = np.array([[0.0, 1.0, 0.0, 0.0],
+                          [0.0, 0.0, 1.0, 0.0],
+                          [1.0, 0.0, 0.0, 0.0],
+                          [0.0, 0.0, 0.0, 1.0]])
 
 
 @torch.no_grad()
@@ -64,14 +85,40 @@ def extract_mesh(
     return mesh
 
 
+def remove_floaters(mesh, min_fraction: float = FLOATER_AREA_FRACTION, box_radius: float | None = None,
+                    margin: float = 0.0):
+    """(the mesh without its floaters, components before, components kept); vertex colors kept.
+
+    Kept: the largest component, and every other whose area is >= ``min_fraction`` x the
+    largest's and whose vertices all lie strictly inside the box [-box_radius + margin,
+    box_radius - margin]^3 (when ``box_radius`` is given)."""
+    import trimesh
+
+    if mesh is None or len(mesh.faces) == 0:
+        return mesh, 0, 0
+    parts = mesh.split(only_watertight=False)
+    if len(parts) <= 1:
+        return mesh, len(parts), len(parts)
+    areas = np.array([p.area for p in parts])
+    main = int(areas.argmax())
+
+    def inside(p) -> bool:
+        return box_radius is None or bool(np.abs(p.vertices).max() < box_radius - margin)
+
+    kept = [p for i, (p, a) in enumerate(zip(parts, areas))
+            if i == main or (a >= min_fraction * areas[main] and inside(p))]
+    return trimesh.util.concatenate(kept), len(parts), len(kept)
+
+
 def write_mesh(mesh, out_dir: Path, stem: str = "mesh", formats=("glb", "ply")) -> list[Path]:
-    """Write ``mesh`` as out_dir/stem.{glb,ply}; nothing for an empty mesh."""
+    """Write ``mesh`` (world frame) as out_dir/stem.{glb,ply}: the .glb in glTF's frame
+    (``WORLD_TO_GLTF``), the .ply in the world's; nothing for an empty mesh."""
     if mesh is None or len(mesh.vertices) == 0:
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in formats:
         p = out_dir / f"{stem}.{fmt}"
-        mesh.export(p)
+        (mesh.copy().apply_transform(WORLD_TO_GLTF) if fmt in ("glb", "gltf") else mesh).export(p)
         paths.append(p)
     return paths

@@ -93,9 +93,23 @@ def default_turntable(n: int, resolution: int = 64):
     return make_views(turntable_azimuths(n), full(15.0), full(1.5), full(70.0), resolution, resolution)
 
 
+def write_frames(frames, views, path: Path) -> Path:
+    """The turntable's frames, lossless (uint8 (N, H, W, 3) ``rgb``), with their cameras
+    (``azimuth_deg``, ``elevation_deg``, ``distance``, ``fovy_deg``, each (N,)): what the metrics
+    over finished runs read (src/metrics/frames.py), since the .mp4 is lossy."""
+    from src.fileio import atomic_write
+
+    cams = {k: getattr(views, k).detach().float().cpu().numpy()
+            for k in ("azimuth_deg", "elevation_deg", "distance", "fovy_deg")}
+    arr = to_uint8(frames)
+    atomic_write(Path(path), lambda f: np.savez_compressed(f, rgb=arr, **cams))
+    return Path(path)
+
+
 def write_turntables(representation, out_dir: Path, views=None, n_frames: int | None = None,
                      video_resolution: int | None = None, fps: int = DEFAULT_FPS) -> list[Path]:
-    """turntable.mp4 and views.png per object (object k > 0 with suffix _k) of a 3D representation.
+    """turntable.mp4, views.png and turntable_frames.npz per object (object k > 0 with suffix
+    _k) of a 3D representation.
 
     views: the turntable cameras (the camera sampler's ``eval_views()``); their resolution is
     used unless ``video_resolution`` is set."""
@@ -115,4 +129,5 @@ def write_turntables(representation, out_dir: Path, views=None, n_frames: int | 
         sfx = "" if k == 0 else f"_{k}"
         paths.append(write_video(frames, Path(out_dir) / f"turntable{sfx}.mp4", fps))
         paths.append(write_grid(frames, Path(out_dir) / f"views{sfx}.png"))
+        paths.append(write_frames(frames, views, Path(out_dir) / f"turntable_frames{sfx}.npz"))
     return paths

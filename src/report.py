@@ -1,0 +1,308 @@
+"""The report of a sweep directory: report.csv, report.md, report.png and grid.png.
+
+Rows are the settings of the swept keys without the seed (``SEED_KEY``). Per setting:
+- categorical per-run metrics (``modes.CATEGORICAL``: ``mode_id``) as the per-seed list, the
+  number of distinct modes and the mode entropy (src/metrics/modes.py), never a mean;
+- continuous per-run metrics as mean ± sample std with n (the runs where the value is a finite
+  number: NaN and null are left out and n says so);
+- group metrics of ``make evaluate`` (LPIPS-D, CLIP-D, Chamfer-D, FID, KID; src/metrics/),
+  read from ``<sweep_dir>/evaluation.json`` when it covers exactly the setting's finished runs.
+Timing and config-echo columns (``CSV_ONLY``) go to the CSV only. Runs whose metrics.json says
+``status`` "diverged" or "failed" are listed with their error, runs without metrics.json as
+unfinished; neither enters a statistic. A metrics.json without ``status`` is a finished run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from src.metrics.modes import CATEGORICAL, distinct_modes, mode_entropy
+
+SEED_KEY = "seed"  # the axis the report averages over
+SPEC_RECORD = "sweep.yaml"  # what a sweep dir was launched with (src/sweeps.py writes it)
+EVALUATION = "evaluation.json"  # what src/metrics/evaluate.py writes
+REPORT_CSV, REPORT_MD, REPORT_PNG, GRID_PNG = "report.csv", "report.md", "report.png", "grid.png"
+# Per-run values that describe how a run ran, not what it made: CSV only.
+CSV_ONLY = ("steps", "wall_time_s", "steps_per_s", "final_loss", "any_view", "failed_step",
+            "last_good_step", "resumed_from_step")
+# Group metrics (src/metrics/evaluate.py), in report order; kid_std is KID's spread over subsets.
+GROUP_METRICS = ("lpips_d", "clip_d", "chamfer_d", "fid", "kid", "kid_std")
+FINISHED = "finished"
+UNFINISHED = "unfinished"  # no metrics.json
+
+
+@dataclass
+class Run:
+    dir: Path
+    overrides: dict[str, str]  # key -> value as written on the command line
+    metrics: dict[str, float | None] = field(default_factory=dict)  # None: null or NaN
+    status: str = UNFINISHED
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status == FINISHED
+
+    @property
+    def seed(self) -> str:
+        return self.overrides.get(SEED_KEY, "")
+
+
+def _parse_override(text: str) -> tuple[str, str]:
+    key, _, value = text.partition("=")
+    return key.lstrip("+~"), value
+
+
+def _number(v) -> float | None:
+    """A finite float, or None for null / NaN / inf / non-numbers (strings, booleans)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def read_run(run_dir: Path, overrides: dict[str, str]) -> Run:
+    """A run directory: its metrics.json (strict JSON; older files may hold NaN) and status."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.exists():
+        return Run(Path(run_dir), overrides)
+    try:
+        data = json.loads(path.read_text())  # python's json reads NaN / Infinity too
+    except (json.JSONDecodeError, OSError) as err:
+        return Run(Path(run_dir), overrides, status="failed", error=f"unreadable metrics.json: {err}")
+    status = str(data.get("status") or FINISHED)
+    metrics = {k: _number(v) for k, v in data.items()  # numbers and nulls; strings are notes
+               if k not in ("status", "error") and (v is None or isinstance(v, (int, float)))
+               and not isinstance(v, bool)}
+    error = data.get("error")
+    return Run(Path(run_dir), overrides, metrics, status, None if error is None else str(error))
+
+
+def find_runs(sweep_dir: Path) -> list[Run]:
+    runs = []
+    for overrides_file in sorted(Path(sweep_dir).rglob(".hydra/overrides.yaml")):
+        run_dir = overrides_file.parent.parent
+        if ".submitit" in run_dir.parts:
+            continue
+        overrides = dict(_parse_override(o) for o in yaml.safe_load(overrides_file.read_text()) or [])
+        runs.append(read_run(run_dir, overrides))
+    return runs
+
+
+def swept_keys(runs: list[Run], sweep_dir: Path) -> list[str]:
+    """Grid keys from sweep.yaml when present, else the override keys whose values differ."""
+    record = Path(sweep_dir) / SPEC_RECORD
+    if record.exists():
+        grid = (yaml.safe_load(record.read_text()) or {}).get("grid") or {}
+        if grid:
+            return list(grid)
+    keys = sorted({k for r in runs for k in r.overrides})
+    return [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
+
+
+def group_keys(runs: list[Run], sweep_dir: Path) -> list[str]:
+    return [k for k in swept_keys(runs, sweep_dir) if k != SEED_KEY]
+
+
+def _sort_key(value: str | None):
+    """Numbers in numeric order, then strings."""
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
+
+
+def group_runs(runs: list[Run], keys: list[str]) -> list[tuple[dict[str, str], list[Run]]]:
+    """(setting, its runs sorted by seed) for every setting of ``keys``, settings in order."""
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(tuple(run.overrides.get(k) for k in keys), []).append(run)
+    out = []
+    for values in sorted(groups, key=lambda vs: [_sort_key(v) for v in vs]):
+        members = sorted(groups[values], key=lambda r: _sort_key(r.seed))
+        out.append((dict(zip(keys, values)), members))
+    return out
+
+
+def relative(run: Run, sweep_dir: Path) -> str:
+    """A run's key in evaluation.json: its directory relative to the sweep directory."""
+    try:
+        return str(Path(run.dir).resolve().relative_to(Path(sweep_dir).resolve()))
+    except ValueError:
+        return str(run.dir)
+
+
+# -- statistics ------------------------------------------------------------------------------
+
+
+def summarize(values: list[float | None]) -> tuple[float | None, float | None, int]:
+    """(mean, sample std (n - 1), n) over the finite values; std None below two."""
+    xs = [v for v in values if v is not None]
+    return (statistics.fmean(xs) if xs else None, statistics.stdev(xs) if len(xs) > 1 else None, len(xs))
+
+
+def load_evaluation(sweep_dir: Path) -> dict | None:
+    path = Path(sweep_dir) / EVALUATION
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _group_entry(evaluation: dict | None, setting: dict[str, str], run_keys: list[str]) -> dict | None:
+    """The evaluation of this setting if it covers exactly these runs (else it is stale)."""
+    for g in (evaluation or {}).get("groups", []):
+        if g.get("setting") == setting:
+            return g if sorted(g.get("runs", [])) == sorted(run_keys) else {"stale": True}
+    return None
+
+
+def aggregate(runs: list[Run], keys: list[str], sweep_dir: Path | None = None,
+              evaluation: dict | None = None) -> tuple[list[str], list[dict]]:
+    """(per-run metric names, one row per setting). A row holds the setting, n, n_finished,
+    seeds, and per metric: ``<m>_mean/_std/_n`` (continuous) or ``<m>_per_seed`` plus
+    ``distinct_modes`` / ``mode_entropy`` (categorical), then the group metrics."""
+    sweep_dir = Path(sweep_dir) if sweep_dir is not None else None
+    per_run = {}
+    if evaluation and sweep_dir is not None:
+        per_run = evaluation.get("runs", {})
+    for run in runs:  # per-run metrics of the evaluation join the run's own
+        if run.finished and sweep_dir is not None:
+            run.metrics.update({k: _number(v) for k, v in per_run.get(relative(run, sweep_dir), {}).items()})
+    names = sorted({m for r in runs if r.finished for m in r.metrics})
+    rows = []
+    for setting, members in group_runs(runs, keys):
+        done = [r for r in members if r.finished]
+        row: dict = {**setting, "n": len(members), "n_finished": len(done),
+                     "seeds": " ".join(r.seed for r in done)}
+        for m in names:
+            vals = [r.metrics.get(m) for r in done]
+            if m in CATEGORICAL:
+                row[f"{m}_per_seed"] = " ".join("nan" if v is None else str(int(v)) for v in vals)
+                row["distinct_modes"] = distinct_modes(vals) if done else None
+                ent = mode_entropy(vals)
+                row["mode_entropy"] = None if math.isnan(ent) else ent
+            else:
+                row[f"{m}_mean"], row[f"{m}_std"], row[f"{m}_n"] = summarize(vals)
+        if sweep_dir is not None and evaluation is not None:
+            entry = _group_entry(evaluation, setting, [relative(r, sweep_dir) for r in done])
+            row["evaluation"] = "stale" if entry and entry.get("stale") else ("" if entry else "missing")
+            for g in GROUP_METRICS:
+                if g in evaluation.get("metrics", []) or g == "kid_std" and "kid" in evaluation.get("metrics", []):
+                    row[g] = None if not entry or entry.get("stale") else _number(entry.get(g))
+        rows.append(row)
+    return names, rows
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return ""
+    return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def render_csv(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
+    return out.getvalue()
+
+
+def science_columns(names: list[str], rows: list[dict]) -> list[str]:
+    """The per-row columns a reader sees (Markdown and report.png), in order."""
+    cols = []
+    for m in names:
+        if m in CSV_ONLY:
+            continue
+        cols += [f"{m}_per_seed", "distinct_modes", "mode_entropy"] if m in CATEGORICAL else [m]
+    cols += [g for g in GROUP_METRICS if g != "kid_std" and any(g in r for r in rows)]
+    return cols
+
+
+def _cell(row: dict, col: str) -> str:
+    if f"{col}_mean" in row:
+        mean, std, n = row[f"{col}_mean"], row[f"{col}_std"], row[f"{col}_n"]
+        if mean is None:
+            return ""
+        text = _fmt(mean) + (f" ± {_fmt(std)}" if std is not None else "")
+        return text + (f" (n={n})" if n != row["n_finished"] else "")
+    if col == "kid" and row.get("kid_std") is not None and row.get("kid") is not None:
+        return f"{_fmt(row['kid'])} ± {_fmt(row['kid_std'])}"
+    return _fmt(row.get(col))
+
+
+def render_markdown(title: str, keys: list[str], names: list[str], rows: list[dict], runs: list[Run],
+                    failed_text: str = "", evaluation: dict | None = None, figures: list[str] = ()) -> str:
+    cols = science_columns(names, rows)
+    head = [*keys, "n", *cols]
+    lines = [f"# {title}", "",
+             "Per setting: continuous metrics as mean ± sample std over seeds ((n=k) where only k "
+             "runs have a finite value); `mode_id` as the per-seed list with its distinct count and "
+             "entropy (bits); group metrics once per setting. Timing columns: report.csv.", ""]
+    if evaluation is not None:
+        w = evaluation.get("weights")
+        lines += [f"Group metrics: `{EVALUATION}` (weights: **{w}**"
+                  + ("; random test weights: numbers test the plumbing only" if w == "random" else "")
+                  + f"; prior samples for FID/KID: {evaluation.get('prior_samples', {}).get('how', 'none')}).", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        n = f"{row['n_finished']}" + ("" if row["n_finished"] == row["n"] else f"/{row['n']}")
+        lines.append("| " + " | ".join([str(row[k]) for k in keys] + [n] + [_cell(row, c) for c in cols]) + " |")
+    stale = [row for row in rows if row.get("evaluation") in ("stale", "missing")]
+    if stale:
+        lines += ["", "Group metrics left blank for " + ", ".join(
+            "`" + (",".join(f"{k}={row[k]}" for k in keys) or "all") + f"` ({row['evaluation']})" for row in stale)
+            + ": the runs changed since `make evaluate`; run it again."]
+    bad = [r for r in runs if r.status not in (FINISHED, UNFINISHED)]
+    if bad:
+        lines += ["", f"## Failed runs ({len(bad)})", ""]
+        lines += [f"- `{r.dir}`: {r.status}" + (f" at step {int(r.metrics['failed_step'])}"
+                                                 if r.metrics.get("failed_step") is not None else "")
+                  + (f": {r.error}" if r.error else "") for r in bad]
+    unfinished = [r for r in runs if r.status == UNFINISHED]
+    if unfinished:
+        lines += ["", f"## Unfinished runs ({len(unfinished)})", ""]
+        lines += [f"- `{r.dir}`" for r in unfinished]
+    if failed_text:
+        lines += ["", "## Failed jobs", "", "```", failed_text.rstrip(), "```"]
+    for fig in figures:
+        lines += ["", f"![{fig}]({fig})"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(sweep_dir: Path, figures: bool = True) -> tuple[Path, Path]:
+    """Collect <sweep_dir>'s runs into report.csv, report.md (+ report.png, grid.png)."""
+    sweep_dir = Path(sweep_dir)
+    runs = find_runs(sweep_dir)
+    if not runs:
+        raise FileNotFoundError(f"no runs (.hydra/overrides.yaml) under {sweep_dir}")
+    keys = group_keys(runs, sweep_dir)
+    evaluation = load_evaluation(sweep_dir)
+    names, rows = aggregate(runs, keys, sweep_dir, evaluation)
+    made = []
+    if figures:
+        from src.report_figures import write_grid_png, write_report_png
+
+        groups = group_runs(runs, keys)
+        made = [p.name for p in (write_report_png(sweep_dir / REPORT_PNG, keys, science_columns(names, rows),
+                                                  rows, groups),
+                                 write_grid_png(sweep_dir / GRID_PNG, keys, groups))
+                if p is not None]
+    failed = sweep_dir / "failed.txt"
+    md = render_markdown(sweep_dir.name, keys, names, rows, runs,
+                         failed.read_text() if failed.exists() else "", evaluation, made)
+    csv_path, md_path = sweep_dir / REPORT_CSV, sweep_dir / REPORT_MD
+    csv_path.write_text(render_csv(rows))
+    md_path.write_text(md)
+    return csv_path, md_path

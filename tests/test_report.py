@@ -1,0 +1,145 @@
+"""The sweep report (src/report.py): settings x seeds -> report.csv / .md / .png, grid.png."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from src import report
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fake_run(sweep_dir: Path, overrides: list[str], metrics: dict | None, frame: np.ndarray | None = None,
+             raw: str | None = None):
+    run = sweep_dir / ",".join(overrides)
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if raw is not None:
+        (run / "metrics.json").write_text(raw)
+    elif metrics is not None:
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    if frame is not None:
+        (run / "export").mkdir()
+        np.savez_compressed(run / "export" / "turntable_frames.npz", rgb=frame[None])
+    return run
+
+
+def rows_of(csv_path):
+    return list(csv.DictReader(csv_path.open()))
+
+
+def test_report_groups_by_swept_values_mean_and_std_over_seeds(tmp_path):
+    fixed = ["guidance=esd", "trainer.max_steps=10"]
+    for lam, seed, prec in [(0.0, 0, 0.2), (0.0, 1, 0.4), (0.5, 0, 0.6), (0.5, 1, 0.8), (0.5, 2, 1.0)]:
+        fake_run(tmp_path, [*fixed, f"guidance.lam={lam}", f"seed={seed}"], {"precision": prec, "note": "x"})
+    unfinished = fake_run(tmp_path, [*fixed, "guidance.lam=1.0", "seed=0"], None)
+    (tmp_path / ".submitit" / "1_0").mkdir(parents=True)  # not a run
+
+    csv_path, md_path = report.write_report(tmp_path)
+    rows = rows_of(csv_path)
+    assert [r["guidance.lam"] for r in rows] == ["0.0", "0.5", "1.0"]
+    assert "seed" not in rows[0] and "guidance" not in rows[0]  # fixed keys are no columns
+    assert float(rows[0]["precision_mean"]) == pytest.approx(0.3)
+    assert float(rows[0]["precision_std"]) == pytest.approx(0.1414213, rel=1e-5)  # sample std
+    assert float(rows[1]["precision_mean"]) == pytest.approx(0.8) and rows[1]["n"] == "3"
+    assert rows[2]["n_finished"] == "0" and rows[2]["precision_mean"] == ""
+    md = md_path.read_text()
+    assert "| guidance.lam | n | precision |" in md and "0.3 ± 0.1414" in md
+    assert str(unfinished) in md and "note" not in md  # non-numbers are skipped
+    assert (tmp_path / "report.png").stat().st_size > 0 and (tmp_path / "grid.png").exists()
+
+
+def test_report_uses_sweep_record_and_numeric_order(tmp_path):
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"grid": {"guidance.M": [0, 200, 1000], "seed": [0]}}))
+    for m in (1000, 200, 0):
+        fake_run(tmp_path, [f"guidance.M={m}", "seed=0"], {"loss": m / 10})
+    runs = report.find_runs(tmp_path)
+    _, rows = report.aggregate(runs, ["guidance.M"])
+    assert [r["guidance.M"] for r in rows] == ["0", "200", "1000"]
+    assert rows[0]["loss_std"] is None and rows[0]["loss_n"] == 1  # one seed: no spread
+    assert report.swept_keys(runs, tmp_path) == ["guidance.M", "seed"]
+
+
+def test_report_script_fails_cleanly_on_empty_dir(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "report.py"), str(tmp_path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "no runs" in out.stderr
+
+
+def test_mode_id_is_listed_per_seed_with_distinct_count_never_averaged(tmp_path):
+    """The mode table's FSD row (modes 12, 15, 14, 13) was `mode_id 13.5 ± 1.29`."""
+    for g, modes in (("fsd", [12, 15, 14, 13]), ("sds", [12, 12, 12, -1])):
+        for seed, m in enumerate(modes):
+            fake_run(tmp_path, [f"guidance={g}", f"seed={seed}"], {"mode_id": m, "precision": 1.0})
+    csv_path, md_path = report.write_report(tmp_path)
+    rows = {r["guidance"]: r for r in rows_of(csv_path)}
+    assert "mode_id_mean" not in rows["fsd"]
+    assert rows["fsd"]["mode_id_per_seed"] == "12 15 14 13"
+    assert rows["fsd"]["distinct_modes"] == "4" and float(rows["fsd"]["mode_entropy"]) == pytest.approx(2.0)
+    assert rows["sds"]["distinct_modes"] == "1" and float(rows["sds"]["mode_entropy"]) == 0.0  # -1: no mode
+    md = md_path.read_text()
+    assert "13.5" not in md and "12 15 14 13" in md
+
+
+def test_failed_diverged_unfinished_and_nan_runs(tmp_path):
+    """Issue 11's metrics.json: strict JSON with a status; older files without one are finished."""
+    fake_run(tmp_path, ["guidance=sds", "seed=0"], {"status": "finished", "precision": 1.0, "rmse": None,
+                                                      "wall_time_s": 3.0})
+    fake_run(tmp_path, ["guidance=sds", "seed=1"], None, raw='{"precision": 0.5, "rmse": NaN}')  # old file
+    fake_run(tmp_path, ["guidance=sds", "seed=2"], {"status": "diverged", "failed_step": 7, "last_good_step": 5,
+                                                      "error": "loss is nan", "precision": None})
+    fake_run(tmp_path, ["guidance=vsd", "seed=0"], {"status": "failed", "error": "CUDA out of memory"})
+    fake_run(tmp_path, ["guidance=vsd", "seed=1"], None)
+    csv_path, md_path = report.write_report(tmp_path)
+    rows = {r["guidance"]: r for r in rows_of(csv_path)}
+    assert rows["sds"]["n"] == "3" and rows["sds"]["n_finished"] == "2"
+    assert float(rows["sds"]["precision_mean"]) == pytest.approx(0.75)
+    assert rows["sds"]["rmse_mean"] == "" and rows["sds"]["rmse_n"] == "0"  # null and NaN are no values
+    assert rows["vsd"]["n_finished"] == "0"
+    md = md_path.read_text()
+    assert "diverged at step 7: loss is nan" in md and "failed: CUDA out of memory" in md
+    assert "## Unfinished runs (1)" in md
+    assert "wall_time_s_mean" in rows["sds"] and "wall_time_s" not in md  # timing: CSV only
+
+
+def test_group_metrics_join_from_the_evaluation_and_go_stale(tmp_path):
+    frame = np.zeros((8, 8, 3), np.uint8)
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"grid": {"guidance": ["sds"], "seed": [0, 1, 2]}}))
+    for seed in (0, 1):
+        fake_run(tmp_path, ["guidance=sds", f"seed={seed}"], {"precision": 1.0}, frame)
+    runs = [f"guidance=sds,seed={s}" for s in (0, 1)]
+    evaluation = {"weights": "random", "metrics": ["lpips_d", "chamfer_d", "clip_distance"],
+                  "runs": {runs[0]: {"clip_distance": 0.25}, runs[1]: {"clip_distance": 0.75}},
+                  "groups": [{"setting": {"guidance": "sds"}, "runs": runs, "lpips_d": 0.125, "chamfer_d": None}]}
+    (tmp_path / "evaluation.json").write_text(json.dumps(evaluation))
+    csv_path, md_path = report.write_report(tmp_path)
+    row = rows_of(csv_path)[0]
+    assert float(row["lpips_d"]) == 0.125 and row["chamfer_d"] == ""
+    assert float(row["clip_distance_mean"]) == pytest.approx(0.5)
+    assert "weights: **random**" in md_path.read_text()
+    fake_run(tmp_path, ["guidance=sds", "seed=2"], {"precision": 1.0}, frame)  # a new seed finished
+    csv_path, md_path = report.write_report(tmp_path)
+    assert rows_of(csv_path)[0]["lpips_d"] == "" and "(stale)" in md_path.read_text()
+
+
+def test_grid_png_has_a_cell_per_setting_and_seed(tmp_path):
+    import imageio.v2 as imageio
+
+    red = np.zeros((16, 16, 3), np.uint8)
+    red[..., 0] = 255
+    for g in ("fsd", "sds"):
+        for seed in (0, 1, 2):
+            fake_run(tmp_path, [f"guidance={g}", f"seed={seed}"], {"precision": 1.0}, red)
+    report.write_report(tmp_path)
+    img = np.asarray(imageio.imread(tmp_path / "grid.png"))[..., :3].astype(int)
+    pure_red = (img[..., 0] > 240) & (img[..., 1] < 15) & (img[..., 2] < 15)
+    # six red cells: six separate blobs along the rows and columns of the figure
+    cols = np.flatnonzero(np.diff(np.r_[0, pure_red.any(0).astype(int)]) == 1)
+    rows = np.flatnonzero(np.diff(np.r_[0, pure_red.any(1).astype(int)]) == 1)
+    assert len(cols) == 3 and len(rows) == 2
