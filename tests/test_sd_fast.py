@@ -239,3 +239,117 @@ def test_backbone_fast_config_is_checked(tiny_repo):
     StableDiffusion.validate_config({**base, "fast": True, "cuda_graphs": False}, "backbone")
     with pytest.raises(ConfigError, match="backbone.fast='yes' is invalid"):
         StableDiffusion.validate_config({**base, "fast": "yes"}, "backbone")
+
+
+# --- the graph plumbing, with a CPU double of a CUDA graph -----------------------------------
+def _flat(out) -> list:
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _flat(o)]
+    return [out]
+
+
+class _ReplayByRerun:
+    """Test double of a captured CUDA graph: a replay re-runs the captured body and writes its
+    results into the tensors the capture returned, in place, as a real replay rewrites its
+    static outputs. It reads the static inputs and the current parameters, as a graph does."""
+
+    def __init__(self, body, out, corrupt: bool = False):
+        self.body, self.out, self.corrupt = body, out, corrupt
+        self.grad_mode = torch.is_grad_enabled()  # a graph holds what was captured, in any mode
+
+    def replay(self):
+        with torch.set_grad_enabled(self.grad_mode):
+            new = self.body()
+        with torch.no_grad():
+            for a, b in zip(_flat(self.out), _flat(new)):
+                if a is not None:
+                    a.copy_(b + 1.0 if self.corrupt else b)
+
+
+class CPUGraphCache(GraphCache):
+    """GraphCache whose 'graphs' are _ReplayByRerun: every code path but the CUDA calls."""
+
+    corrupt = False
+
+    def _usable(self, inputs):
+        return self.enabled
+
+    def _warm(self, body):
+        body()
+
+    def _record(self, body):
+        out = body()
+        return _ReplayByRerun(body, out, self.corrupt), out
+
+
+def test_graph_plumbing_forward_input_grad_and_train_step():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(3, 2)
+    cache = CPUGraphCache(name="cpu double")
+    f = lambda x, k: (lin(x) * k[:, None]).tanh()  # noqa: E731  (k: an integer input)
+    for seed in range(2):  # a second call with other values replays the same graph
+        x = torch.randn(4, 3, generator=torch.Generator().manual_seed(seed))
+        k = torch.tensor([1, 2, 3, 4])
+        with torch.no_grad():
+            assert torch.equal(cache.forward("f", f, (x, k)), f(x, k))
+        xg = x.clone().requires_grad_(True)
+        y = cache.with_input_grad("g", f, (xg, k))
+        w = torch.randn(4, 2)
+        (gx,) = torch.autograd.grad((w * y).sum(), xg)
+        xr = x.clone().requires_grad_(True)
+        (ref,) = torch.autograd.grad((w * f(xr, k)).sum(), xr)
+        torch.testing.assert_close(gx, ref, rtol=0, atol=0)
+        loss = cache.train_step("s", lambda v: lin(v).pow(2).sum(), (x,), list(lin.parameters()))
+        grads = [p.grad.clone() for p in lin.parameters()]
+        for p in lin.parameters():
+            p.grad = None
+        lin(x).pow(2).sum().backward()
+        assert all(torch.equal(a, p.grad) for a, p in zip(grads, lin.parameters()))
+        assert float(loss) == float(lin(x).pow(2).sum().detach())
+        with torch.no_grad():  # an in-place optimizer step between calls
+            for p in lin.parameters():
+                p.sub_(0.1 * p.grad)
+    assert len(cache.captured) == 3 and cache.replays == 6 and not cache.failures
+    assert max(cache.verified.values()) == 0.0
+    # a backward after a second forward replay of the same graph would read overwritten activations
+    xg = torch.randn(4, 3, requires_grad=True)
+    y1 = cache.with_input_grad("g", f, (xg, k))
+    cache.with_input_grad("g", f, (xg, k))
+    with pytest.raises(RuntimeError, match="overwritten"):
+        y1.sum().backward()
+
+
+def test_graph_that_disagrees_with_eager_is_dropped(caplog):
+    cache = CPUGraphCache(name="cpu double")
+    cache.corrupt = True  # every replay is off by one: verification must catch it
+    x = torch.randn(3)
+    with caplog.at_level(logging.WARNING, logger="src.backbones.graphs"):
+        out = cache.forward("f", torch.sin, (x,))
+    assert torch.equal(out, torch.sin(x)) and cache.replays == 0
+    assert "replay differs from the eager call" in next(iter(cache.failures.values()))
+    assert "running it eagerly" in caplog.text
+    assert torch.equal(cache.forward("f", torch.sin, (x,)), torch.sin(x))  # stays eager, no retry
+    assert cache.captured == []
+
+
+@pytest.mark.parametrize("method", ["vsd", "sim", "dsd"])
+def test_fast_trainer_through_the_graph_plumbing_matches_eager(method, tiny_repo, tmp_path):
+    """The fast path's code through GraphCache (VAE encode forward + backward, the fused call,
+    psi's DSM step) with the CPU double standing in for CUDA graphs: the same training run."""
+    extra = ["representation=nerf", "camera.height=16", "camera.width=16"]
+    logs = {}
+    for fast in (False, True):
+        tr = _trainer(tiny_repo, tmp_path, method, fast, extra)
+        if fast:
+            tr.c.backbone.graphs = CPUGraphCache(name="cpu double")
+        logs[fast] = [tr.train_step(s) for s in range(3)]
+    for a, b in zip(logs[False], logs[True]):
+        for k in ("loss", "grad_norm", "psi_loss"):
+            if k in a:
+                assert abs(a[k] - b[k]) <= 1e-4 * abs(a[k]), (k, a, b)
+    graphs = tr.c.backbone.graphs
+    names = {c.split("[")[0] for c in graphs.captured}
+    want = {"vae_encode", "psi_dsm", "joint"} if method == "vsd" else \
+        {"vae_encode", "psi_dsm", "joint_grad"} if method == "sim" else {"vae_encode", "prior"}
+    assert names == want and not graphs.failures, graphs.summary()
+    assert graphs.replays >= 3 * len(want)

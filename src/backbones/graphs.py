@@ -219,25 +219,34 @@ class GraphCache:
         if not worst <= VERIFY_RTOL:
             raise RuntimeError(f"replay differs from the eager call by {worst:.3g} (relative) > {VERIFY_RTOL}")
 
+    def _record(self, body: Callable[[], object]):
+        """Capture ``body()`` into a CUDA graph: (graph, body's return, whose tensors the graph's
+        replays rewrite in place). The one place that captures (a test double replaces it)."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool_handle()):
+            out = body()
+        return graph, out
+
+    def _done(self, key: tuple, entry: _Entry) -> _Entry:
+        self._entries[key] = entry
+        self.captured.append(_label(key))
+        return entry
+
     # --- forward only -------------------------------------------------------------------
     def forward(self, name: str, fn: Callable, inputs: Sequence[Tensor]):
         """fn(*inputs) without autograd, replayed from a graph where possible."""
         inputs = tuple(inputs)
-        if not self._usable(inputs):
-            with torch.no_grad():
-                return fn(*inputs)
         key = _key(name, inputs)
-        entry = self._entries.get(key, _NEW)
-        if entry is None:
-            with torch.no_grad():
-                return fn(*inputs)
+        entry = self._entries.get(key, _NEW) if self._usable(inputs) else None
         if entry is _NEW:
             try:
                 entry = self._capture_forward(key, fn, inputs)
             except Exception as err:
                 self._fail(key, err)
-                with torch.no_grad():
-                    return fn(*inputs)
+                entry = None
+        if entry is None:
+            with torch.no_grad():
+                return fn(*inputs)
         entry.load(inputs)
         entry.graph.replay()
         self.replays += 1
@@ -247,17 +256,14 @@ class GraphCache:
         static = [x.detach().clone() for x in inputs]
         with torch.no_grad():
             self._warm(lambda: fn(*static))
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool_handle()):
-                like = fn(*static)
+            graph, like = self._record(lambda: fn(*static))
         entry = _Entry(static=static, graph=graph, outputs=_as_tuple(like), like=like)
         if self.verify:
             entry.graph.replay()
+            got = [o.clone() for o in entry.outputs]
             with torch.no_grad():
-                self._check(key, entry.outputs, _as_tuple(fn(*static)))
-        self._entries[key] = entry
-        self.captured.append(_label(key))
-        return entry
+                self._check(key, got, _as_tuple(fn(*static)))
+        return self._done(key, entry)
 
     # --- forward + backward into the inputs -------------------------------------------------
     def with_input_grad(self, name: str, fn: Callable, inputs: Sequence[Tensor]):
@@ -265,48 +271,50 @@ class GraphCache:
         inputs = tuple(inputs)
         if not (torch.is_grad_enabled() and any(x.requires_grad for x in inputs)):
             return self.forward(name, fn, inputs)
-        if not self._usable(inputs):
-            return fn(*inputs)
         key = _key(name, inputs)
-        entry = self._entries.get(key, _NEW)
-        if entry is None:
-            return fn(*inputs)
+        entry = self._entries.get(key, _NEW) if self._usable(inputs) else None
         if entry is _NEW:
             try:
                 entry = self._capture_with_grad(key, fn, inputs)
             except Exception as err:
                 self._fail(key, err)
-                return fn(*inputs)
+                entry = None
+        if entry is None:
+            return fn(*inputs)
         self.replays += 1
         return _unwrap(_GraphedCall.apply(entry, *inputs), entry.like)
 
     def _capture_with_grad(self, key, fn, inputs) -> _Entry:
         static = self._static(inputs)
         need = [s for s in static if s.requires_grad]
+        held: dict[str, tuple] = {}  # the forward's outputs, which the backward graph differentiates
 
-        def fwd_bwd(outs):
-            diff = [o for o in outs if o.requires_grad]
-            grads = [torch.ones_like(o) for o in diff]
-            return torch.autograd.grad(diff, need, grad_outputs=grads, allow_unused=True)
+        def fwd():
+            held["outs"] = _as_tuple(fn(*static))
+            return held["outs"]
+
+        def diff() -> list[Tensor]:
+            return [o for o in held["outs"] if o.requires_grad]
+
+        def warm():
+            fwd()
+            torch.autograd.grad(diff(), need, grad_outputs=[torch.ones_like(o) for o in diff()], allow_unused=True)
 
         with torch.enable_grad():
-            self._warm(lambda: fwd_bwd(_as_tuple(fn(*static))))
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool_handle()):
-                like = fn(*static)
-            outputs = _as_tuple(like)
-            diff = [o for o in outputs if o.requires_grad]
-            if not diff:
+            self._warm(warm)
+            graph, outputs = self._record(fwd)
+            if not diff():
                 raise RuntimeError("no output requires grad")
-            grad_outputs = [torch.zeros_like(o) for o in diff]
-            backward = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(backward, pool=self._pool_handle()):
-                grad_inputs = torch.autograd.grad(diff, need, grad_outputs=grad_outputs, retain_graph=True,
-                                                  allow_unused=True)
+            grad_outputs = [torch.zeros_like(o) for o in diff()]
+            backward, grad_inputs = self._record(lambda: torch.autograd.grad(
+                diff(), need, grad_outputs=grad_outputs, retain_graph=True, allow_unused=True))
+        like = outputs if isinstance(outputs, tuple) and len(outputs) > 1 else outputs[0]
         entry = _Entry(static=static, graph=graph, outputs=outputs, like=like, backward=backward,
                        grad_outputs=grad_outputs, grad_inputs=tuple(grad_inputs))
         if self.verify:
-            probe = [torch.randn_like(o) for o in diff]  # a generic cotangent, not all-ones
+            # a generic cotangent (not all-ones), from a local generator: the run's streams untouched
+            gen = torch.Generator(device=static[0].device).manual_seed(0)
+            probe = [torch.randn(o.shape, generator=gen, device=o.device, dtype=o.dtype) for o in grad_outputs]
             with torch.no_grad():
                 for s, p in zip(grad_outputs, probe):
                     s.copy_(p)
@@ -315,39 +323,26 @@ class GraphCache:
             got = [o.clone() for o in outputs] + [None if g is None else g.clone() for g in grad_inputs]
             with torch.enable_grad():
                 eager_out = _as_tuple(fn(*static))
-                eager_diff = [o for o in eager_out if o.requires_grad]
-                eager_gin = torch.autograd.grad(eager_diff, need, grad_outputs=probe, allow_unused=True)
+                eager_gin = torch.autograd.grad([o for o in eager_out if o.requires_grad], need,
+                                                grad_outputs=probe, allow_unused=True)
             self._check(key, got, list(eager_out) + list(eager_gin))
-        self._entries[key] = entry
-        self.captured.append(_label(key))
-        return entry
+        return self._done(key, entry)
 
     # --- a training step's forward + backward into parameters' .grad -------------------------
     def train_step(self, name: str, fn: Callable, inputs: Sequence[Tensor], params: Sequence[Tensor]) -> Tensor:
         """loss = fn(*inputs); loss.backward() into ``params``' ``.grad`` (overwritten, not
         accumulated); returns the detached loss. The optimizer step is the caller's."""
         inputs, params = tuple(inputs), list(params)
-
-        def eager():
-            for p in params:
-                p.grad = None
-            with torch.enable_grad():
-                loss = fn(*inputs)
-                loss.backward()
-            return loss.detach()
-
-        if not self._usable(inputs):
-            return eager()
         key = _key(name, inputs)
-        entry = self._entries.get(key, _NEW)
-        if entry is None:
-            return eager()
+        entry = self._entries.get(key, _NEW) if self._usable(inputs) else None
         if entry is _NEW:
             try:
                 entry = self._capture_train(key, fn, inputs, params)
             except Exception as err:
                 self._fail(key, err)
-                return eager()
+                entry = None
+        if entry is None:
+            return _loss_and_grads(fn, inputs, params)[0]
         entry.load(inputs)
         entry.graph.replay()
         self.replays += 1
@@ -357,34 +352,25 @@ class GraphCache:
 
     def _capture_train(self, key, fn, inputs, params) -> _Entry:
         static = [x.detach().clone() for x in inputs]
-
-        def body():
-            for p in params:
-                p.grad = None
-            fn(*static).backward()
-
-        with torch.enable_grad():
-            self._warm(body)
-            for p in params:
-                p.grad = None  # backward then allocates .grad inside the graph's pool
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool_handle()):
-                loss = fn(*static)
-                loss.backward()
-        grads = [p.grad for p in params]
-        entry = _Entry(static=static, graph=graph, outputs=(loss,), like=loss, grads=grads)
+        self._warm(lambda: _loss_and_grads(fn, static, params))
+        # grads set to None first, so that backward allocates them inside the graph's pool
+        graph, (loss, grads) = self._record(lambda: _loss_and_grads(fn, static, params))
+        entry = _Entry(static=static, graph=graph, outputs=(loss,), like=loss, grads=list(grads))
         if self.verify:
             graph.replay()
-            got = [loss.detach().clone()] + [None if g is None else g.clone() for g in grads]
-            for p in params:
-                p.grad = None
-            with torch.enable_grad():
-                eager_loss = fn(*static)
-                eager_loss.backward()
-            want = [eager_loss.detach()] + [p.grad for p in params]
-            for p, g in zip(params, grads):
-                p.grad = g
-            self._check(key, got, want)
-        self._entries[key] = entry
-        self.captured.append(_label(key))
-        return entry
+            got = [loss.clone()] + [None if g is None else g.clone() for g in grads]
+            want = _loss_and_grads(fn, static, params)
+            self._check(key, got, [want[0], *want[1]])
+        for p, g in zip(params, grads):
+            p.grad = g
+        return self._done(key, entry)
+
+
+def _loss_and_grads(fn: Callable, inputs: Sequence[Tensor], params: list[Tensor]) -> tuple[Tensor, list]:
+    """loss = fn(*inputs) and its backward into params' fresh ``.grad`` -> (loss detached, grads)."""
+    for p in params:
+        p.grad = None
+    with torch.enable_grad():
+        loss = fn(*inputs)
+        loss.backward()
+    return loss.detach(), [p.grad for p in params]
