@@ -223,8 +223,13 @@ class GraphCache:
         """Capture ``body()`` into a CUDA graph: (graph, body's return, whose tensors the graph's
         replays rewrite in place). The one place that captures (a test double replaces it)."""
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool_handle()):
-            out = body()
+        stream = torch.cuda.current_stream()
+        try:
+            with torch.cuda.graph(graph, pool=self._pool_handle()):
+                out = body()
+        finally:
+            # a capture that fails in capture_end leaves torch.cuda.graph's side stream current
+            torch.cuda.set_stream(stream)
         return graph, out
 
     def _done(self, key: tuple, entry: _Entry) -> _Entry:
