@@ -99,10 +99,9 @@ class LoRAScore(ScoreModel):
         self._cam_emb: Tensor | None = None
         self._hook = unet.time_embedding.register_forward_hook(self._add_camera)
         # joint_eps: a (N,) 0/1 mask of psi rows zeroes every LoRA branch on the prior rows
+        # (hooks on each lora_B, registered at the first joint call: the eager path never has them)
         self._row_mask: Tensor | None = None
-        self._mask_hooks = [layer.lora_B[adapter_name].register_forward_hook(self._mask_rows)
-                            for layer in backbone.tuner_layers()
-                            if adapter_name in getattr(layer, "lora_B", {})]
+        self._mask_hooks: list | None = None
 
     @classmethod
     def check_config(cls, cfg, key):
@@ -137,6 +136,12 @@ class LoRAScore(ScoreModel):
         """The UNet with adapters on and the camera added; psi_rows (N,) 0/1 masks both per row."""
         self._cam_emb = self.camera(cam)
         if psi_rows is not None:
+            if self._mask_hooks is None:
+                self._mask_hooks = [layer.lora_B[self.adapter_name].register_forward_hook(self._mask_rows)
+                                    for layer in self.backbone.tuner_layers()
+                                    if self.adapter_name in getattr(layer, "lora_B", {})]
+                if not self._mask_hooks:
+                    raise RuntimeError("joint_eps: no LoRA layer of psi found to mask")
             self._cam_emb = self._cam_emb * psi_rows[:, None]
             self._row_mask = psi_rows
         try:
