@@ -64,6 +64,10 @@ class Backbone(checks.Configurable, nn.Module):
     default_prompt: str = ""
     #: side of the square images the prior sees, in pixels (None: not an image prior)
     resolution: int | None = None
+    #: the fast path (Stable Diffusion's ``backbone.fast``): several predictions of one step in one
+    #: batched network call where the math allows, replayed from CUDA graphs on a GPU. False: the
+    #: eager reference, one call per prediction as each method's formula is written.
+    fast: bool = False
 
     alphas_cumprod: Tensor
 
@@ -125,6 +129,13 @@ class Backbone(checks.Configurable, nn.Module):
         if scale == 1.0 or null is None:
             return self.predict_eps(x_t, t, emb)
         e_c, e_u = self.eps_pair(x_t, t, emb, null)
+        return self.cfg(e_c, e_u, scale)
+
+    @staticmethod
+    def cfg(e_c: Tensor, e_u: Tensor | None, scale: float) -> Tensor:
+        """e_s = e_u + s (e_c - e_u) (diffusers convention); e_c when s = 1 or there is no e_u."""
+        if scale == 1.0 or e_u is None:
+            return e_c
         return e_u + scale * (e_c - e_u)
 
     # --- samples of the prior (FID / KID, src/metrics/) ----------------------------
@@ -152,6 +163,30 @@ class Backbone(checks.Configurable, nn.Module):
                 x = ddim_step(x, e, abar[tt], abar_s.expand(b))
             out.append(self.decode(x).float().clamp(0, 1).cpu())
         return torch.cat(out)
+
+    def eps_batch(self, calls: list[tuple[Tensor, Tensor, float]], emb: Tensor, null: Tensor) -> list[Tensor]:
+        """CFG predictions [e_s(x_t; y) for (x_t, t, s) in calls], all with the text emb / null (B, *E).
+
+        Eager reference: one ``eps`` per call. Fast path: every row (the conditional one, plus
+        the null one where s != 1) in one ``predict_eps`` call; the same math, one launch series
+        (DSD's e_t and e_td)."""
+        if not self.fast:
+            return [self.eps(x_t, t, emb, null, s) for x_t, t, s in calls]
+        rows, texts, ts = [], [], []
+        for x_t, t, s in calls:
+            rows += [x_t] if s == 1.0 else [x_t, x_t]
+            texts += [emb] if s == 1.0 else [emb, null]
+            ts += [t] if s == 1.0 else [t, t]
+        e = self.predict_eps(torch.cat(rows), torch.cat(ts), torch.cat(texts)).split(calls[0][0].shape[0])
+        out, i = [], 0
+        for _, _, s in calls:
+            if s == 1.0:
+                out.append(e[i])
+                i += 1
+            else:
+                out.append(self.cfg(e[i], e[i + 1], s))
+                i += 2
+        return out
 
     # --- exact metrics ----------------------------------------------------------
     def evaluate(self, samples: Tensor, views, prompt: str) -> dict[str, float]:

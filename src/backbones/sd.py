@@ -26,6 +26,12 @@ numbers):
 
 Latent-space rendering: a representation that renders latents directly returns them as
 ``RenderOutput.x`` and the trainer skips ``encode`` (representation=image on SD).
+
+Fast path (``fast=true``; docs/stable_diffusion.md "Fast path"): the prior's calls and the VAE
+encode (+ its backward) replay CUDA graphs (src/backbones/graphs.py, ``self.graphs``), and psi
+(lora.py) shares them and fuses its calls with the prior's. ``fast=false`` is the eager reference
+the ``-m cuda`` tests compare it with; off CUDA the graphs are off (logged) and only the fused
+calls remain.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -42,10 +49,13 @@ from torch import Tensor
 
 from src import checks, weights
 from src.backbones.base import Backbone
+from src.backbones.graphs import GraphCache
 from src.diffusion import alpha_sigma, bcast, sd_alphas_cumprod, v_to_eps
 from src.fileio import atomic_write, remove_stale_shared_temp_files
 from src.modules import hold
 from src.weights import WeightsNotFound  # noqa: F401  (re-exported: the error users catch)
+
+log = logging.getLogger(__name__)
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 VAE_MODES = ("mean", "sample")
@@ -85,9 +95,14 @@ class StableDiffusion(Backbone):
         embedding_cache: str | None = "auto",
         default_prompt: str = "a DSLR photo of a ceramic lion",
         name: str = "sd",
+        fast: bool = False,
+        cuda_graphs: bool = True,
     ):
         super().__init__()
         self.name, self.default_prompt, self.vae_mode = name, default_prompt, vae_mode
+        self.fast = bool(fast)
+        # the fast path's CUDA graphs (prior, VAE, and psi's calls on this UNet); eager off CUDA
+        self.graphs = GraphCache(enabled=self.fast and bool(cuda_graphs), name=f"{name} graphs")
         self.dtype = DTYPES[dtype]
         self.root, self.model_key = resolve_weights(path, revision, cache_dir, download)
 
@@ -130,6 +145,9 @@ class StableDiffusion(Backbone):
         self._adapters_enabled = False  # psi toggles peft adapters on self.unet (lora.py)
         self.adapter_parameters: list[torch.nn.Parameter] = []  # psi's LoRA weights (lora.py)
         self._tuner_cache: tuple[list, int] = ([], -1)  # (peft layers, adapter count) of tuner_layers
+        if self.fast:
+            log.info("%s: fast path on (fused UNet calls%s)", name,
+                     ", CUDA graphs where on a GPU" if self.graphs.enabled else "; CUDA graphs off")
 
     @classmethod
     def check_config(cls, cfg, key):
@@ -139,6 +157,9 @@ class StableDiffusion(Backbone):
             checks.choice(cfg, "vae_dtype", f"{key}.vae_dtype", DTYPES)
         checks.choice(cfg, "vae_mode", f"{key}.vae_mode", VAE_MODES)
         checks.number(cfg, "vae_resolution", f"{key}.vae_resolution", lo=8, integer=True, optional=True)
+        for flag in ("fast", "cuda_graphs"):
+            if flag in cfg:
+                checks.choice(cfg, flag, f"{key}.{flag}", (True, False))
         resolve_weights(str(cfg.get("path")), cfg.get("revision"), cfg.get("cache_dir"),
                         bool(cfg.get("download", False)))
 
@@ -150,6 +171,7 @@ class StableDiffusion(Backbone):
         self.alphas_cumprod = abar
         for m in self.components():
             m.to(probe.device)
+        self.graphs.clear()  # captured kernels read the old storages
         return self
 
     def components(self) -> list[torch.nn.Module]:
@@ -219,7 +241,15 @@ class StableDiffusion(Backbone):
         return (self.latent_channels, H // f, W // f)
 
     def encode(self, rgb: Tensor) -> Tensor:
-        """(B, H, W, 3) in [0, 1] -> latents (B, 4, R/8, R/8) float32, keeping the graph."""
+        """(B, H, W, 3) in [0, 1] -> latents (B, 4, R/8, R/8) float32, keeping the graph.
+
+        Fast path: forward and backward replayed from CUDA graphs (posterior mean only; a
+        sampled posterior draws noise, which stays eager)."""
+        if self.fast and self.vae_mode == "mean":
+            return self.graphs.with_input_grad("vae_encode", self._encode, (rgb,))
+        return self._encode(rgb)
+
+    def _encode(self, rgb: Tensor) -> Tensor:
         img = rgb.permute(0, 3, 1, 2)
         if img.shape[-2:] != (self.resolution, self.resolution):
             # threestudio: F.interpolate(rgb, (512, 512), mode="bilinear", align_corners=False)
@@ -289,7 +319,14 @@ class StableDiffusion(Backbone):
         return self.unet_output_to_eps(x_t, t, out)
 
     def predict_eps(self, x_t: Tensor, t: Tensor, emb: Tensor) -> Tensor:
-        """e(x_t, t, y) of the pretrained UNet (adapters off): (B, 4, h, w), (B,), (B, L, D)."""
+        """e(x_t, t, y) of the pretrained UNet (adapters off): (B, 4, h, w), (B,), (B, L, D).
+
+        Fast path: replayed from a CUDA graph unless x_t needs a gradient (SIM)."""
+        if self.fast and not (torch.is_grad_enabled() and x_t.requires_grad):
+            return self.graphs.forward("prior", self._prior_eps, (x_t, t, emb))
+        return self._prior_eps(x_t, t, emb)
+
+    def _prior_eps(self, x_t: Tensor, t: Tensor, emb: Tensor) -> Tensor:
         with self.adapters(False):
             return self.unet_forward(x_t, t, emb)
 

@@ -10,9 +10,12 @@ objects (measured on ShapesWorld "a cone": seed 0's front / side / back / overhe
 a blue, green, green and yellow cone), and a 3D object cannot be all of them at once.
 
 The DDIM trajectory runs on a fixed grid T-1, T-1-D, ... (D = T // n_ddim) plus one partial
-step to t_d. With ``cache=True`` the grid states are kept (per object and view prompt), so
-each step costs about one extra UNet call instead of up to n_ddim; because the cached and
-recomputed paths do the same arithmetic they agree exactly (tests/test_guidance.py).
+step to t_d. With ``cache=True`` the grid states are kept (per object and view prompt), and so
+is the prediction at each grid state (the partial step from tau to t_d uses the same e(x_tau)
+as the grid step from tau): the trajectory then costs a UNet call only when it first reaches a
+grid state, not every step; because the cached and recomputed paths do the same arithmetic they
+agree exactly (tests/test_guidance.py). The fast path (``backbone.fast``) computes e_t and e_td,
+which both need e_d first, in one batched call.
 ``delta=previous`` sets t_d to the previous step's t: with the DDIM grid as schedule this
 is DSD*, which reproduces the DDIM sample (paper App. A; tests/test_exactness.py)."""
 
@@ -46,6 +49,7 @@ class DSD(Guidance):
         self.traj_cond = self.cond.cond if trajectory_prompt == "view" else self.backbone.embed(self.prompt)[None]
         self.n_views = self.traj_cond.shape[0]
         self._states: dict[int, Tensor] = {}
+        self._eps: dict[int, Tensor] = {}  # e_s(x(tau)) at the cached grid states
         self.prev_t: int | None = None
 
     @classmethod
@@ -64,11 +68,15 @@ class DSD(Guidance):
     def _ddim(self, x: Tensor, t_from: int, t_to: int) -> Tensor:
         """One DDIM step for every (object, trajectory prompt) trajectory at once."""
         n = x.shape[0]
-        view = torch.arange(n) % self.n_views
-        emb, null = self.traj_cond[view.to(self.traj_cond.device)], self.cond.null(n)
         t = torch.full((n,), t_from, dtype=torch.long, device=x.device)
-        with torch.no_grad():
-            e = self.backbone.eps(x, t, emb, null, self.scale)
+        e = self._eps.get(t_from) if self.cache and self._states.get(t_from) is x else None
+        if e is None:
+            view = torch.arange(n) % self.n_views
+            emb, null = self.traj_cond[view.to(self.traj_cond.device)], self.cond.null(n)
+            with torch.no_grad():
+                e = self.backbone.eps(x, t, emb, null, self.scale)
+            if self.cache and self._states.get(t_from) is x:
+                self._eps[t_from] = e
         abar = self.abar.to(x.device)
         return ddim_step(x, e, abar[t], abar[torch.full_like(t, t_to)]).to(x.dtype)
 
@@ -119,8 +127,8 @@ class DSD(Guidance):
             e_d = self.backbone.eps(x_td, t_d, traj_emb, null, self.scale)  # the ODE's own noise
             xh_t = bcast(a_t, x) * x + bcast(s_t, x) * e_d
             xh_d = bcast(a_d, x) * x + bcast(s_d, x) * e_d
-            e_t = self.backbone.eps(xh_t, t, emb, null, self.scale)
-            e_td = self.backbone.eps(xh_d, t_d, emb, null, self.scale_td)
+            # eager: two calls; fast path: one (Backbone.eps_batch)
+            e_t, e_td = self.backbone.eps_batch([(xh_t, t, self.scale), (xh_d, t_d, self.scale_td)], emb, null)
         self.prev_t = t0
         return GuidanceOutput(grad=self.w(t, x) * (e_t - e_td), t=t, logs={"t_d": float(t_d[0])})
 

@@ -32,11 +32,21 @@ class ESD(ScoreModelGuidance):
         both = self.psi_eps(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cam, torch.zeros_like(cam)]))
         return self.lam * both[B:] + (1.0 - self.lam) * both[:B]
 
+    def fused_mix(self, x_t, t, emb, null, cam):
+        """(e_s(x_t; y_c), the psi_mix term) in ONE UNet call: batch 4B (3B when lam is 0 or 1)."""
+        cams = [cam] if self.lam == 0.0 else [None] if self.lam == 1.0 else [cam, None]
+        e_c, e_u, e_psi = self.prior_psi_eps(x_t, t, emb, null if self.scale != 1.0 else None, cams)
+        mix = e_psi[0] if len(e_psi) == 1 else self.lam * e_psi[1] + (1.0 - self.lam) * e_psi[0]
+        return self.backbone.cfg(e_c, e_u, self.scale), mix
+
     def forward(self, x, views, step, out=None):
         x = x.detach()
         t, eps, x_t = self.perturb(x, step)
         emb, null = self.text(views)
         with torch.no_grad():
-            e = self.backbone.eps(x_t, t, emb, null, self.scale)
-            e_psi = self.psi_mix(x_t, t, views.cam)
+            if self.fused:  # fast path
+                e, e_psi = self.fused_mix(x_t, t, emb, null, views.cam)
+            else:
+                e = self.backbone.eps(x_t, t, emb, null, self.scale)
+                e_psi = self.psi_mix(x_t, t, views.cam)
         return GuidanceOutput(grad=self.w(t, x) * (e - e_psi), t=t)

@@ -65,12 +65,14 @@ class SIM(ScoreModelGuidance):
                        f"{key}.reward_weight", cfg.get("reward_weight"),
                        "a reward term needs a reward model: set reward=<name> (conf/reward/), not none")
 
-    def prior_scores(self, x_t: Tensor, t: Tensor, views) -> list[tuple[float, Tensor]]:
-        """[(coefficient, s_p^i(x_t))] of the objective's terms, differentiable in x_t."""
+    def prior_scores(self, x_t: Tensor, t: Tensor, views,
+                     pair: tuple[Tensor, Tensor] | None = None) -> list[tuple[float, Tensor]]:
+        """[(coefficient, s_p^i(x_t))] of the objective's terms, differentiable in x_t.
+        pair: (e(x_t; y), e(x_t; null)) when already computed (the fast path's joint call)."""
         emb, null = self.text(views)
         _, sigma = alpha_sigma(self.abar, t)
         sig = bcast(sigma, x_t)
-        e_c, e_u = self.backbone.eps_pair(x_t, t, emb, null)
+        e_c, e_u = self.backbone.eps_pair(x_t, t, emb, null) if pair is None else pair
         terms = []
         if self.distance == "l2":
             # d' is linear: (1+gamma) d'(s_y - s_q) - gamma d'(s_0 - s_q) = d'(s_cfg - s_q)
@@ -91,10 +93,19 @@ class SIM(ScoreModelGuidance):
             x_ = x.detach().requires_grad_(True)
             t, eps, x_t = self.perturb(x_, step)
             _, sigma = alpha_sigma(self.abar, t)
-            s_q = -self.psi_eps(x_t, t, views.cam if self.psi_camera else None) / bcast(sigma, x_t)
+            cam = views.cam if self.psi_camera else None
+            pair = None
+            if self.fused:  # fast path: prior pair and psi in one UNet call (batch 3B), both
+                # differentiated through x_t; a reward term needs a double backward: eager then
+                e_c, e_u, (e_psi,) = self.prior_psi_eps(x_t, t, *self.text(views), [cam],
+                                                        graph=self.reward_weight == 0.0)
+                pair = (e_c, e_u)
+            else:
+                e_psi = self.psi_eps(x_t, t, cam)
+            s_q = -e_psi / bcast(sigma, x_t)
             target = s_q + eps / bcast(sigma, x_t)  # s_q(x_t) - grad log q_t(x_t | x)
             L = x_t.new_zeros(())
-            for coef, s_p in self.prior_scores(x_t, t, views):
+            for coef, s_p in self.prior_scores(x_t, t, views, pair):
                 y = s_p - s_q
                 if self.grad_through == "residual_only":
                     y = y.detach()

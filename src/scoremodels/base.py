@@ -40,6 +40,8 @@ class ScoreModel(checks.Configurable, nn.Module):
 
     #: networks embed the null camera as zeros, so null and real cameras batch together
     null_camera_is_zeros = True
+    #: ``joint_eps`` exists: prior rows and psi rows in one network call (LoRA on the prior's UNet)
+    supports_joint = False
     injected = ("backbone", "representation")
 
     def __init__(
@@ -77,6 +79,11 @@ class ScoreModel(checks.Configurable, nn.Module):
     def eps(self, x_t: Tensor, t: Tensor, cam: Tensor | None, emb: Tensor | None = None) -> Tensor:
         raise NotImplementedError
 
+    def joint_eps(self, x_t: Tensor, t: Tensor, emb: Tensor, cam: Tensor, psi_rows: Tensor,
+                  graph: bool = True) -> Tensor:
+        """Rows of the prior (psi_rows 0) and of psi (1) in one call (``supports_joint``)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot share a call with the prior")
+
     def with_prior(self, correction: Tensor, x_t: Tensor, t: Tensor, emb: Tensor | None) -> Tensor:
         """e(x_t; y) + correction when psi starts as the prior, else the correction alone.
         The prior keeps x_t's graph: SIM differentiates psi through its input."""
@@ -97,9 +104,10 @@ class ScoreModel(checks.Configurable, nn.Module):
             self._optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         return self._optimizer
 
-    def dsm_loss(self, x: Tensor, views: ViewBatch, generator: torch.Generator, emb: Tensor | None = None,
-                 p_drop: float = 0.0) -> Tensor:
-        """Denoising score matching on detached renders x (B, ...)."""
+    def dsm_sample(self, x: Tensor, views: ViewBatch, generator: torch.Generator,
+                   p_drop: float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The DSM step's draw on detached renders x (B, ...): x_t, t' (B,), eps', and the
+        cameras (B, D_cam) with the null (zero) camera where dropped."""
         B, T = x.shape[0], self.alphas_cumprod.shape[0]
         lo, hi = int(self.t_min * T), max(int(self.t_max * T), int(self.t_min * T) + 1)
         t = torch.randint(lo, hi, (B,), generator=generator).to(x.device)
@@ -108,6 +116,12 @@ class ScoreModel(checks.Configurable, nn.Module):
         cam = views.cam.to(x.device, x.dtype)
         drop = (torch.rand(B, generator=generator) < p_drop).to(x.device)
         cam = torch.where(drop[:, None], torch.zeros_like(cam), cam)
+        return x_t, t, eps, cam
+
+    def dsm_loss(self, x: Tensor, views: ViewBatch, generator: torch.Generator, emb: Tensor | None = None,
+                 p_drop: float = 0.0) -> Tensor:
+        """Denoising score matching on detached renders x (B, ...)."""
+        x_t, t, eps, cam = self.dsm_sample(x, views, generator, p_drop)
         pred = self.eps(x_t, t, cam, emb)
         return ((pred - eps) ** 2).flatten(1).sum(1).mean()
 
