@@ -2,7 +2,7 @@
 
     python scripts/shapes_tables.py multirun/shapes_modes [--out benchmarks/shapes_modes]
 
-Reads every run's metrics.json (through src.sweeps.find_runs) and writes
+Reads every run's metrics.json (through src.report.find_runs) and writes
 ``<out>.json`` = {"sweep": ..., "rows": [{"method", "seed", "mode_id", "precision", "janus_rate",
 ...}], "table": {method: summary}} and ``<out>.md``: per method (and representation, when the
 sweep has several) the mode_id of each seed, the number of distinct modes, the mode entropy, the
@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from src.metrics.modes import distinct_modes, mode_entropy  # noqa: E402
-from src.sweeps import find_runs  # noqa: E402
+from src.report import find_runs  # noqa: E402
 
 KEYS = ("mode_id", "nearest_class", "precision", "rmse", "janus_rate", "steps_per_s", "wall_time_s")
 
@@ -27,8 +28,8 @@ def collect(sweep_dir: Path) -> tuple[list[dict], list[str]]:
     rows, missing = [], []
     for run in find_runs(sweep_dir):
         ov = run.overrides
-        if run.metrics is None:
-            missing.append(str(run.dir))
+        if not run.finished:
+            missing.append(f"{run.dir} ({run.status}{': ' + run.error if run.error else ''})")
             continue
         row = {"method": ov.get("guidance", "?"), "representation": ov.get("representation", "nerf"),
                "seed": int(ov.get("seed", 0))}
@@ -48,8 +49,10 @@ def summarize(rows: list[dict]) -> dict:
             janus = [r["janus_rate"] for r in rs if r.get("janus_rate") is not None]
             table[f"{method}/{rep}"] = {
                 "method": method, "representation": rep, "seeds": [r["seed"] for r in rs], "mode_ids": modes,
-                "distinct_modes": distinct_modes(modes), "mode_entropy_bits": mode_entropy(modes),
-                "mean_precision": sum(r["precision"] for r in rs) / len(rs),
+                "distinct_modes": distinct_modes(modes),
+                # NaN (no seed reached a mode) is written null: the JSON stays strict
+                "mode_entropy_bits": None if math.isnan(mode_entropy(modes)) else mode_entropy(modes),
+                "mean_precision": sum(r.get("precision") or 0.0 for r in rs) / len(rs),  # null: no mode
                 "mean_janus_rate": sum(janus) / len(janus) if janus else None,
             }
     return table
@@ -64,8 +67,9 @@ def markdown(title: str, table: dict, missing: list[str], command: str) -> str:
              "|---|---|---|---:|---:|---:|---:|"]
     for t in table.values():
         janus = "" if t["mean_janus_rate"] is None else f"{t['mean_janus_rate']:.2f}"
+        entropy = "-" if t["mode_entropy_bits"] is None else f"{t['mode_entropy_bits']:.2f}"
         lines.append(f"| {t['method']} | {t['representation']} | {' '.join(map(str, t['mode_ids']))} | "
-                     f"{t['distinct_modes']} | {t['mode_entropy_bits']:.2f} | {t['mean_precision']:.2f} | {janus} |")
+                     f"{t['distinct_modes']} | {entropy} | {t['mean_precision']:.2f} | {janus} |")
     if missing:
         lines += ["", f"Unfinished or failed runs ({len(missing)}):", ""] + [f"- `{m}`" for m in missing]
     return "\n".join(lines) + "\n"

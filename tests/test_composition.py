@@ -57,6 +57,11 @@ def translate(old: dict) -> tuple[dict, dict | None]:
     # Issue 10: validation grids every 10% of a 3D run by default, turntables at 128 px with
     # the mesh's floaters removed.
     old["trainer"]["val_every"] = "auto"
+    # Issue 12: the fast path's switches, off by default (the eager path is the reference)
+    if old["backbone"]["_target_"].endswith("StableDiffusion"):
+        old["backbone"].update(fast=False, cuda_graphs=True)
+    if old["representation"]["_target_"].endswith("NeRF"):
+        old["representation"]["checkpoint_chunks"] = False
     export = old["representation"].get("export")
     if export is not None:
         export["video_resolution"] = 128
@@ -67,12 +72,12 @@ def translate(old: dict) -> tuple[dict, dict | None]:
 
 # Issue 13 (Gaussians as the field uses them) changed representation=gaussians on purpose:
 # colour as SH coefficients (lr_colors is lr_sh0), the schedule's new keys, and ShapesWorld's
-# tuned values (conf/tuning/gaussians/shapes.yaml; every run above is on ShapesWorld).
+# tuned values (conf/tuning/representation/shapes_gaussians.yaml; every run above is on ShapesWorld).
 GAUSSIANS_RENAMED = {"lr_colors": "lr_sh0"}
 GAUSSIANS_ADDED = {"init_ply", "sh_degree", "sh_degree_interval", "lr_final", "lr_decay_steps", "lr_shN",
                    "adam_eps", "densify", "scene_scale"}
 GAUSSIANS_SHAPES_PRESET = OmegaConf.to_container(
-    OmegaConf.load(Path(__file__).parents[1] / "conf" / "tuning" / "gaussians" / "shapes.yaml").representation)
+    OmegaConf.load(Path(__file__).parents[1] / "conf" / "tuning" / "representation" / "shapes_gaussians.yaml").representation)
 
 
 def translate_gaussians(old: dict, new: dict) -> None:

@@ -109,19 +109,20 @@ def test_shapes_tuning_applies_to_every_shapes_preset_and_can_be_dropped():
 
 
 def test_gaussians_shapes_preset_follows_the_worlds_tuning():
-    """conf/tuning/gaussians/shapes.yaml applies with every ShapesWorld backbone (their shared
-    tuning is `shapes`), not without it (SD, ~tuning@_global_), and the command line wins."""
+    """conf/tuning/representation/shapes_gaussians.yaml applies on ShapesWorld (and its Janus
+    and mode-table experiments), not on SD nor with ~tuning/representation, and the command
+    line wins."""
     from omegaconf import OmegaConf
 
-    preset = OmegaConf.load(REPO / "conf" / "tuning" / "gaussians" / "shapes.yaml").representation
+    preset = OmegaConf.load(REPO / "conf" / "tuning" / "representation" / "shapes_gaussians.yaml").representation
     general = OmegaConf.load(REPO / "conf" / "representation" / "gaussians.yaml")
     assert preset.n_gaussians != general.n_gaussians
-    for world in ("shapes", "shapes_janus", "shapes_multimode"):
-        cfg = compose(["representation=gaussians", f"backbone={world}"])
+    for world in ([], ["experiment=shapes_janus"], ["experiment=shapes_modes"]):
+        cfg = compose(["representation=gaussians", *world])
         assert cfg.representation.n_gaussians == preset.n_gaussians, world
         assert cfg.representation.densify == OmegaConf.merge(general.densify, preset.densify), world
-        assert cfg.schedule.t_max == 0.5 and cfg.trainer.max_steps == 1000, world  # the shared tuning too
-    for untuned in (["backbone=sd21"], ["~tuning@_global_"]):
+        assert cfg.guidance.scale == 1.0, world  # the shared tuning too
+    for untuned in (["backbone=sd21"], ["~tuning/representation"]):
         cfg = compose(["representation=gaussians", *untuned])
         assert cfg.representation.n_gaussians == general.n_gaussians, untuned
         assert cfg.representation.densify == general.densify, untuned

@@ -565,7 +565,7 @@ def test_train_20_steps_through_the_api(tmp_path, monkeypatch):
 
     from src.export.__main__ import reexport
 
-    (run / ".hydra").mkdir()
+    (run / ".hydra").mkdir(exist_ok=True)
     OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
     reexport(run, out_dir=tmp_path / "again", n_frames=2)
     again = read_gaussians_ply(tmp_path / "again" / "gaussians.ply")

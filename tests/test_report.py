@@ -143,3 +143,25 @@ def test_grid_png_has_a_cell_per_setting_and_seed(tmp_path):
     cols = np.flatnonzero(np.diff(np.r_[0, pure_red.any(0).astype(int)]) == 1)
     rows = np.flatnonzero(np.diff(np.r_[0, pure_red.any(1).astype(int)]) == 1)
     assert len(cols) == 3 and len(rows) == 2
+
+
+def test_shapes_tables_per_method_modes_entropy_and_failed_runs(tmp_path):
+    """scripts/shapes_tables.py: the issue's json rows, per-method distinct modes and entropy in
+    bits; a diverged run is listed, never averaged in."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import shapes_tables
+
+    sweep = tmp_path / "shapes_modes"
+    fake_run(sweep, ["guidance=sds", "seed=0"], {"status": "finished", "mode_id": 15, "precision": 1.0, "janus_rate": 0.0})
+    fake_run(sweep, ["guidance=sds", "seed=1"], {"status": "finished", "mode_id": 12, "precision": 0.5, "janus_rate": 0.5})
+    fake_run(sweep, ["guidance=fsd", "seed=0"], {"status": "finished", "mode_id": -1, "precision": None})
+    fake_run(sweep, ["guidance=fsd", "seed=1"], {"status": "diverged", "failed_step": 3, "error": "diverged at step 3"})
+    assert shapes_tables.main([str(sweep), "--out", str(tmp_path / "out" / "t")]) == 0
+    data = json.loads((tmp_path / "out" / "t.json").read_text())
+    assert [(r["method"], r["seed"], r["mode_id"]) for r in data["rows"]] == [("fsd", 0, -1), ("sds", 0, 15), ("sds", 1, 12)]
+    sds, fsd = data["table"]["sds/nerf"], data["table"]["fsd/nerf"]
+    assert sds["distinct_modes"] == 2 and sds["mode_entropy_bits"] == pytest.approx(1.0)
+    assert sds["mean_precision"] == pytest.approx(0.75) and sds["mean_janus_rate"] == pytest.approx(0.25)
+    assert fsd["distinct_modes"] == 0 and fsd["mode_entropy_bits"] is None and fsd["mean_precision"] == 0.0
+    assert len(data["unfinished"]) == 1 and "diverged at step 3" in data["unfinished"][0]
+    assert "| sds | nerf | 15 12 | 2 | 1.00 | 0.75 | 0.25 |" in (tmp_path / "out" / "t.md").read_text()

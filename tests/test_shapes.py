@@ -218,12 +218,3 @@ def test_metrics_2d_compare_with_any_view():
     m = world.evaluate(imgs, views, "a blue cube")
     assert m["any_view"] == 1 and m["precision"] == 0.5
     assert m["mode_id"] in (world.prompt_classes("a blue cube")[0], world.prompt_classes("a red sphere")[0])
-
-
-def test_mode_diversity_of_a_group():
-    from src.metrics.modes import distinct_modes, mode_entropy
-
-    assert distinct_modes([15, 15, -1, 15]) == 1 and mode_entropy([15, 15, -1, 15]) == 0.0
-    assert distinct_modes([12, 13, 14, 15]) == 4 and mode_entropy([12, 13, 14, 15]) == 2.0
-    assert abs(mode_entropy([12, 12, 13, -1]) - 0.9182958) < 1e-6  # p = (2/3, 1/3)
-    assert distinct_modes([-1, -1]) == 0 and mode_entropy([-1, -1]) == 0.0

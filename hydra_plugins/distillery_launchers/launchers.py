@@ -54,6 +54,24 @@ LOCAL_PARALLELISM_ENV = "DISTILLERY_LOCAL_PARALLELISM"
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
+def local_gpus() -> list[int]:
+    """gpus_per_node: null for local jobs = the GPUs this process sees, shared by every job.
+
+    submitit's local executor sets each job's CUDA_VISIBLE_DEVICES to its first
+    ``gpus_per_node`` GPUs, so 0 runs the jobs on the CPU even on a GPU machine (found running
+    the ShapesWorld sweeps on the lent H100: 64 jobs on the CPU). Entries of
+    CUDA_VISIBLE_DEVICES that are not indices (GPU UUIDs) cannot be passed through submitit:
+    then the jobs see GPUs 0..n-1 of the machine."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and all(v.strip().isdigit() for v in visible.split(",") if v.strip()):
+        ids = [int(v) for v in visible.split(",") if v.strip()]
+    else:
+        import torch  # the job imports it anyway
+
+        ids = list(range(torch.cuda.device_count()))
+    return ids
+
+
 @dataclass
 class Failure:
     index: int
@@ -203,6 +221,10 @@ class _SweepLauncher:
         init = {"folder": params["submitit_folder"]}
         if "max_num_timeout" in params:
             init[f"{self._EXECUTOR}_max_num_timeout"] = params["max_num_timeout"]
+        visible = None
+        if self._EXECUTOR == "local" and params.get("gpus_per_node") is None:
+            visible = local_gpus()
+            params["gpus_per_node"] = len(visible)
         executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **init)
         base = set(OmegaConf.structured(BaseQueueConf).keys())
         executor.update_parameters(
@@ -212,6 +234,8 @@ class _SweepLauncher:
                 if k not in init_keys
             }
         )
+        if visible is not None:  # a LocalExecutor key that AutoExecutor does not pass through
+            executor._executor.update_parameters(visible_gpus=visible)
         return executor
 
     @staticmethod

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from src import rng
+
 log = logging.getLogger(__name__)
 
 # PyTorch's docs warm up 3 iterations (cuBLAS / cuDNN handles, autotuning, lazy init) before
@@ -185,6 +187,9 @@ class GraphCache:
         reason = f"{type(err).__name__}: {err}"[:400]
         self.failures[_label(key)] = reason
         self._entries[key] = None  # a failed key stays eager
+        # a capture that failed in capture_end leaves its memory pool marked as recording
+        # ("beginAllocateToPool: already recording"): later captures take a fresh pool
+        self._pool = None
         log.warning("%s: CUDA graph of %r could not be used (%s); running it eagerly", self.name, key[0], reason)
         try:
             torch.cuda.synchronize()
@@ -318,8 +323,8 @@ class GraphCache:
                        grad_outputs=grad_outputs, grad_inputs=tuple(grad_inputs))
         if self.verify:
             # a generic cotangent (not all-ones), from a local generator: the run's streams untouched
-            gen = torch.Generator(device=static[0].device).manual_seed(0)
-            probe = [torch.randn(o.shape, generator=gen, device=o.device, dtype=o.dtype) for o in grad_outputs]
+            gen = rng.generator(0, rng.Stream.EVAL)
+            probe = [torch.randn(o.shape, generator=gen, dtype=o.dtype).to(o.device) for o in grad_outputs]
             with torch.no_grad():
                 for s, p in zip(grad_outputs, probe):
                     s.copy_(p)
