@@ -1,8 +1,9 @@
 """The report of a sweep directory: report.csv, report.md, report.png and grid.png.
 
 Rows are the settings of the swept keys without the seed (``SEED_KEY``). Per setting:
-- categorical per-run metrics (``modes.CATEGORICAL``: ``mode_id``) as the per-seed list, the
-  number of distinct modes and the mode entropy (src/metrics/modes.py), never a mean;
+- categorical per-run metrics (``modes.CATEGORICAL``: ``mode_id``, ``nearest_class``) as the
+  per-seed list, never a mean; for ``mode_id`` also the number of distinct modes and the mode
+  entropy (src/metrics/modes.py);
 - continuous per-run metrics as mean ± sample std with n (the runs where the value is a finite
   number: NaN and null are left out and n says so);
 - group metrics of ``make evaluate`` (LPIPS-D, CLIP-D, Chamfer-D, FID, KID; src/metrics/),
@@ -27,6 +28,7 @@ import yaml
 from src.metrics.modes import CATEGORICAL, distinct_modes, mode_entropy
 
 SEED_KEY = "seed"  # the axis the report averages over
+MODE_KEY = "mode_id"  # the categorical metric whose distinct values are the modes
 SPEC_RECORD = "sweep.yaml"  # what a sweep dir was launched with (src/sweeps.py writes it)
 EVALUATION = "evaluation.json"  # what src/metrics/evaluate.py writes
 REPORT_CSV, REPORT_MD, REPORT_PNG, GRID_PNG = "report.csv", "report.md", "report.png", "grid.png"
@@ -184,9 +186,10 @@ def aggregate(runs: list[Run], keys: list[str], sweep_dir: Path | None = None,
             vals = [r.metrics.get(m) for r in done]
             if m in CATEGORICAL:
                 row[f"{m}_per_seed"] = " ".join("nan" if v is None else str(int(v)) for v in vals)
-                row["distinct_modes"] = distinct_modes(vals) if done else None
-                ent = mode_entropy(vals)
-                row["mode_entropy"] = None if math.isnan(ent) else ent
+                if m == MODE_KEY:  # the diversity of the modes reached
+                    row["distinct_modes"] = distinct_modes(vals) if done else None
+                    ent = mode_entropy(vals)
+                    row["mode_entropy"] = None if math.isnan(ent) else ent
             else:
                 row[f"{m}_mean"], row[f"{m}_std"], row[f"{m}_n"] = summarize(vals)
         if sweep_dir is not None and evaluation is not None:
@@ -225,7 +228,8 @@ def science_columns(names: list[str], rows: list[dict]) -> list[str]:
     for m in names:
         if m in CSV_ONLY:
             continue
-        cols += [f"{m}_per_seed", "distinct_modes", "mode_entropy"] if m in CATEGORICAL else [m]
+        cols += ([f"{m}_per_seed"] + (["distinct_modes", "mode_entropy"] if m == MODE_KEY else [])
+                 if m in CATEGORICAL else [m])
     cols += [g for g in GROUP_METRICS if g != "kid_std" and any(g in r for r in rows)]
     return cols
 

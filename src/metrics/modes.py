@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 # Per-run metrics whose values are labels, not quantities: reported as per-seed lists and
 # distinct counts, never averaged.
-CATEGORICAL = ("mode_id",)
+CATEGORICAL = ("mode_id", "nearest_class")
 NO_MODE = -1  # shapes_metrics: no view within the precision threshold of any class
 
 
