@@ -242,18 +242,24 @@ class GraphCache:
         self.captured.append(_label(key))
         return entry
 
+    def _entry(self, key: tuple, inputs: Sequence[Tensor], capture: Callable[[], _Entry]) -> _Entry | None:
+        """The graph of ``key``, captured by ``capture()`` on first use; None: run eagerly (graphs
+        off, inputs not on CUDA, or this key's capture failed, which is recorded once)."""
+        entry = self._entries.get(key, _NEW) if self._usable(inputs) else None
+        if entry is _NEW:
+            try:
+                entry = capture()
+            except Exception as err:
+                self._fail(key, err)
+                entry = None
+        return entry
+
     # --- forward only -------------------------------------------------------------------
     def forward(self, name: str, fn: Callable, inputs: Sequence[Tensor]):
         """fn(*inputs) without autograd, replayed from a graph where possible."""
         inputs = tuple(inputs)
         key = _key(name, inputs)
-        entry = self._entries.get(key, _NEW) if self._usable(inputs) else None
-        if entry is _NEW:
-            try:
-                entry = self._capture_forward(key, fn, inputs)
-            except Exception as err:
-                self._fail(key, err)
-                entry = None
+        entry = self._entry(key, inputs, lambda: self._capture_forward(key, fn, inputs))
         if entry is None:
             with torch.no_grad():
                 return fn(*inputs)
@@ -282,13 +288,7 @@ class GraphCache:
         if not (torch.is_grad_enabled() and any(x.requires_grad for x in inputs)):
             return self.forward(name, fn, inputs)
         key = _key(name, inputs)
-        entry = self._entries.get(key, _NEW) if self._usable(inputs) else None
-        if entry is _NEW:
-            try:
-                entry = self._capture_with_grad(key, fn, inputs)
-            except Exception as err:
-                self._fail(key, err)
-                entry = None
+        entry = self._entry(key, inputs, lambda: self._capture_with_grad(key, fn, inputs))
         if entry is None:
             return fn(*inputs)
         self.replays += 1
@@ -344,13 +344,7 @@ class GraphCache:
         accumulated); returns the detached loss. The optimizer step is the caller's."""
         inputs, params = tuple(inputs), list(params)
         key = _key(name, inputs)
-        entry = self._entries.get(key, _NEW) if self._usable(inputs) else None
-        if entry is _NEW:
-            try:
-                entry = self._capture_train(key, fn, inputs, params)
-            except Exception as err:
-                self._fail(key, err)
-                entry = None
+        entry = self._entry(key, inputs, lambda: self._capture_train(key, fn, inputs, params))
         if entry is None:
             return _loss_and_grads(fn, inputs, params)[0]
         entry.load(inputs)
