@@ -112,15 +112,10 @@ def write_random_sd(root: Path, arch: str = "sd21", seed: int = 0) -> Path:
     with device:
         AutoencoderKL(**vae_cfg).half().save_pretrained(root / "vae")
     # a character-level BPE vocabulary: any prompt tokenizes, nothing is downloaded
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for suffix in ("", "</w>"):
-        for c in "abcdefghijklmnopqrstuvwxyz,.0123456789":
-            vocab[c + suffix] = len(vocab)
-    bpe = root / "_bpe"
-    bpe.mkdir(parents=True, exist_ok=True)
-    (bpe / "vocab.json").write_text(json.dumps(vocab))
-    (bpe / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(str(bpe / "vocab.json"), str(bpe / "merges.txt"), model_max_length=TEXT_TOKENS)
+    from src.metrics.models import char_bpe_files
+
+    vocab, merges = char_bpe_files(root / "_bpe")
+    tok = CLIPTokenizer(str(vocab), str(merges), model_max_length=TEXT_TOKENS)
     tok.save_pretrained(root / "tokenizer")
     CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tok), hidden_size=width, intermediate_size=64, num_attention_heads=8,

@@ -5,30 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from src.api import compose
+from src.metrics.models import TINY_CLIP_MAX_TOKENS, write_tiny_clip
 from src.rewards.clip import CLIPReward
 from src.trainer import validate
 from src.weights import WeightsNotFound
-from tests.helpers import clip_tokenizer_files
-
-MAX_TOKENS = 16
-
-
-def write_tiny_clip(root):
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-
-    vocab, merges = clip_tokenizer_files(root / "_bpe")
-    tok = CLIPTokenizer(str(vocab), str(merges), model_max_length=MAX_TOKENS)
-    tok.save_pretrained(root)
-    torch.manual_seed(0)
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_attention_heads=2,
-                         num_hidden_layers=1, max_position_embeddings=MAX_TOKENS,
-                         bos_token_id=0, eos_token_id=1, pad_token_id=1),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_attention_heads=2,
-                           num_hidden_layers=1, image_size=32, patch_size=8),
-        projection_dim=8)
-    CLIPModel(cfg).save_pretrained(root)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +21,7 @@ def test_reward_is_scaled_cosine_and_differentiable(tiny_clip):
     rgb = torch.rand(2, 48, 40, 3, requires_grad=True)
     r = reward(rgb, "a red cube")
     # the same number from the model's own forward on the same preprocessed pixels
-    tok = reward.tokenizer(["a red cube"], padding="max_length", max_length=MAX_TOKENS, return_tensors="pt")
+    tok = reward.tokenizer(["a red cube"], padding="max_length", max_length=TINY_CLIP_MAX_TOKENS, return_tensors="pt")
     with torch.no_grad():
         out = reward.model(input_ids=tok.input_ids, pixel_values=reward.preprocess(rgb.detach()))
     assert torch.allclose(r.detach(), 3.0 * out.logits_per_image[:, 0], atol=1e-5)

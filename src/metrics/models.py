@@ -130,6 +130,20 @@ TINY_CLIP_MAX_TOKENS = 32
 TINY_CLIP_CHARS = "abcdefghijklmnopqrstuvwxyz,.0123456789"
 
 
+def char_bpe_files(d: Path) -> tuple[Path, Path]:
+    """vocab.json and merges.txt of a character-level CLIP BPE (no merges) in ``d``: every
+    prompt of TINY_CLIP_CHARS tokenizes offline (the tiny CLIPs of the metrics, tests and
+    scripts/bench_sd_gpu.py)."""
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for suffix in ("", "</w>"):
+        for c in TINY_CLIP_CHARS:
+            vocab[c + suffix] = len(vocab)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "vocab.json").write_text(json.dumps(vocab))
+    (d / "merges.txt").write_text("#version: 0.2\n")
+    return d / "vocab.json", d / "merges.txt"
+
+
 def write_tiny_clip(root: Path) -> Path:
     """A tiny random CLIP (16-wide towers, 32 px images) with a character-level tokenizer,
     saved as a transformers directory (idempotent: same files for the same root)."""
@@ -138,15 +152,8 @@ def write_tiny_clip(root: Path) -> Path:
     root = Path(root)
     if (root / "config.json").exists() and (root / "tokenizer_config.json").exists():
         return root
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for suffix in ("", "</w>"):
-        for c in TINY_CLIP_CHARS:
-            vocab[c + suffix] = len(vocab)
-    bpe = root / "_bpe"
-    bpe.mkdir(parents=True, exist_ok=True)
-    (bpe / "vocab.json").write_text(json.dumps(vocab))
-    (bpe / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(str(bpe / "vocab.json"), str(bpe / "merges.txt"), model_max_length=TINY_CLIP_MAX_TOKENS)
+    vocab, merges = char_bpe_files(root / "_bpe")
+    tok = CLIPTokenizer(str(vocab), str(merges), model_max_length=TINY_CLIP_MAX_TOKENS)
     cfg = CLIPConfig(
         text_config=dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_attention_heads=2,
                          num_hidden_layers=1, max_position_embeddings=TINY_CLIP_MAX_TOKENS,
