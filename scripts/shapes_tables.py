@@ -46,12 +46,13 @@ def summarize(rows: list[dict]) -> dict:
         for method in sorted({r["method"] for r in rows if r["representation"] == rep}):
             rs = [r for r in rows if r["representation"] == rep and r["method"] == method]
             modes = [r["mode_id"] for r in rs]
+            entropy = mode_entropy(modes)
             janus = [r["janus_rate"] for r in rs if r.get("janus_rate") is not None]
             table[f"{method}/{rep}"] = {
                 "method": method, "representation": rep, "seeds": [r["seed"] for r in rs], "mode_ids": modes,
                 "distinct_modes": distinct_modes(modes),
                 # NaN (no seed reached a mode) is written null: the JSON stays strict
-                "mode_entropy_bits": None if math.isnan(mode_entropy(modes)) else mode_entropy(modes),
+                "mode_entropy_bits": None if math.isnan(entropy) else entropy,
                 "mean_precision": sum(r.get("precision") or 0.0 for r in rs) / len(rs),  # null: no mode
                 "mean_janus_rate": sum(janus) / len(janus) if janus else None,
             }
