@@ -374,3 +374,43 @@ def test_documented_report_dirs_are_where_the_sweeps_write():
     for doc in ("README.md", "docs/sweeps.md"):
         dirs = re.findall(r"make report SWEEP_DIR=(multirun/\S+)", (REPO / doc).read_text())
         assert dirs and set(dirs) <= written, (doc, dirs)
+
+
+REQUEUE_PROBE = """
+import logging, subprocess, sys
+logging.basicConfig(level=logging.INFO)
+from submitit.slurm.slurm import SlurmJobEnvironment
+from hydra_plugins.distillery_launchers.launchers import tolerate_requeue_race
+tolerate_requeue_race(); tolerate_requeue_race()  # idempotent
+try:
+    SlurmJobEnvironment()._requeue(3)
+except subprocess.CalledProcessError as e:
+    print("raised", e.returncode); sys.exit(0)
+print("requeued")
+"""
+
+
+@pytest.mark.parametrize(
+    "scontrol, expected",
+    [
+        ("kill -TERM $$", "requeued"),  # killed by the job's own requeue: done
+        ("exit 0", "requeued"),
+        ("exit 1", "raised 1"),  # a real failure still fails the job
+        ("kill -KILL $$", "raised -9"),
+    ],
+)
+def test_scontrol_requeue_killed_by_the_requeue_counts_as_requeued(tmp_path, scontrol, expected):
+    """`scontrol requeue` runs inside the job it requeues; Slurm's SIGTERM to the job can stop it
+    before it exits (CI: a requeued run reported failed). A real `scontrol` stand-in, run by
+    submitit's own requeue in a real job-like process."""
+    fake = tmp_path / "scontrol"
+    fake.write_text(f"#!/bin/sh\n{scontrol}\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_JOB_ID": "42",
+           "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", REQUEUE_PROBE], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == expected
+    if scontrol.startswith("kill -TERM"):
+        assert "stopped by SIGTERM, the job's own requeue" in out.stderr
