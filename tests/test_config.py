@@ -102,9 +102,13 @@ def test_shapes_tuning_applies_to_every_shapes_preset_and_can_be_dropped():
     for preset in ([], ["experiment=shapes_janus"], ["experiment=shapes_modes"]):
         cfg = compose([*preset, "guidance=vsd"])
         assert cfg.guidance.scale == 1.0, preset
-    assert compose(["guidance=vsd"]).schedule.t_max == 0.5
+    assert compose(["guidance=vsd"]).trainer.max_steps == 600
     untuned = compose(["guidance=vsd", "~tuning"])
-    assert untuned.guidance.scale == 7.5 and untuned.schedule.t_max == 0.98
+    assert untuned.guidance.scale == 7.5 and untuned.trainer.max_steps == 1000
+    # a method's own ShapesWorld values (conf/tuning/method/shapes_ssd.yaml), dropped with the rest
+    assert compose(["guidance=ssd"]).guidance.M == 800
+    assert compose(["guidance=ssd", "~tuning/method"]).guidance.M == 200
+    assert compose(["guidance=ssd", "backbone=mog2d", "representation=particles"]).guidance.M == 200
     assert compose(["backbone=mog2d", "representation=particles", "guidance=vsd"]).guidance.scale == 7.5
 
 

@@ -24,7 +24,7 @@ def test_default_config_is_shapes_nerf_sds():
     shape, color, _ = parse_prompt(cfg.prompt, list(cfg.backbone.shapes), list(cfg.backbone.colors))
     assert shape is not None and color is not None
     # the tuned values (conf/tuning/shapes.yaml) are applied
-    assert cfg.guidance.scale == 1.0 and cfg.schedule.t_max == 0.5
+    assert cfg.guidance.scale == 1.0 and cfg.trainer.max_steps == 600 and cfg.schedule.t_max == 0.98
     # the camera count follows the representation's
     assert cfg.camera.n_objects == cfg.representation.n_objects
 

@@ -151,6 +151,26 @@ def test_dsd_cached_trajectory_equals_recomputed():
         assert torch.equal(a, b)
 
 
+def test_dsd_delta_is_a_fraction_of_t_minus_t_min():
+    """Official delta = U * delta_fraction * (t - t_min), the same U for the same (seed, step)."""
+    bb = pixel_mixture((3, 4, 4))
+    t_min = 0.32 * bb.num_timesteps
+    largest = 0
+    for step in range(20):
+        gaps = {}
+        for f in (0.1, 1.0):
+            g = make_guidance(DSD, bb, seed=5, delta_fraction=f)
+            g.schedule.t_min = 0.32
+            gaps[f] = g.target_time(600, step) - 600  # t + gap stays below T - 1
+            assert 0 <= gaps[f] <= f * (600 - t_min)
+        assert abs(gaps[1.0] - 10 * gaps[0.1]) <= 10  # int() of each: within the rounding
+        largest = max(largest, gaps[1.0])
+    assert largest > 0.5 * (600 - t_min)  # U spans [0, 1]
+    g = make_guidance(DSD, bb, seed=5)
+    g.schedule.t_min = 0.32
+    assert g.target_time(int(t_min), 0) == int(t_min)  # no gap at t_min
+
+
 def test_guidance_rejects_out_of_range():
     base = {"scale": 7.5, "weighting": "sds"}
     with pytest.raises(ConfigError, match="guidance.scale=0.5 is invalid: must be >= 1"):

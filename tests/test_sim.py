@@ -107,12 +107,39 @@ def test_sim_residual_only_is_biased_on_A():
     assert (part[2:] - full[2:]).norm() / full[2:].norm() > 0.2
 
 
+def test_vsd_after_switches_to_the_vsd_step_with_the_same_psi():
+    """The official code's second phase: before vsd_after x max_steps the SIM step, after it
+    VSD's G with SIM's camera-unconditional psi, i.e. ESD at lam = 1, bit for bit."""
+    from src.guidance.esd import ESD
+    from src.representations.toys import Particles
+    from src.scoremodels.mlp import MLPScore
+
+    bb = GaussianMixture(means=[[-2, -2], [2, 2]], covs=[0.05, 0.05], tags=[["y"], ["y"]], default_prompt="y")
+    rep = Particles(n_particles=8).double()
+    views = ViewBatch(index=torch.arange(8), view_idx=torch.zeros(8, dtype=torch.long), cam=torch.zeros(8, 0))
+    x = rep.render(views).rgb
+
+    def grad(cls, step, **kw):
+        torch.manual_seed(11)  # the same psi
+        g = make_guidance(cls, bb, representation=rep, score_model=MLPScore, scale=1.0, seed=3, **kw)
+        return g(x, views, step).grad
+
+    switch = 0.5 * 1000  # make_guidance's schedule runs 1000 steps
+    for step in (0, int(switch) - 1):
+        assert torch.equal(grad(SIM, step, vsd_after=0.5), grad(SIM, step))
+        assert not torch.equal(grad(SIM, step, vsd_after=0.5), grad(ESD, step, lam=1.0))
+    for step in (int(switch), 999):
+        assert torch.equal(grad(SIM, step, vsd_after=0.5), grad(ESD, step, lam=1.0))
+
+
 def test_sim_rejects_bad_options():
     base = {"scale": 7.5, "weighting": "sds", "p_drop": 1.0}
     with pytest.raises(ConfigError, match="guidance.distance='l1' is invalid: allowed: l2, pseudo_huber"):
         SIM.validate_config({**base, "distance": "l1", "grad_through": "inputs"}, "guidance")
     with pytest.raises(ConfigError, match=r"guidance.gamma: unknown key.*it takes: .*scale"):
         SIM.validate_config({**base, "gamma": 6.5, "distance": "l2", "grad_through": "inputs"}, "guidance")
+    with pytest.raises(ConfigError, match=r"guidance.vsd_after=1.5 is invalid: must be >= 0.0 and <= 1.0"):
+        SIM.validate_config({**base, "distance": "l2", "grad_through": "inputs", "huber_c": 1.0, "reward_weight": 0.0, "vsd_after": 1.5}, "guidance")
 
 
 def test_reward_term_pulls_toward_the_rewarded_mode(tmp_path):

@@ -32,16 +32,18 @@ from src.guidance.base import Guidance, GuidanceOutput
 
 DSD_DELTAS = ("official", "previous")
 TRAJECTORY_PROMPTS = ("plain", "view")
-# Official code: delta = U * 0.1 * (t - t_min), U ~ U[0, 1].
+# Official code: delta = U * 0.1 * (t - t_min), U ~ U[0, 1] (``delta_fraction`` = 0.1).
 OFFICIAL_DELTA_FRACTION = 0.1
 
 
 class DSD(Guidance):
     def __init__(self, *args, scale_td: float = 1.0, n_ddim: int = 10, delta: str = "official",
-                 cache: bool = True, trajectory_prompt: str = "plain", **kwargs):
+                 delta_fraction: float = OFFICIAL_DELTA_FRACTION, cache: bool = True,
+                 trajectory_prompt: str = "plain", **kwargs):
         representation = kwargs.get("representation")
         super().__init__(*args, **kwargs)
         self.scale_td, self.delta, self.cache = float(scale_td), delta, cache
+        self.delta_fraction = float(delta_fraction)
         T = self.backbone.num_timesteps
         self.grid = list(range(T - 1, -1, -(T // n_ddim)))[:n_ddim]
         self.n_objects = 1 if representation is None else representation.n_objects
@@ -58,6 +60,7 @@ class DSD(Guidance):
         checks.number(cfg, "scale_td", f"{key}.scale_td", lo=1.0)
         checks.number(cfg, "n_ddim", f"{key}.n_ddim", lo=1, integer=True)
         checks.choice(cfg, "delta", f"{key}.delta", DSD_DELTAS)
+        checks.number(cfg, "delta_fraction", f"{key}.delta_fraction", lo=0.0, lo_open=True)
         checks.choice(cfg, "trajectory_prompt", f"{key}.trajectory_prompt", TRAJECTORY_PROMPTS)
 
     # --- the DDIM trajectory from eps* ----------------------------------------------
@@ -110,7 +113,7 @@ class DSD(Guidance):
             return T - 1 if self.prev_t is None else self.prev_t
         t_min = int(round(self.schedule.t_min * T))
         u = float(torch.rand((), generator=self.rng(step, rng.Stream.DSD_DELTA)))
-        return min(t + int(u * OFFICIAL_DELTA_FRACTION * max(t - t_min, 0)), T - 1)
+        return min(t + int(u * self.delta_fraction * max(t - t_min, 0)), T - 1)
 
     def forward(self, x, views, step, out=None):
         x = x.detach()

@@ -12,6 +12,10 @@ Estimator (per term, psi and the prior frozen):
   x_t = alpha_t x + sigma_t eps, grad log q_t(x_t | x) = -eps / sigma_t,  G = w(t) dL/dx.
 Note the sign against the paper's Eq. 24 (there the loss is stated for ascent).
 
+``vsd_after`` (official code's choice, METHODS.md): from this fraction of the run on, the step is
+VSD's G = w(t) (e_s(x_t; y_c) - e_psi(x_t; y, c)) with the same psi (Dive3D's code runs SIM for
+the first ~14k of 25k iterations, i.e. 0.56, and VSD after); null = SIM throughout (the paper).
+
 Which gradient path is unbiased (``grad_through``), settled on the affine-Gaussian toy
 where D is closed form (tests/test_sim.py):
   - ``inputs`` (default, unbiased): gradient flows through x_t everywhere, i.e. into the
@@ -45,8 +49,10 @@ def distance_grad(u: Tensor, kind: str, c: float) -> Tensor:
 
 class SIM(ScoreModelGuidance):
     def __init__(self, *args, distance: str = "l2", huber_c: float = 1.0, reward_weight: float = 0.0,
-                 grad_through: str = "inputs", psi_camera: bool = False, **kwargs):
+                 grad_through: str = "inputs", psi_camera: bool = False, vsd_after: float | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
+        self.vsd_after = None if vsd_after is None else float(vsd_after)
         self.gamma = self.scale - 1.0  # Dive3D's gamma (s = 1 + gamma)
         self.distance, self.huber_c = distance, float(huber_c)
         self.reward_weight, self.grad_through, self.psi_camera = float(reward_weight), grad_through, psi_camera
@@ -58,6 +64,8 @@ class SIM(ScoreModelGuidance):
         checks.choice(cfg, "grad_through", f"{key}.grad_through", SIM_GRAD_PATHS)
         checks.number(cfg, "huber_c", f"{key}.huber_c", lo=0.0, lo_open=True)
         checks.number(cfg, "reward_weight", f"{key}.reward_weight")
+        if cfg.get("vsd_after") is not None:
+            checks.probability(cfg, "vsd_after", f"{key}.vsd_after")
 
     @classmethod
     def check_composition(cls, cfg, key, root):
@@ -88,12 +96,22 @@ class SIM(ScoreModelGuidance):
             terms.append((self.reward_weight, s_r))
         return terms
 
+    def vsd_step(self, step: int) -> bool:
+        return self.vsd_after is not None and step >= self.vsd_after * self.schedule.max_steps
+
     def forward(self, x, views, step, out=None):
+        cam = views.cam if self.psi_camera else None
+        if self.vsd_step(step):  # the official code's second phase
+            x = x.detach()
+            t, _, x_t = self.perturb(x, step)
+            with torch.no_grad():
+                e = self.backbone.eps(x_t, t, *self.text(views), self.scale)
+                e_psi = self.psi_eps(x_t, t, cam)
+            return GuidanceOutput(grad=self.w(t, x) * (e - e_psi), t=t)
         with torch.enable_grad():
             x_ = x.detach().requires_grad_(True)
             t, eps, x_t = self.perturb(x_, step)
             _, sigma = alpha_sigma(self.abar, t)
-            cam = views.cam if self.psi_camera else None
             pair = None
             if self.fused:  # fast path: prior pair and psi in one UNet call (batch 3B), both
                 # differentiated through x_t; a reward term needs a double backward: eager then
