@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from src.backbones.mog import GaussianMixture
-from src.metrics.models import char_bpe_files as clip_tokenizer_files  # noqa: F401 (tests' name)
 from src.schedules import Grid, Uniform
 
 

@@ -18,7 +18,7 @@ from src.backbones.sd import StableDiffusion, WeightsNotFound  # noqa: E402
 from src.cameras import ViewBatch  # noqa: E402
 from src.configs import guidance_names  # noqa: E402
 from src.diffusion import alpha_sigma, bcast  # noqa: E402
-from tests.helpers import clip_tokenizer_files  # noqa: E402
+from src.metrics.models import char_bpe_files  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # tiny CLIP: 77 positions like the real one would make the text encoder the slowest part
@@ -43,7 +43,7 @@ def write_tiny_sd(root: Path, prediction_type: str = "epsilon", seed: int = 0) -
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
         sample_size=16,
     ).save_pretrained(root / "vae")
-    vocab, merges = clip_tokenizer_files(root / "_bpe")
+    vocab, merges = char_bpe_files(root / "_bpe")
     tok = CLIPTokenizer(str(vocab), str(merges), model_max_length=MAX_TOKENS)
     tok.save_pretrained(root / "tokenizer")
     CLIPTextModel(CLIPTextConfig(
