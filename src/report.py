@@ -228,8 +228,12 @@ def science_columns(names: list[str], rows: list[dict]) -> list[str]:
     for m in names:
         if m in CSV_ONLY:
             continue
-        cols += ([f"{m}_per_seed"] + (["distinct_modes", "mode_entropy"] if m == MODE_KEY else [])
-                 if m in CATEGORICAL else [m])
+        if m not in CATEGORICAL:
+            cols.append(m)
+            continue
+        cols.append(f"{m}_per_seed")
+        if m == MODE_KEY:
+            cols += ["distinct_modes", "mode_entropy"]
     cols += [g for g in GROUP_METRICS if g != "kid_std" and any(g in r for r in rows)]
     return cols
 
