@@ -119,7 +119,11 @@ def test_batched_cfg_equals_separate_calls(tiny_repo):
     s = 7.5
     batched = bb.eps(x_t, t, emb, null, s)
     e_c, e_u = bb.predict_eps(x_t, t, emb), bb.predict_eps(x_t, t, null)
-    torch.testing.assert_close(batched, e_u + s * (e_c - e_u), rtol=1e-5, atol=1e-5)
+    # float32 kernels round differently at batch 6 and batch 3: up to 1.6e-6 per call over 20
+    # seeds here (4e-6 allowed); CFG's e_u + s (e_c - e_u) multiplies that by up to 1 + 2s
+    # (CI once saw 1.4e-5 against a flat 1e-5)
+    tol = 4e-6 * (1 + 2 * s)
+    torch.testing.assert_close(batched, e_u + s * (e_c - e_u), rtol=tol, atol=tol)
     assert c.cond.shape == (4, MAX_TOKENS, TEXT_DIM)  # front / side / back / overhead
     assert not torch.equal(c.uncond, bb.embed(""))  # the negative prompt is the null branch
 
