@@ -180,6 +180,22 @@ def test_renderer_sphere_silhouette_matches_projection():
     assert abs(area / (math.pi * r * r) - 1) < 0.02
 
 
+def test_light_dir_sets_the_shading_and_the_cache_key():
+    """A sphere lit along the vertical axis looks the same from every azimuth; the default
+    light (from above and the front) makes its back darker than its front. The light is part
+    of the world's cache key."""
+    views = make_views(torch.tensor([0.0, 90.0, 180.0]), torch.full((3,), 20.0), torch.full((3,), 2.0),
+                       torch.full((3,), 40.0), 16, 16)
+    top = render_coverage("sphere", views, light_dir=(0.0, 0.0, 1.0))[..., 0]
+    torch.testing.assert_close(top[1], top[0], atol=1e-4, rtol=0)  # sphere tracing and finite-difference normals
+    torch.testing.assert_close(top[2], top[0], atol=1e-4, rtol=0)  # sphere tracing and finite-difference normals
+    lit = render_coverage("sphere", views)[..., 0]
+    assert float(lit[0].sum()) > 1.2 * float(lit[2].sum())
+    default = ShapesWorld(resolution=8, **SMALL)
+    assert ShapesWorld(resolution=8, light_dir=(0, 0, 1), **SMALL).world_key() != default.world_key()
+    assert ShapesWorld(resolution=8, light_dir=(0.5, 0.3, 1.0), **SMALL).world_key() == default.world_key()
+
+
 def test_metrics_on_truth_and_janus():
     world = ShapesWorld(resolution=32, marker=True, **SMALL)
     red_cube = world.prompt_classes("a red cube")[0]

@@ -55,6 +55,7 @@ from src import checks
 from src.backbones.base import Backbone
 from src.backbones.shapes_metrics import ExactMetrics
 from src.backbones.shapes_render import (
+    LIGHT_DIR,
     PALETTE,
     RENDERER_VERSION,
     SDFS,
@@ -243,6 +244,7 @@ class ShapesWorld(ExactMetrics, Backbone):
         distance: float = 2.0,
         fovy_deg: float = 40.0,
         background: Sequence[float] = (1.0, 1.0, 1.0),
+        light_dir: Sequence[float] = LIGHT_DIR,
         marker: bool = False,
         front_bias: float = 0.0,
         view_adherence: float = 1.0,
@@ -261,6 +263,7 @@ class ShapesWorld(ExactMetrics, Backbone):
         self.n_azimuths, self.n_elevations = int(n_azimuths), int(n_elevations)
         self.elevation_range = tuple(float(e) for e in elevation_range)
         self.distance, self.fovy_deg = float(distance), float(fovy_deg)
+        self.light_dir = tuple(float(v) for v in light_dir)
         self.marker, self.front_bias = bool(marker), float(front_bias)
         self.view_adherence = float(view_adherence)
         self.smoothing, self.supersample = float(smoothing), int(supersample)
@@ -316,6 +319,10 @@ class ShapesWorld(ExactMetrics, Backbone):
         checks.number(cfg, "distance", f"{key}.distance", lo=0.0, lo_open=True)
         checks.number(cfg, "fovy_deg", f"{key}.fovy_deg", lo=0.0, hi=180.0, lo_open=True, hi_open=True)
         checks.number(cfg, "smoothing", f"{key}.smoothing", lo=0.0)
+        light = list(cfg.get("light_dir", LIGHT_DIR) or [])
+        checks.require(len(light) == 3 and all(isinstance(v, (int, float)) for v in light)
+                       and any(float(v) != 0.0 for v in light),
+                       f"{key}.light_dir", cfg.get("light_dir"), "3 numbers, not all zero (towards the light)")
         checks.number(cfg, "front_bias", f"{key}.front_bias")
         checks.probability(cfg, "view_adherence", f"{key}.view_adherence")
         checks.number(cfg, "precision_threshold", f"{key}.precision_threshold", lo=0.0, lo_open=True)
@@ -380,7 +387,7 @@ class ShapesWorld(ExactMetrics, Backbone):
             "colors": [PALETTE[c] for c in self.colors], "res": self.resolution,
             "az": self.n_azimuths, "el": list(self.elevation_range), "nel": self.n_elevations,
             "d": self.distance, "fov": self.fovy_deg, "bg": self.background.tolist(),
-            "marker": self.marker_axes, "ss": self.supersample,
+            "marker": self.marker_axes, "ss": self.supersample, "light": list(self.light_dir),
         }
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -395,7 +402,8 @@ class ShapesWorld(ExactMetrics, Backbone):
         for k in class_ids:
             by_shape.setdefault(int(k) // len(self.colors), []).append(int(k))
         for s, ks in by_shape.items():
-            cov = render_coverage(self.shapes[s], views, height, width, markers, self.supersample)
+            cov = render_coverage(self.shapes[s], views, height, width, markers, self.supersample,
+                                  light_dir=self.light_dir)
             for k in ks:
                 out[k] = colorize(cov, self.palette[k % len(self.colors)], self.background)
         return torch.stack([out[int(k)] for k in class_ids])
@@ -404,7 +412,7 @@ class ShapesWorld(ExactMetrics, Backbone):
         """Pixels covered by the marker in the truth at each view; -> (B,) pixel counts."""
         cov = render_coverage(
             self.shapes[int(class_id) // len(self.colors)], views, height, width,
-            self.marker_axes, self.supersample,
+            self.marker_axes, self.supersample, light_dir=self.light_dir,
         )
         return cov[..., 3].sum((-1, -2))
 

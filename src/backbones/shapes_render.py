@@ -169,9 +169,9 @@ def marker_mask(p: Tensor, n: Tensor, axes: Sequence[Sequence[float]]) -> Tensor
     return m
 
 
-def lambert(n: Tensor) -> Tensor:
-    """Shade factor in [AMBIENT, 1] for unit normals (R, 3) -> (R,)."""
-    light = torch.tensor(LIGHT_DIR, dtype=n.dtype, device=n.device)
+def lambert(n: Tensor, light_dir: Sequence[float] = LIGHT_DIR) -> Tensor:
+    """Shade factor in [AMBIENT, 1] for unit normals (R, 3) -> (R,), lit from ``light_dir``."""
+    light = torch.tensor(list(light_dir), dtype=n.dtype, device=n.device)
     light = light / light.norm()
     return AMBIENT + DIFFUSE * (n @ light).clamp_min(0)
 
@@ -184,6 +184,7 @@ def render_coverage(
     markers: Sequence[Sequence[float]] = (),
     supersample: int = 2,
     chunk_views: int = 16,
+    light_dir: Sequence[float] = LIGHT_DIR,
 ) -> Tensor:
     """Pooled per-pixel coefficients of one shape seen by each view.
 
@@ -208,7 +209,7 @@ def render_coverage(
         o, d = o.reshape(-1, 3), d.reshape(-1, 3)
         hit, p = sphere_trace(o, d, sdf)
         n = sdf_normal(p, sdf)
-        shade = lambert(n)
+        shade = lambert(n, light_dir)
         mark = marker_mask(p, n, markers) & hit if markers else torch.zeros_like(hit)
         hitf, markf = hit.float(), mark.float()
         coef = torch.stack(
