@@ -68,6 +68,10 @@ def translate(old: dict) -> tuple[dict, dict | None]:
         g["delta_fraction"] = 0.1  # issue 9: the official delta's 0.1 as a key
     if g["_target_"].endswith("SIM"):
         g["vsd_after"] = None  # issue 9: the official code's switch to VSD, off (the paper) by default
+        # issue 9: psi camera-conditioned as Dive3D's (ProlificDreamer's) LoRA, except on the
+        # toys' vector representations (psi_camera auto); there p_drop is 1 as before
+        assert g["psi_camera"] is False and g["p_drop"] == 1.0
+        g["psi_camera"], g["p_drop"] = "auto", 0.1
     # Issue 10: validation grids every 10% of a 3D run by default, turntables at 128 px with
     # the mesh's floaters removed.
     old["trainer"]["val_every"] = "auto"

@@ -140,6 +140,22 @@ def test_sim_rejects_bad_options():
         SIM.validate_config({**base, "gamma": 6.5, "distance": "l2", "grad_through": "inputs"}, "guidance")
     with pytest.raises(ConfigError, match=r"guidance.vsd_after=1.5 is invalid: must be >= 0.0 and <= 1.0"):
         SIM.validate_config({**base, "distance": "l2", "grad_through": "inputs", "huber_c": 1.0, "reward_weight": 0.0, "vsd_after": 1.5}, "guidance")
+    with pytest.raises(ConfigError, match=r"guidance.psi_camera='sometimes' is invalid: allowed: auto, True, False"):
+        SIM.validate_config({**base, "distance": "l2", "grad_through": "inputs", "psi_camera": "sometimes"}, "guidance")
+
+
+@pytest.mark.parametrize("overrides, camera, p_drop", [
+    (["backbone=mog2d", "representation=particles"], False, 1.0),   # the "camera" is the particle index
+    (["experiment=esd_toy"], False, 1.0),                           # the "camera" is the generator's code
+    (["representation=nerf"], True, 0.1),                           # a viewpoint: as Dive3D's LoRA psi
+    (["representation=nerf", "guidance.psi_camera=false"], False, 1.0),
+])
+def test_psi_camera_auto_follows_whether_the_camera_is_a_viewpoint(overrides, camera, p_drop):
+    from src.api import compose
+    from src.build import build_components
+
+    c = build_components(compose(["guidance=sim", *overrides]))
+    assert c.guidance.psi_camera is camera and c.guidance.p_drop == p_drop
 
 
 def test_reward_term_pulls_toward_the_rewarded_mode(tmp_path):
