@@ -67,7 +67,9 @@ def translate(old: dict) -> tuple[dict, dict | None]:
         g["trajectory_prompt"] = "plain"
         g["delta_fraction"] = 0.1  # issue 9: the official delta's 0.1 as a key
     if g["_target_"].endswith("SIM"):
-        g["vsd_after"] = None  # issue 9: the official code's switch to VSD, off (the paper) by default
+        # issue 9: the official code's switch to VSD, off (the paper) by default; on ShapesWorld
+        # at 0.56 (conf/tuning/method/shapes_sim.yaml)
+        g["vsd_after"] = 0.56 if old["backbone"]["_target_"].endswith("ShapesWorld") else None
         # issue 9: psi camera-conditioned as Dive3D's (ProlificDreamer's) LoRA, except on the
         # toys' vector representations (psi_camera auto); there p_drop is 1 as before
         assert g["psi_camera"] is False and g["p_drop"] == 1.0
