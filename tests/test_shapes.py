@@ -158,6 +158,25 @@ def test_view_adherence_mixes_the_view_prompt_with_every_view():
     torch.testing.assert_close(ignored.embed("a red cube, back view"), ignored.embed("a red cube"))
 
 
+def test_view_adherence_per_view_name():
+    """A mapping gives each view prompt its own a (views not named: 1, obeyed)."""
+    obeyed = ShapesWorld(resolution=8, front_bias=1.5, **SMALL)
+    loose_back = ShapesWorld(resolution=8, front_bias=1.5, view_adherence={"back": 0.3}, **SMALL)
+    every = obeyed.embed("a red cube")
+    torch.testing.assert_close(loose_back.embed("a red cube, back view"),
+                               0.3 * obeyed.embed("a red cube, back view") + 0.7 * every)
+    for view in ("front", "side", "overhead"):
+        torch.testing.assert_close(loose_back.embed(f"a red cube, {view} view"), obeyed.embed(f"a red cube, {view} view"))
+    from src.api import compose
+    from src.checks import ConfigError
+
+    cfg = compose(["backbone=shapes"]).backbone
+    with pytest.raises(ConfigError, match=r"backbone.view_adherence=.*mapping of view names \(front, side, back, overhead\)"):
+        ShapesWorld.validate_config({**cfg, "view_adherence": {"rear": 0.5}}, "backbone")
+    with pytest.raises(ConfigError, match=r"backbone.view_adherence.back=1.5 is invalid: must be >= 0.0 and <= 1.0"):
+        ShapesWorld.validate_config({**cfg, "view_adherence": {"back": 1.5}}, "backbone")
+
+
 def test_encode_decode():
     world = ShapesWorld(resolution=8, **SMALL)
     rgb = torch.rand(2, 8, 8, 3, requires_grad=True)

@@ -36,7 +36,9 @@ the mixture
     w(y, view) = a * w(y restricted to the view's images) + (1 - a) * w(y, every view)
 
 (both front-biased and normalized), still the exact ideal denoiser of a stated image
-distribution; a = 1 is a perfectly obeyed view prompt, a = 0 ignores it.
+distribution; a = 1 is a perfectly obeyed view prompt, a = 0 ignores it. ``view_adherence`` is
+one a for every view prompt or a mapping from view names to a (unnamed views: 1), e.g. a rarely
+photographed back view obeyed less than the front: ``{back: 0.1}``.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -247,7 +249,7 @@ class ShapesWorld(ExactMetrics, Backbone):
         light_dir: Sequence[float] = LIGHT_DIR,
         marker: bool = False,
         front_bias: float = 0.0,
-        view_adherence: float = 1.0,
+        view_adherence: float | Mapping[str, float] = 1.0,
         smoothing: float = 0.02,
         supersample: int = 2,
         precision_threshold: float = 0.06,
@@ -265,7 +267,9 @@ class ShapesWorld(ExactMetrics, Backbone):
         self.distance, self.fovy_deg = float(distance), float(fovy_deg)
         self.light_dir = tuple(float(v) for v in light_dir)
         self.marker, self.front_bias = bool(marker), float(front_bias)
-        self.view_adherence = float(view_adherence)
+        # one a for every view prompt, or one per view name (views not named: 1, obeyed)
+        per_view = view_adherence if isinstance(view_adherence, Mapping) else dict.fromkeys(VIEW_NAMES, view_adherence)
+        self.view_adherence = {v: float(per_view.get(v, 1.0)) for v in VIEW_NAMES}
         self.smoothing, self.supersample = float(smoothing), int(supersample)
         self.precision_threshold = float(precision_threshold)
         self.eval_elevation_deg = float(eval_elevation_deg)
@@ -324,7 +328,15 @@ class ShapesWorld(ExactMetrics, Backbone):
                        and any(float(v) != 0.0 for v in light),
                        f"{key}.light_dir", cfg.get("light_dir"), "3 numbers, not all zero (towards the light)")
         checks.number(cfg, "front_bias", f"{key}.front_bias")
-        checks.probability(cfg, "view_adherence", f"{key}.view_adherence")
+        adherence = cfg.get("view_adherence", 1.0)
+        if isinstance(adherence, Mapping):
+            unknown = sorted(set(adherence) - set(VIEW_NAMES))
+            checks.require(not unknown, f"{key}.view_adherence", dict(adherence),
+                           f"a number in [0, 1] or a mapping of view names ({', '.join(VIEW_NAMES)}) to one")
+            for v in adherence:
+                checks.probability(adherence, v, f"{key}.view_adherence.{v}")
+        else:
+            checks.probability(cfg, "view_adherence", f"{key}.view_adherence")
         checks.number(cfg, "precision_threshold", f"{key}.precision_threshold", lo=0.0, lo_open=True)
 
     @property
@@ -498,8 +510,10 @@ class ShapesWorld(ExactMetrics, Backbone):
             return w / w.sum()
 
         w = weights(True)
-        if self.view_adherence < 1.0 and parse_prompt(text, self.shapes, self.colors)[2] is not None:
-            w = self.view_adherence * w + (1.0 - self.view_adherence) * weights(False)
+        view = parse_prompt(text, self.shapes, self.colors)[2]
+        a = 1.0 if view is None else self.view_adherence[view]
+        if a < 1.0:
+            w = a * w + (1.0 - a) * weights(False)
         return w.float()
 
     # --- the model -------------------------------------------------------------------------
