@@ -153,6 +153,14 @@ def validate(cfg: DictConfig) -> None:
             f"representation={rep.__name__} is a {rep.kind!r} representation, which backbone "
             f"{bb.__name__} cannot drive; it drives {', '.join(representations_for(bb.supported_representations))}"
         )
+    if cfg.trainer.export and rep.kind == "3d":  # the turntable's .mp4, written after training
+        from src.export.video import video_writer_problem
+
+        problem = video_writer_problem()
+        if problem:
+            raise ConfigError(f"trainer.export=true is invalid: the turntable video needs imageio-ffmpeg, "
+                              f"which is not usable here ({problem}); pip install imageio-ffmpeg (a "
+                              "dependency of this project), or trainer.export=false")
 
 
 def max_steps_readers(cfg: DictConfig) -> list[str]:

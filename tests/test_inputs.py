@@ -69,6 +69,18 @@ def test_cuda_without_a_gpu_is_refused_before_anything_is_built():
         validate(compose(["device=cuda"]))
 
 
+def test_export_without_a_video_writer_is_refused_before_training(monkeypatch):
+    """A GPU machine without imageio-ffmpeg failed 32 runs of a sweep after their 600 steps, at
+    the turntable video (2026-12-03): the check now comes before anything is built."""
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # import raises ImportError
+    with pytest.raises(ValueError, match=r"trainer.export=true is invalid: the turntable video needs "
+                                         r"imageio-ffmpeg.*or trainer.export=false") as err:
+        validate(compose([]))
+    assert len(str(err.value)) < MAX_MESSAGE
+    validate(compose(["trainer.export=false"]))  # nothing to write, nothing to refuse
+    validate(compose(TOY))  # the toys write no video
+
+
 @pytest.mark.parametrize("backbone", [[], TOY])
 def test_a_10k_character_prompt_gives_a_short_error(backbone):
     with pytest.raises(ValueError) as err:

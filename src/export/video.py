@@ -19,6 +19,18 @@ def to_uint8(frames: Tensor | np.ndarray) -> np.ndarray:
     return (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
+def video_writer_problem() -> str | None:
+    """Why ``write_video`` would fail here (imageio-ffmpeg or its ffmpeg binary missing), or None.
+    Checked before a run trains (src/build.py), not found after it."""
+    try:
+        import imageio_ffmpeg
+
+        imageio_ffmpeg.get_ffmpeg_exe()
+    except Exception as err:  # ImportError, or RuntimeError: no binary
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
 def write_video(frames, path: Path, fps: int = 12) -> Path:
     """An .mp4 (H.264 via imageio-ffmpeg) of frames (N, H, W, 3); exactly N frames.
 
