@@ -215,6 +215,26 @@ def test_light_dir_sets_the_shading_and_the_cache_key():
     assert ShapesWorld(resolution=8, light_dir=(0.5, 0.3, 1.0), **SMALL).world_key() == default.world_key()
 
 
+def test_marker_radius_sets_the_face_size_and_the_cache_key():
+    """The face disc's radius (backbone.marker_radius): a larger disc covers more of the front
+    view, pixel for pixel as the area of a spherical cap; the default keeps the old cache key."""
+    import math
+
+    views = make_views(torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([2.0]), torch.tensor([40.0]), 32, 32)
+    cover = {r: float(render_coverage("sphere", views, markers=((1.0, 0.0, 0.0),), marker_radius=r,
+                                      supersample=4)[..., 3].sum()) for r in (0.15, 0.3)}
+    # projected area of a disc of radius r on the sphere, seen head-on at this distance: ~pi r^2
+    # (perspective enlarges both alike), so the ratio is ~(0.3 / 0.15)^2 = 4
+    assert 3.5 < cover[0.3] / cover[0.15] < 4.5, cover
+    assert cover[0.15] > 0.5 * math.pi * 0.15**2 / (2 * 2.0 * math.tan(math.radians(20))) ** 2 * 32**2
+    default = ShapesWorld(resolution=8, marker=True, **SMALL)
+    assert ShapesWorld(resolution=8, marker=True, marker_radius=0.2, **SMALL).world_key() == default.world_key()
+    assert ShapesWorld(resolution=8, marker=True, marker_radius=0.35, **SMALL).world_key() != default.world_key()
+    # no marker, no disc: its radius does not change the images
+    plain = ShapesWorld(resolution=8, **SMALL).world_key()
+    assert ShapesWorld(resolution=8, marker_radius=0.35, **SMALL).world_key() == plain
+
+
 def test_metrics_on_truth_and_janus():
     world = ShapesWorld(resolution=32, marker=True, **SMALL)
     red_cube = world.prompt_classes("a red cube")[0]

@@ -57,7 +57,9 @@ from src import checks
 from src.backbones.base import Backbone
 from src.backbones.shapes_metrics import ExactMetrics
 from src.backbones.shapes_render import (
+    BOUND_RADIUS,
     LIGHT_DIR,
+    MARKER_RADIUS,
     PALETTE,
     RENDERER_VERSION,
     SDFS,
@@ -248,6 +250,7 @@ class ShapesWorld(ExactMetrics, Backbone):
         background: Sequence[float] = (1.0, 1.0, 1.0),
         light_dir: Sequence[float] = LIGHT_DIR,
         marker: bool = False,
+        marker_radius: float = MARKER_RADIUS,
         front_bias: float = 0.0,
         view_adherence: float | Mapping[str, float] = 1.0,
         smoothing: float = 0.02,
@@ -267,6 +270,7 @@ class ShapesWorld(ExactMetrics, Backbone):
         self.distance, self.fovy_deg = float(distance), float(fovy_deg)
         self.light_dir = tuple(float(v) for v in light_dir)
         self.marker, self.front_bias = bool(marker), float(front_bias)
+        self.marker_radius = float(marker_radius)
         # one a for every view prompt, or one per view name (views not named: 1, obeyed)
         per_view = view_adherence if isinstance(view_adherence, Mapping) else dict.fromkeys(VIEW_NAMES, view_adherence)
         self.view_adherence = {v: float(per_view.get(v, 1.0)) for v in VIEW_NAMES}
@@ -328,6 +332,8 @@ class ShapesWorld(ExactMetrics, Backbone):
                        and any(float(v) != 0.0 for v in light),
                        f"{key}.light_dir", cfg.get("light_dir"), "3 numbers, not all zero (towards the light)")
         checks.number(cfg, "front_bias", f"{key}.front_bias")
+        # a disc across the +x axis; beyond the largest shape's half-width it would wrap the object
+        checks.number(cfg, "marker_radius", f"{key}.marker_radius", lo=0.0, hi=BOUND_RADIUS, lo_open=True)
         adherence = cfg.get("view_adherence", 1.0)
         if isinstance(adherence, Mapping):
             unknown = sorted(set(adherence) - set(VIEW_NAMES))
@@ -401,6 +407,8 @@ class ShapesWorld(ExactMetrics, Backbone):
             "d": self.distance, "fov": self.fovy_deg, "bg": self.background.tolist(),
             "marker": self.marker_axes, "ss": self.supersample, "light": list(self.light_dir),
         }
+        if self.marker and self.marker_radius != MARKER_RADIUS:  # default worlds keep their key
+            spec["marker_radius"] = self.marker_radius
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
     def render_classes(
@@ -415,7 +423,7 @@ class ShapesWorld(ExactMetrics, Backbone):
             by_shape.setdefault(int(k) // len(self.colors), []).append(int(k))
         for s, ks in by_shape.items():
             cov = render_coverage(self.shapes[s], views, height, width, markers, self.supersample,
-                                  light_dir=self.light_dir)
+                                  light_dir=self.light_dir, marker_radius=self.marker_radius)
             for k in ks:
                 out[k] = colorize(cov, self.palette[k % len(self.colors)], self.background)
         return torch.stack([out[int(k)] for k in class_ids])
@@ -424,7 +432,7 @@ class ShapesWorld(ExactMetrics, Backbone):
         """Pixels covered by the marker in the truth at each view; -> (B,) pixel counts."""
         cov = render_coverage(
             self.shapes[int(class_id) // len(self.colors)], views, height, width,
-            self.marker_axes, self.supersample, light_dir=self.light_dir,
+            self.marker_axes, self.supersample, light_dir=self.light_dir, marker_radius=self.marker_radius,
         )
         return cov[..., 3].sum((-1, -2))
 

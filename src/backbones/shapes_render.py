@@ -157,15 +157,15 @@ def sdf_normal(p: Tensor, sdf: Callable[[Tensor], Tensor]) -> Tensor:
     return g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def marker_mask(p: Tensor, n: Tensor, axes: Sequence[Sequence[float]]) -> Tensor:
-    """Surface points painted by a marker disc around any of the unit ``axes``; -> (R,) bool."""
+def marker_mask(p: Tensor, n: Tensor, axes: Sequence[Sequence[float]], radius: float = MARKER_RADIUS) -> Tensor:
+    """Surface points painted by a marker disc of ``radius`` around any of the unit ``axes``; -> (R,) bool."""
     m = torch.zeros(p.shape[0], dtype=torch.bool, device=p.device)
     for a in axes:
         u = torch.tensor(a, dtype=p.dtype, device=p.device)
         u = u / u.norm()
         along = (p * u).sum(-1)
         across = (p - along[:, None] * u).norm(dim=-1)
-        m |= (along > 0) & ((n * u).sum(-1) > MARKER_MIN_FACING) & (across < MARKER_RADIUS)
+        m |= (along > 0) & ((n * u).sum(-1) > MARKER_MIN_FACING) & (across < radius)
     return m
 
 
@@ -185,6 +185,7 @@ def render_coverage(
     supersample: int = 2,
     chunk_views: int = 16,
     light_dir: Sequence[float] = LIGHT_DIR,
+    marker_radius: float = MARKER_RADIUS,
 ) -> Tensor:
     """Pooled per-pixel coefficients of one shape seen by each view.
 
@@ -210,7 +211,7 @@ def render_coverage(
         hit, p = sphere_trace(o, d, sdf)
         n = sdf_normal(p, sdf)
         shade = lambert(n, light_dir)
-        mark = marker_mask(p, n, markers) & hit if markers else torch.zeros_like(hit)
+        mark = marker_mask(p, n, markers, marker_radius) & hit if markers else torch.zeros_like(hit)
         hitf, markf = hit.float(), mark.float()
         coef = torch.stack(
             [hitf * (1 - markf) * shade, markf * shade, 1 - hitf, markf], -1
