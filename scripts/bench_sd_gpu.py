@@ -138,6 +138,26 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def build_extensions() -> dict:
+    """Build nerfacc's JIT CUDA extension here, before any job and outside ``--job-timeout``.
+
+    A worker killed at its timeout while torch.utils.cpp_extension builds leaves the build's lock
+    file behind, and every later build waits on it forever: on 2026-12-03 the first job (the
+    primitives, then the 70 s build) was killed at 100 s and every job after it timed out."""
+    t0 = time.time()
+    try:
+        import nerfacc
+
+        est = nerfacc.OccGridEstimator(roi_aabb=[-1.0, -1.0, -1.0, 1.0, 1.0, 1.0], resolution=8).cuda()
+        rays_o = torch.zeros(2, 3, device="cuda")
+        rays_d = torch.nn.functional.normalize(torch.ones(2, 3, device="cuda"), dim=-1)
+        est.sampling(rays_o, rays_d, render_step_size=0.1)
+        torch.cuda.synchronize()
+    except Exception as err:  # the jobs fall back to renderer=dense and record why
+        return {"nerfacc_build_error": f"{type(err).__name__}: {err}"[:300], "nerfacc_build_s": time.time() - t0}
+    return {"nerfacc_build_s": time.time() - t0}
+
+
 def cuda_ok() -> bool:
     """Whether the CUDA context still works (an illegal access poisons it for the process)."""
     try:
@@ -234,23 +254,45 @@ def bench_primitives(args) -> dict:
 
 
 def _sd_primitives(args) -> dict:
+    """The UNet's CFG call (eager, graph) and the 512 px VAE encode + backward: diffusers' modules
+    (eager), the fast path's modules (src/backbones/fast_vae.py) called eagerly in both memory
+    formats, and replayed as a graph; a psi-sized UNet forward + backward at batch 1 with native
+    and many-block GroupNorm (where the fast path could go next)."""
+    from src.backbones import fast_vae
     from src.backbones.sd import StableDiffusion
 
     dev, out = args.device, {}
-    bb = StableDiffusion(path=str(args.repo), dtype=args.dtype, embedding_cache=None, fast=True).to(dev)
+    bbs = {fast: StableDiffusion(path=str(args.repo), dtype=args.dtype, embedding_cache=None, fast=fast).to(dev)
+           for fast in (False, True)}
+    bb = bbs[True]
     c = bb.conditioning("a lion", "")
     h = bb.resolution // bb.vae_scale_factor
     x = torch.randn(1, 4, h, h, device=dev)
     t = torch.full((1,), 500, device=dev)
     emb, null = c.select(torch.zeros(1, dtype=torch.long)), c.null(1)
     rgb = torch.rand(1, bb.resolution, bb.resolution, 3, device=dev, requires_grad=True)
-    for fast in (False, True):
-        bb.fast = fast
+    for fast, b in bbs.items():
         tag = "graph" if fast else "eager"
         with torch.no_grad():
-            out[f"unet_cfg_b2_{tag}_ms"] = _time(lambda: bb.eps(x, t, emb, null, 7.5), dev)
-        out[f"vae_encode_backward_{bb.resolution}_{tag}_ms"] = _time(lambda: bb.encode(rgb).sum().backward(), dev)
+            out[f"unet_cfg_b2_{tag}_ms"] = _time(lambda b=b: b.eps(x, t, emb, null, 7.5), dev)
+        out[f"vae_encode_backward_{bb.resolution}_{tag}_ms"] = _time(lambda b=b: b.encode(rgb).sum().backward(), dev)
+    bb.graphs.enabled = False
+    out[f"vae_encode_backward_{bb.resolution}_fast_modules_no_graph_ms"] = _time(lambda: bb.encode(rgb).sum().backward(), dev)
+    bb.vae.to(memory_format=torch.contiguous_format)
+    out[f"vae_encode_backward_{bb.resolution}_fast_modules_nchw_no_graph_ms"] = _time(
+        lambda: bb.encode(rgb).sum().backward(), dev)
+    bb.vae.to(memory_format=torch.channels_last)
+    bb.graphs.enabled = True
     out["graph_failures"] = bb.graphs.summary()["failures"]
+    unet, xb = bbs[False].unet, x.to(bbs[False].unet.dtype)
+
+    def unet_fwd_bwd():
+        xi = xb.clone().requires_grad_(True)
+        unet(xi, t, encoder_hidden_states=emb.to(xb.dtype)).sample.float().square().sum().backward()
+
+    out["unet_b1_fwd_bwd_native_gn_ms"] = _time(unet_fwd_bwd, dev)
+    fast_vae.widen_group_norms(unet)
+    out["unet_b1_fwd_bwd_wide_gn_ms"] = _time(unet_fwd_bwd, dev)
     return out
 
 
@@ -587,6 +629,9 @@ def main() -> None:
                           "g0_rel_diff_vs_eager", "error", "skipped", "wall_s")}
         print(json.dumps(brief), flush=True)
 
+    if args.device.startswith("cuda") and args.renderer != "dense":
+        result["env"].update(build_extensions())
+        print(f"extensions: {result['env']}", flush=True)
     t0 = time.time()
     run_jobs(jobs, worker_argv, args, on_row)
     print(f"\njobs took {time.time() - t0:.0f}s; full results: {out / 'sd_gpu.json'}, {out / 'sd_gpu.md'}\n")

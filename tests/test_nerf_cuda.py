@@ -128,3 +128,22 @@ def test_cuda_step_time():
             out.rgb.sum().backward()
         torch.cuda.synchronize()
         print(f"[cuda step] {res}px render+backward {(time.perf_counter() - t) / 5 * 1e3:.1f} ms")
+
+
+def test_weighted_gather_on_cuda_equals_the_cpu_path():
+    """CUDA's plain gather + sum against the CPU's embedding_bag, values and the table's gradient."""
+    from src.representations.fields import weighted_gather
+
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(5000, 2, generator=g, dtype=torch.float64)
+    idx = torch.randint(5000, (20000, 8), generator=g)
+    w = torch.rand(20000, 8, generator=g, dtype=torch.float64)
+    up = torch.randn(20000, 2, generator=g, dtype=torch.float64)
+    out = {}
+    for dev in ("cpu", "cuda"):
+        t = table.detach().to(dev).clone().requires_grad_(True)  # a leaf on each device
+        y = weighted_gather(t, idx.to(dev), w.to(dev))
+        (y * up.to(dev)).sum().backward()
+        out[dev] = y.detach().cpu(), t.grad.cpu()
+    torch.testing.assert_close(out["cuda"][0], out["cpu"][0])
+    torch.testing.assert_close(out["cuda"][1], out["cpu"][1])

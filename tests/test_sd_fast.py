@@ -241,6 +241,58 @@ def test_backbone_fast_config_is_checked(tiny_repo):
         StableDiffusion.validate_config({**base, "fast": "yes"}, "backbone")
 
 
+# --- the fast path's VAE (src/backbones/fast_vae.py) -------------------------------------------
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_wide_group_norm_equals_torch_values_and_gradients(channels_last):
+    from src.backbones.fast_vae import group_norm
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(2, 12, 5, 7, generator=g, dtype=torch.float64) * 3 + 1)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, b = (torch.randn(12, generator=g, dtype=torch.float64) for _ in range(2))
+    ins = [t.clone().requires_grad_(True) for t in (x, w, b)]
+    refs = [t.clone().requires_grad_(True) for t in (x, w, b)]
+    y = group_norm(ins[0], 4, ins[1], ins[2], 1e-6)
+    ref = torch.nn.functional.group_norm(refs[0], 4, refs[1], refs[2], 1e-6)
+    up = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    (y * up).sum().backward()
+    (ref * up).sum().backward()
+    assert y.dtype == x.dtype
+    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert rel_diff(y, ref) < 1e-6
+    for a, r in zip(ins, refs):
+        assert rel_diff(a.grad, r.grad) < 1e-5
+    # half precision: float32 statistics, as the native kernel keeps them
+    xh = x.to(torch.bfloat16)
+    yh = group_norm(xh, 4, w.to(torch.bfloat16), b.to(torch.bfloat16), 1e-6)
+    assert yh.dtype == torch.bfloat16 and rel_diff(yh, ref) < 1e-2
+
+
+def test_fast_vae_encode_equals_eager_with_its_backward(tiny_repo):
+    """fast=true swaps the VAE's attention processor and GroupNorms (and memory format): the
+    latents and d(latents)/d(render) are the eager path's to float32 round-off."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    from src.backbones.fast_vae import WideGroupNorm
+
+    eager, fast = make_backbone(tiny_repo), make_backbone(tiny_repo, fast=True, cuda_graphs=False)
+    norms = [m for m in fast.vae.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(type(m) is WideGroupNorm for m in norms)
+    assert all(isinstance(p, AttnProcessor) for p in fast.vae.attn_processors.values())
+    assert not any(p.requires_grad for p in fast.vae.parameters())
+    rgb0 = torch.rand(2, 24, 24, 3, generator=torch.Generator().manual_seed(1))
+    w = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    out = {}
+    for name, bb in (("eager", eager), ("fast", fast)):
+        rgb = rgb0.clone().requires_grad_(True)
+        z = bb.encode(rgb)
+        (grad,) = torch.autograd.grad((w * z).sum(), rgb)
+        out[name] = z.detach(), grad
+    assert rel_diff(out["fast"][0], out["eager"][0]) < 1e-5
+    assert rel_diff(out["fast"][1], out["eager"][1]) < 1e-5
+
+
 # --- the graph plumbing, with a CPU double of a CUDA graph -----------------------------------
 def _flat(out) -> list:
     if isinstance(out, (tuple, list)):

@@ -28,8 +28,9 @@ Latent-space rendering: a representation that renders latents directly returns t
 ``RenderOutput.x`` and the trainer skips ``encode`` (representation=image on SD).
 
 Fast path (``fast=true``; docs/stable_diffusion.md "Fast path"): the prior's calls and the VAE
-encode (+ its backward) replay CUDA graphs (src/backbones/graphs.py, ``self.graphs``), and psi
-(lora.py) shares them and fuses its calls with the prior's. ``fast=false`` is the eager reference
+encode (+ its backward) replay CUDA graphs (src/backbones/graphs.py, ``self.graphs``), the VAE
+runs plain attention and a many-block GroupNorm (src/backbones/fast_vae.py), and psi (lora.py)
+shares the graphs and fuses its calls with the prior's. ``fast=false`` is the eager reference
 the ``-m cuda`` tests compare it with; off CUDA the graphs are off (logged) and only the fused
 calls remain.
 """
@@ -48,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from src import checks, weights
+from src.backbones import fast_vae
 from src.backbones.base import Backbone
 from src.backbones.graphs import GraphCache
 from src.diffusion import alpha_sigma, bcast, sd_alphas_cumprod, v_to_eps
@@ -117,6 +119,12 @@ class StableDiffusion(Backbone):
             m.disable_gradient_checkpointing()
         if channels_last:
             unet.to(memory_format=torch.channels_last)
+        if self.fast:
+            # the same function with kernels that fit SD's shapes (src/backbones/fast_vae.py), and
+            # cuDNN's measured choice of convolution algorithms for the fixed shapes of the fast
+            # path (a process-wide switch; CUDA graphs capture after the choice is made)
+            fast_vae.accelerate(vae, channels_last=channels_last)
+            torch.backends.cudnn.benchmark = True
         # held, not submodules (see the module docstring); _apply moves them
         hold(self, "unet", unet)
         hold(self, "vae", vae)

@@ -116,15 +116,21 @@ class MultiResGrid(nn.Module):
 class _WeightedGather(torch.autograd.Function):
     """out[n] = sum_k w[n, k] table[idx[n, k]]; gradient to the table only.
 
-    Forward is ``F.embedding_bag`` (fused gather + weighted sum); backward is one
-    ``index_add_``, ~7x faster on the CPU than embedding_bag's sort-based backward.
-    The weights (trilinear, from the sample positions) need no gradient here.
+    Forward on the CPU is ``F.embedding_bag`` (fused gather + weighted sum); on CUDA it is the
+    plain gather and sum: embedding_bag's CUDA kernel spreads a bag's features over a warp and
+    the grid has 2 features a level (profile of a fast 64 px SDS step on an H200, 2026-12-03:
+    1.3 ms a call, about half of the NeRF's GPU time). The gather + sum's own time on the GPU
+    is not measured yet (the session's device time ran out): ``scripts/bench_sd_gpu.py``.
+    Backward is one ``index_add_``, ~7x faster on the CPU than embedding_bag's sort-based
+    backward. The weights (trilinear, from the sample positions) need no gradient here.
     """
 
     @staticmethod
     def forward(ctx, table: Tensor, idx: Tensor, w: Tensor) -> Tensor:
         ctx.save_for_backward(idx, w)
         ctx.n_rows = table.shape[0]
+        if table.is_cuda:
+            return (w[:, :, None] * table[idx]).sum(1)
         return F.embedding_bag(idx, table, per_sample_weights=w, mode="sum")
 
     @staticmethod
