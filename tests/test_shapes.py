@@ -235,6 +235,31 @@ def test_marker_radius_sets_the_face_size_and_the_cache_key():
     assert ShapesWorld(resolution=8, marker_radius=0.35, **SMALL).world_key() == plain
 
 
+def test_camera_view_conditioning_is_the_exact_prior_of_the_camera_mixed_by_adherence():
+    """view_conditioning=camera: at a camera of the world, a fully obeyed view prompt's prior is
+    the one image seen from there; the back obeyed at a = 0.1 keeps 0.9 of its view prompt's
+    prior; view_conditioning=prompt (the default) leaves the view prompts' weights alone."""
+    from src.cameras import VIEW_NAMES, view_prompt_index
+
+    kw = dict(resolution=8, **SMALL, view_adherence={"back": 0.1})
+    world = ShapesWorld(view_conditioning="camera", **kw)
+    az, el = torch.tensor([0.0, 180.0, 90.0]), torch.tensor([0.0, 0.0, 70.0])  # cameras of the world
+    views = make_views(az, el, torch.full((3,), 2.0), torch.full((3,), 40.0), 8, 8)
+    views.view_idx = view_prompt_index(az, el)
+    cond = world.conditioning("a red sphere", view_dependent=True)
+    emb = cond.select(views.view_idx)
+    out = world.condition_on_views(emb, views)
+    torch.testing.assert_close(out.sum(1), torch.ones(3))
+    red_sphere = (world.class_idx == world.prompt_classes("a red sphere")[0])
+    for b in range(3):
+        at = red_sphere & (world.azimuth_deg == az[b]) & (world.elevation_deg == el[b])
+        assert int(at.sum()) == 1
+        a = 0.1 if VIEW_NAMES[int(views.view_idx[b])] == "back" else 1.0
+        want = a * at.float() + (1 - a) * emb[b]
+        torch.testing.assert_close(out[b], want)
+    assert torch.equal(ShapesWorld(**kw).condition_on_views(emb, views), emb)
+
+
 def test_metrics_on_truth_and_janus():
     world = ShapesWorld(resolution=32, marker=True, **SMALL)
     red_cube = world.prompt_classes("a red cube")[0]

@@ -96,6 +96,11 @@ class Backbone(checks.Configurable, nn.Module):
         cond = torch.stack([self.embed(p) for p in prompts])
         return Conditioning(cond=cond, uncond=self.embed(negative), prompts=prompts)
 
+    def condition_on_views(self, emb: Tensor, views) -> Tensor:
+        """Per-sample conditioning (B, *E) given the rendering cameras: the view prompts' own
+        by default (a text prior knows the view only through its prompt's bin)."""
+        return emb
+
     # --- space ----------------------------------------------------------------
     def x_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, ...]:
         """Shape of one x in backbone space for renders of height x width (default: the

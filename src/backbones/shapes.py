@@ -66,12 +66,15 @@ from src.backbones.shapes_render import (
     colorize,
     render_coverage,
 )
-from src.cameras import VIEW_NAMES, ViewBatch
+from src.cameras import VIEW_NAMES, ViewBatch, view_prompt_index
 from src.cameras_orbit import make_views
 from src.diffusion import alpha_sigma, bcast, sd_alphas_cumprod
 from src.fileio import atomic_write, remove_stale_shared_temp_files
 
 ARTICLES = ("a", "an", "the")
+# How a view prompt's prior knows the rendering camera: through its bin (SD's four view
+# prompts) or the camera itself (ShapesWorld.condition_on_views)
+VIEW_CONDITIONING = ("prompt", "camera")
 ANY_SHAPE = "object"  # "a red object": every shape of that color
 CACHE_ENV = "DISTILLERY_CACHE"  # root of on-disk caches; default ~/.cache/distillery
 DEFAULT_CHUNK = 512  # images per chunk of the online softmax
@@ -253,6 +256,7 @@ class ShapesWorld(ExactMetrics, Backbone):
         marker_radius: float = MARKER_RADIUS,
         front_bias: float = 0.0,
         view_adherence: float | Mapping[str, float] = 1.0,
+        view_conditioning: str = "prompt",
         smoothing: float = 0.02,
         supersample: int = 2,
         precision_threshold: float = 0.06,
@@ -274,6 +278,7 @@ class ShapesWorld(ExactMetrics, Backbone):
         # one a for every view prompt, or one per view name (views not named: 1, obeyed)
         per_view = view_adherence if isinstance(view_adherence, Mapping) else dict.fromkeys(VIEW_NAMES, view_adherence)
         self.view_adherence = {v: float(per_view.get(v, 1.0)) for v in VIEW_NAMES}
+        self.view_conditioning = view_conditioning
         self.smoothing, self.supersample = float(smoothing), int(supersample)
         self.precision_threshold = float(precision_threshold)
         self.eval_elevation_deg = float(eval_elevation_deg)
@@ -344,6 +349,7 @@ class ShapesWorld(ExactMetrics, Backbone):
         else:
             checks.probability(cfg, "view_adherence", f"{key}.view_adherence")
         checks.number(cfg, "precision_threshold", f"{key}.precision_threshold", lo=0.0, lo_open=True)
+        checks.choice(cfg, "view_conditioning", f"{key}.view_conditioning", VIEW_CONDITIONING)
 
     @property
     def data(self) -> Tensor:
@@ -524,6 +530,23 @@ class ShapesWorld(ExactMetrics, Backbone):
             w = a * w + (1.0 - a) * weights(False)
         return w.float()
 
+    def condition_on_views(self, emb: Tensor, views: ViewBatch) -> Tensor:
+        """``view_conditioning=camera``: the view prompt's prior at camera c is a * (its images
+        at the world camera nearest c) + (1 - a) * (the view prompt's prior), a = the adherence
+        of c's view (a prior that knows the camera, obeying it as much as its view prompt; with
+        a = 1 the exact prior of the image seen from c). ``prompt``: the view prompt's prior."""
+        if self.view_conditioning == "prompt" or views.azimuth_deg is None:
+            return emb
+        own = _unit(self.azimuth_deg, self.elevation_deg)  # (N, 3) each image's camera direction
+        cam = _unit(views.azimuth_deg.to(own), views.elevation_deg.to(own))  # (B, 3)
+        cos = (cam @ own.T).masked_fill(emb <= 0, -2.0)  # the nearest camera among the prompt's images
+        nearest = cos >= cos.max(dim=1, keepdim=True).values - 1e-6
+        at_cam = emb * nearest
+        at_cam = at_cam / at_cam.sum(1, keepdim=True)
+        names = view_prompt_index(views.azimuth_deg, views.elevation_deg)
+        a = torch.tensor([self.view_adherence[VIEW_NAMES[int(i)]] for i in names], device=emb.device)[:, None]
+        return a * at_cam + (1.0 - a) * emb
+
     # --- the model -------------------------------------------------------------------------
     def predict_eps(self, x_t: Tensor, t: Tensor, emb: Tensor, chunk_size: int | None = None) -> Tensor:
         """Exact eps of p_t(x_t | y); (B, 3, H, W), (B,), (B, N) -> (B, 3, H, W) in x_t's dtype."""
@@ -548,3 +571,9 @@ class ShapesWorld(ExactMetrics, Backbone):
 
 
 __all__ = ["ShapesWorld", "ideal_eps", "mixture_log_density", "parse_prompt", "vocabulary"]
+
+
+def _unit(azimuth_deg: Tensor, elevation_deg: Tensor) -> Tensor:
+    """Unit directions (..., 3) of cameras at these azimuths / elevations (degrees)."""
+    az, el = torch.deg2rad(azimuth_deg.double()), torch.deg2rad(elevation_deg.double())
+    return torch.stack([el.cos() * az.cos(), el.cos() * az.sin(), el.sin()], -1)

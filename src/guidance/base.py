@@ -92,8 +92,9 @@ class Guidance(checks.Configurable, nn.Module):
         return bcast(weighting(self.weighting, alpha, sigma), like)
 
     def text(self, views: ViewBatch) -> tuple[Tensor, Tensor]:
-        """Per-sample (cond, null) embeddings for the views' view prompts."""
-        emb = self.cond.select(views.view_idx)
+        """Per-sample (cond, null) embeddings for the views' view prompts (refined by the camera
+        where the backbone's prior knows cameras: ShapesWorld's ``view_conditioning=camera``)."""
+        emb = self.backbone.condition_on_views(self.cond.select(views.view_idx), views)
         return emb, self.cond.null(emb.shape[0])
 
     # --- the estimator --------------------------------------------------------
