@@ -39,6 +39,15 @@ the mixture
 distribution; a = 1 is a perfectly obeyed view prompt, a = 0 ignores it. ``view_adherence`` is
 one a for every view prompt or a mapping from view names to a (unnamed views: 1), e.g. a rarely
 photographed back view obeyed less than the front: ``{back: 0.1}``.
+
+View conditioning (``view_conditioning``): with ``prompt`` (the default, SD's case) a view
+prompt knows the rendering camera only through its bin, and its prior mixes images seen from
+up to 45 degrees away; with ``camera`` the prior at camera c is
+
+    w(y, c) = a * w(y, view) restricted to the world camera nearest c + (1 - a) * w(y, view)
+
+(``condition_on_views``), the exact prior of the image seen from c where a = 1. On the Janus
+world SDS learns the face only with ``camera`` (README, "What ShapesWorld shows").
 """
 
 from __future__ import annotations
