@@ -53,6 +53,7 @@ def translate(old: dict) -> tuple[dict, dict | None]:
         old["backbone"]["light_dir"] = [0.5, 0.3, 1.0]  # new knob (issue 9); the renderer's light, as before
         old["backbone"]["marker_radius"] = 0.2  # new knob (issue 9); the face disc's radius, as before
         old["backbone"]["view_conditioning"] = "prompt"  # new knob (issue 9); view prompts by bin, as before
+        old["backbone"]["azimuth_window"] = 360.0  # new knob (issue 9); every azimuth photographed, as before
         # Issue 9: the ShapesWorld tuning keeps every method's full timestep range (it capped
         # t_max at 0.5) and runs 600 steps (1000 before; the Gaussians preset keeps 1000)
         assert old["schedule"]["t_max"] == 0.5

@@ -55,6 +55,7 @@ MAX_MESSAGE = 600  # characters: a message, not a dump of the input
     (["backbone.resolution=100000"], "backbone.resolution=100000 is invalid: must be >= 8 and <= 256"),
     (["backbone.view_conditioning=sometimes"], "backbone.view_conditioning='sometimes' is invalid"),
     (["backbone.marker_radius=2"], "backbone.marker_radius=2 is invalid: must be > 0.0 and <= 0.9"),
+    (["backbone.azimuth_window=0"], "backbone.azimuth_window=0 is invalid: must be > 0.0 and <= 360.0"),
     (["representation.resolution_schedule={resolutions:[32,64],milestones:[0.5,0.7]}"],
      "one milestone fewer than resolutions"),
     (["logger=wandb", "logger.wandb.tags=3"], "logger.wandb.tags=3 is invalid: a list of texts"),

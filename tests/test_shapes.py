@@ -260,6 +260,23 @@ def test_camera_view_conditioning_is_the_exact_prior_of_the_camera_mixed_by_adhe
     assert torch.equal(ShapesWorld(**kw).condition_on_views(emb, views), emb)
 
 
+def test_azimuth_window_is_a_collection_without_the_back():
+    """azimuth_window=180: only the front half is photographed. The back view prompt then has no
+    image: refused when obeyed (a = 1, naming the keys), its prompt's every view when a < 1."""
+    kw = dict(resolution=8, **SMALL, marker=True)
+    world = ShapesWorld(azimuth_window=180.0, view_adherence={"back": 0.0}, **kw)
+    az = torch.remainder(world.azimuth_deg + 180.0, 360.0) - 180.0
+    assert torch.equal(world.view_weight > 0, az.abs() <= 90.0)
+    back = world.embed("a red sphere, back view")
+    torch.testing.assert_close(back, world.embed("a red sphere"))
+    assert float(back[az.abs() > 90.0].sum()) == 0.0
+    with pytest.raises(ValueError, match=r"no image in the collection \(backbone.azimuth_window=180\).*"
+                                         r"backbone.view_adherence.back < 1"):
+        ShapesWorld(azimuth_window=180.0, **kw).embed("a red sphere, back view")
+    # the images themselves are the same: the cache key does not change
+    assert world.world_key() == ShapesWorld(**kw).world_key()
+
+
 def test_metrics_on_truth_and_janus():
     world = ShapesWorld(resolution=32, marker=True, **SMALL)
     red_cube = world.prompt_classes("a red cube")[0]

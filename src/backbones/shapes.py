@@ -36,7 +36,9 @@ the mixture
     w(y, view) = a * w(y restricted to the view's images) + (1 - a) * w(y, every view)
 
 (both front-biased and normalized), still the exact ideal denoiser of a stated image
-distribution; a = 1 is a perfectly obeyed view prompt, a = 0 ignores it. ``view_adherence`` is
+distribution. ``azimuth_window`` (360 by default) limits the collection to azimuths within
++-window/2 of the front (the others weigh 0; a view prompt the collection lacks takes only the
+second term); a = 1 is a perfectly obeyed view prompt, a = 0 ignores it. ``view_adherence`` is
 one a for every view prompt or a mapping from view names to a (unnamed views: 1), e.g. a rarely
 photographed back view obeyed less than the front: ``{back: 0.1}``.
 
@@ -264,6 +266,7 @@ class ShapesWorld(ExactMetrics, Backbone):
         marker: bool = False,
         marker_radius: float = MARKER_RADIUS,
         front_bias: float = 0.0,
+        azimuth_window: float = 360.0,
         view_adherence: float | Mapping[str, float] = 1.0,
         view_conditioning: str = "prompt",
         smoothing: float = 0.02,
@@ -284,6 +287,7 @@ class ShapesWorld(ExactMetrics, Backbone):
         self.light_dir = tuple(float(v) for v in light_dir)
         self.marker, self.front_bias = bool(marker), float(front_bias)
         self.marker_radius = float(marker_radius)
+        self.azimuth_window = float(azimuth_window)
         # one a for every view prompt, or one per view name (views not named: 1, obeyed)
         per_view = view_adherence if isinstance(view_adherence, Mapping) else dict.fromkeys(VIEW_NAMES, view_adherence)
         self.view_adherence = {v: float(per_view.get(v, 1.0)) for v in VIEW_NAMES}
@@ -313,6 +317,9 @@ class ShapesWorld(ExactMetrics, Backbone):
         self.register_buffer("image_view_idx", views.view_idx[view_id], persistent=False)
         # front bias: von Mises weight over azimuth (kappa = 0 is uniform)
         view_w = torch.exp(self.front_bias * torch.cos(torch.deg2rad(self.azimuth_deg.double())))
+        # a collection photographed only within +-window/2 of the front: the others weigh 0
+        az = torch.remainder(self.azimuth_deg.double() + 180.0, 360.0) - 180.0
+        view_w = view_w * (az.abs() <= self.azimuth_window / 2 + 1e-6)
         self.register_buffer("view_weight", view_w.float(), persistent=False)
 
         # The image set is rendered (or loaded) on first use, so that a bad prompt fails at
@@ -346,6 +353,7 @@ class ShapesWorld(ExactMetrics, Backbone):
                        and any(float(v) != 0.0 for v in light),
                        f"{key}.light_dir", cfg.get("light_dir"), "3 numbers, not all zero (towards the light)")
         checks.number(cfg, "front_bias", f"{key}.front_bias")
+        checks.number(cfg, "azimuth_window", f"{key}.azimuth_window", lo=0.0, hi=360.0, lo_open=True)
         # a disc across the +x axis; beyond the largest shape's half-width it would wrap the object
         checks.number(cfg, "marker_radius", f"{key}.marker_radius", lo=0.0, hi=BOUND_RADIUS, lo_open=True)
         adherence = cfg.get("view_adherence", 1.0)
@@ -532,9 +540,17 @@ class ShapesWorld(ExactMetrics, Backbone):
             w = self.prompt_mask(text, use_view=use_view).double() * self.view_weight.double()
             return w / w.sum()
 
-        w = weights(True)
         view = parse_prompt(text, self.shapes, self.colors)[2]
         a = 1.0 if view is None else self.view_adherence[view]
+        in_collection = self.prompt_mask(text).double() @ self.view_weight.double() > 0
+        if not in_collection:  # e.g. the back view of a front-only collection (azimuth_window)
+            if a == 1.0:
+                raise ValueError(
+                    f"prompt {checks.echo(text)} has no image in the collection (backbone.azimuth_window="
+                    f"{self.azimuth_window:g}); a view it lacks cannot be obeyed: set "
+                    f"backbone.view_adherence.{view} < 1 (its prior is then the prompt's every view)")
+            return weights(False).float()  # nothing of the view to mix in
+        w = weights(True)
         if a < 1.0:
             w = a * w + (1.0 - a) * weights(False)
         return w.float()
