@@ -33,9 +33,14 @@ OVERHEAD_ELEVATION_DEG = 60.0
 CAM_DIM = 16
 
 
+def wrap_azimuth(azimuth_deg: Tensor) -> Tensor:
+    """Azimuths in degrees wrapped to [-180, 180): 0 is the front."""
+    return torch.remainder(azimuth_deg + 180.0, 360.0) - 180.0
+
+
 def view_prompt_index(azimuth_deg: Tensor, elevation_deg: Tensor) -> Tensor:
     """Index into VIEW_NAMES for each camera; (B,), (B,) -> (B,) long."""
-    az = torch.remainder(azimuth_deg + 180.0, 360.0) - 180.0  # (-180, 180]
+    az = wrap_azimuth(azimuth_deg)
     idx = torch.full_like(az, VIEW_NAMES.index("side"), dtype=torch.long)
     idx[az.abs() <= FRONT_HALF_ANGLE_DEG] = VIEW_NAMES.index("front")
     idx[az.abs() >= 180.0 - BACK_HALF_ANGLE_DEG] = VIEW_NAMES.index("back")

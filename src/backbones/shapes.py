@@ -77,8 +77,8 @@ from src.backbones.shapes_render import (
     colorize,
     render_coverage,
 )
-from src.cameras import VIEW_NAMES, ViewBatch, view_prompt_index
-from src.cameras_orbit import make_views
+from src.cameras import VIEW_NAMES, ViewBatch, view_prompt_index, wrap_azimuth
+from src.cameras_orbit import make_views, orbit_position
 from src.diffusion import alpha_sigma, bcast, sd_alphas_cumprod
 from src.fileio import atomic_write, remove_stale_shared_temp_files
 
@@ -318,8 +318,7 @@ class ShapesWorld(ExactMetrics, Backbone):
         # front bias: von Mises weight over azimuth (kappa = 0 is uniform)
         view_w = torch.exp(self.front_bias * torch.cos(torch.deg2rad(self.azimuth_deg.double())))
         # a collection photographed only within +-window/2 of the front: the others weigh 0
-        az = torch.remainder(self.azimuth_deg.double() + 180.0, 360.0) - 180.0
-        view_w = view_w * (az.abs() <= self.azimuth_window / 2 + 1e-6)
+        view_w = view_w * (wrap_azimuth(self.azimuth_deg.double()).abs() <= self.azimuth_window / 2 + 1e-6)
         self.register_buffer("view_weight", view_w.float(), persistent=False)
 
         # The image set is rendered (or loaded) on first use, so that a bad prompt fails at
@@ -562,14 +561,18 @@ class ShapesWorld(ExactMetrics, Backbone):
         a = 1 the exact prior of the image seen from c). ``prompt``: the view prompt's prior."""
         if self.view_conditioning == "prompt" or views.azimuth_deg is None:
             return emb
-        own = _unit(self.azimuth_deg, self.elevation_deg)  # (N, 3) each image's camera direction
-        cam = _unit(views.azimuth_deg.to(own), views.elevation_deg.to(own))  # (B, 3)
+        def direction(az: Tensor, el: Tensor) -> Tensor:  # unit camera directions (..., 3)
+            az, el = az.double(), el.double()
+            return orbit_position(az, el, torch.ones_like(az))
+
+        own = direction(self.azimuth_deg, self.elevation_deg)  # (N, 3) each image's camera
+        cam = direction(views.azimuth_deg.to(own.device), views.elevation_deg.to(own.device))  # (B, 3)
         cos = (cam @ own.T).masked_fill(emb <= 0, -2.0)  # the nearest camera among the prompt's images
         nearest = cos >= cos.max(dim=1, keepdim=True).values - 1e-6
         at_cam = emb * nearest
         at_cam = at_cam / at_cam.sum(1, keepdim=True)
-        names = view_prompt_index(views.azimuth_deg, views.elevation_deg)
-        a = torch.tensor([self.view_adherence[VIEW_NAMES[int(i)]] for i in names], device=emb.device)[:, None]
+        adherence = torch.tensor([self.view_adherence[v] for v in VIEW_NAMES], device=emb.device)
+        a = adherence[view_prompt_index(views.azimuth_deg, views.elevation_deg).to(emb.device)][:, None]
         return a * at_cam + (1.0 - a) * emb
 
     # --- the model -------------------------------------------------------------------------
@@ -596,9 +599,3 @@ class ShapesWorld(ExactMetrics, Backbone):
 
 
 __all__ = ["ShapesWorld", "ideal_eps", "mixture_log_density", "parse_prompt", "vocabulary"]
-
-
-def _unit(azimuth_deg: Tensor, elevation_deg: Tensor) -> Tensor:
-    """Unit directions (..., 3) of cameras at these azimuths / elevations (degrees)."""
-    az, el = torch.deg2rad(azimuth_deg.double()), torch.deg2rad(elevation_deg.double())
-    return torch.stack([el.cos() * az.cos(), el.cos() * az.sin(), el.sin()], -1)
