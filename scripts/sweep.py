@@ -19,8 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from src.sweeps import (  # noqa: E402
     LAUNCHERS,
@@ -30,6 +28,7 @@ from src.sweeps import (  # noqa: E402
     invalid_points,
     load_sweep,
     multirun_args,
+    override_value,
     point_overrides,
     record_spec,
     write_report,
@@ -67,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         if key.startswith("hydra"):
             passthrough.append(text)  # launcher settings: not part of the study
         else:
-            sweep.overrides[key] = yaml.safe_load(value) if value else value
+            try:
+                sweep.overrides[key] = override_value(text)
+            except ValueError as err:
+                p.error(str(err))
     sweep_dir = (args.sweep_dir or default_sweep_dir(sweep, args.toy)).resolve()
     cmd = [
         sys.executable,

@@ -137,10 +137,29 @@ def hydra_value(value) -> str:
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # e.g. backbone.view_adherence={side:0.0,back:0.0}
+        return "{" + ",".join(f"{hydra_value(str(k))}:{hydra_value(v)}" for k, v in value.items()) + "}"
     text = str(value)
     if _PLAIN_VALUE.match(text):
         return text
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def override_value(text: str):
+    """The value of one ``key=value`` command-line override, read with Hydra's own grammar (so
+    ``{side:0.0,back:0.0}`` is the dict Hydra would pass, not YAML's ``{'side:0.0': None}``);
+    a sweep (``a,b``, ``range(...)``) is refused: sweeps belong in the file's grid."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        override = OverridesParser.create().parse_override(text)
+    except HydraException as err:
+        raise ValueError(f"override {text!r} is not a Hydra override: {err}") from None
+    if override.is_sweep_override():
+        raise ValueError(f"override {text!r} sweeps {override.key_or_group}: put it in the sweep file's grid")
+    value = override.value()
+    return "" if value is None and text.endswith("=") else value
 
 
 def default_sweep_dir(sweep: Sweep, toy: bool) -> Path:

@@ -82,6 +82,29 @@ def test_hydra_values_are_quoted_only_when_needed():
     assert hydra_value("a red cube") == "'a red cube'"
     assert hydra_value("it's") == "'it\\'s'"
     assert hydra_value(["a", "b c"]) == "[a,'b c']"
+    assert hydra_value({"side": 0.0, "back": 0.5}) == "{side:0.0,back:0.5}"
+
+
+def test_command_line_overrides_are_read_with_hydras_grammar():
+    """`scripts/sweep.py NAME "backbone.view_adherence={side:0.0,back:0.0}"` reaches every run as
+    that dict (YAML would read {side:0.0} as the key 'side:0.0'; on 2026-12-03 every point of a
+    GPU sweep was refused with "must be a number"); sweeps on the command line are refused."""
+    from src.api import compose
+    from src.sweeps import invalid_points, override_value, point_overrides
+
+    s = load_sweep("shapes_janus", toy=True)
+    for text in ("backbone.view_adherence={side:0.0,back:0.0}", "backbone.light_dir=[0,0,1]"):
+        s.overrides[text.split("=")[0]] = override_value(text)
+    points = point_overrides(s)
+    assert "backbone.view_adherence={side:0.0,back:0.0}" in points[0] and "backbone.light_dir=[0,0,1]" in points[0]
+    assert invalid_points(points[:1], compose) == []
+    cfg = compose(points[0])
+    assert dict(cfg.backbone.view_adherence) == {"side": 0.0, "back": 0.0} and list(cfg.backbone.light_dir) == [0, 0, 1]
+    assert override_value("prompt='a red cube'") == "a red cube" and override_value("x=") == ""
+    with pytest.raises(ValueError, match="put it in the sweep file's grid"):
+        override_value("seed=0,1")
+    with pytest.raises(ValueError, match="is not a Hydra override"):
+        override_value("x=[1,")
 
 
 def test_multirun_args_one_command_with_group_and_short_run_dirs(tmp_path):
