@@ -298,6 +298,13 @@ def test_metrics_on_truth_and_janus():
     two = world.render_classes([red_cube], ring_views, markers=[(1, 0, 0), (-1, 0, 0)])[0]
     m2 = world.evaluate(two, ring_views, "a red cube")
     assert m2["janus_rate"] > 0.5 and m2["mode_id"] in (red_cube, -1)
+    four = world.render_classes([red_cube], ring_views, markers=[(1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0)])[0]
+    assert world.evaluate(four, ring_views, "a red cube")["janus_rate"] == 1.0
+    # a uniformly dark object is not a face on every side: the dark patch must be framed by the
+    # object's colour (before, this scored 1.0; SDS runs that painted the sphere black did)
+    black = world.images()[sel].clone()
+    black[(black - world.background.to(black)).abs().max(-1).values > 0.05] = 0.02
+    assert world.evaluate(black, ring_views, "a red cube")["janus_rate"] == 0.0
     # a blank image is no class
     m3 = world.evaluate(torch.ones_like(two), ring_views, "a red cube")
     assert m3["precision"] == 0.0 and m3["mode_id"] == -1

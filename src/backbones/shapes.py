@@ -450,13 +450,13 @@ class ShapesWorld(ExactMetrics, Backbone):
                 out[k] = colorize(cov, self.palette[k % len(self.colors)], self.background)
         return torch.stack([out[int(k)] for k in class_ids])
 
-    def marker_coverage(self, class_id: int, views: ViewBatch, height: int, width: int) -> Tensor:
-        """Pixels covered by the marker in the truth at each view; -> (B,) pixel counts."""
-        cov = render_coverage(
+    def truth_coverage(self, class_id: int, views: ViewBatch, height: int, width: int) -> Tensor:
+        """The truth's per-pixel coverage at each view (``render_coverage``: albedo, marker,
+        background weights and marker); -> (B, H, W, 4)."""
+        return render_coverage(
             self.shapes[int(class_id) // len(self.colors)], views, height, width,
             self.marker_axes, self.supersample, light_dir=self.light_dir, marker_radius=self.marker_radius,
         )
-        return cov[..., 3].sum((-1, -2))
 
     def _dataset(self, views: ViewBatch, cache: bool) -> tuple[Tensor, bool, Path | None]:
         path = cache_dir() / f"{self.world_key()}.pt" if cache else None

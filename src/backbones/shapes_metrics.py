@@ -30,7 +30,13 @@ same camera** (same ``ViewBatch``, same resolution), never with a nearby data vi
 - ``janus_rate`` (marker worlds only): among the eval views where the truth shows
   no marker (its back half), the fraction where the render shows one. The truth is
   the ``mode_id`` class, or the nearest prompt class when there is no mode. 0 for
-  the truth, ~1 for an object with a face on every side.
+  the truth, ~1 for an object with a face on every side. A face is a dark patch *on the
+  object*: dark pixels inside the truth's silhouette covering at least
+  ``MARKER_SEEN_FRACTION`` of the face's frontal area, and around them (a band
+  ``FACE_RING_PX_AT_32`` pixels wide, one pixel off the patch, inside the silhouette) mostly
+  the object's own shaded colour (within ``BODY_TOL`` of the truth per channel). Without the
+  band test a uniformly dark object counted as a face on every side (2026-12-03: janus_rate
+  1.0 for SDS runs that painted the whole sphere black).
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from src.backbones.shapes_render import AMBIENT
+from src.backbones.shapes_render import AMBIENT, colorize
 from src.cameras import ViewBatch
 from src.cameras_orbit import make_views
 
@@ -58,6 +64,14 @@ MARKER_DARK_FLOOR = 0.08
 MARKER_SEEN_FRACTION = 0.25
 # The truth "has no marker" at a view when its marker covers less than this many pixels.
 TRUTH_NONE_PIXELS = 0.5
+# A face is surrounded by the object: the band of this width (pixels at 32 px, scaled with the
+# resolution) around the dark patch, skipping one pixel of blurred edge, inside the truth's
+# silhouette, must be at least BODY_FRACTION the object's colour: within BODY_TOL per channel of
+# the truth's shaded colour (the marker is 0.05 x shade, every palette colour >= 0.5 in its
+# brightest channel; 0.25 leaves room for the NeRF's shading error but not for a dark pixel).
+FACE_RING_PX_AT_32 = 2
+BODY_TOL = 0.25
+BODY_FRACTION = 0.5
 
 
 def rmse(a: Tensor, b: Tensor) -> Tensor:
@@ -100,6 +114,12 @@ def _summary(best: Tensor, best_d: Tensor, d_prompt: Tensor, tau: float) -> dict
     }
 
 
+def _dilate(mask: Tensor, radius: int) -> Tensor:
+    """Binary dilation of (B, H, W) masks by a (2 radius + 1) square."""
+    k = 2 * radius + 1
+    return F.max_pool2d(mask.float()[:, None], k, stride=1, padding=radius)[:, 0] > 0
+
+
 def _is_fixed_camera(views: ViewBatch) -> bool:
     return views.c2w is None or bool((views.c2w == views.c2w[:1]).all())
 
@@ -107,7 +127,7 @@ def _is_fixed_camera(views: ViewBatch) -> bool:
 
 class ExactMetrics:
     """The exact metrics of a ShapesWorld, as methods of the world (ShapesWorld inherits this
-    mixin): they use its renderer (``render_classes``, ``marker_coverage``), its prompt grammar
+    mixin): they use its renderer (``render_classes``, ``truth_coverage``), its prompt grammar
     and its palette, and live beside the prior they measure."""
 
     def marker_dark_threshold(self) -> float:
@@ -115,16 +135,25 @@ class ExactMetrics:
         return max(MARKER_DARK_FLOOR, MARKER_DARK_FACTOR * darkest)
 
     def janus_rate(self, samples: Tensor, views: ViewBatch, truth_class: int) -> float:
-        """Fraction of the views where ``truth_class`` shows no marker but ``samples`` do."""
+        """Fraction of the views where ``truth_class`` shows no marker but ``samples`` show a face
+        (a dark patch on the object, see the module docstring)."""
         B, H, W, _ = samples.shape
-        truth_cov = self.marker_coverage(truth_class, views, H, W)  # (B,)
+        cov = self.truth_coverage(truth_class, views, H, W)  # (B, H, W, 4)
+        truth_img = colorize(cov, self.palette[int(truth_class) % len(self.colors)], self.background)
         front = make_views(
             torch.zeros(1), views.elevation_deg[:1], views.distance[:1], views.fovy_deg[:1], H, W
         )
-        ref_area = float(self.marker_coverage(truth_class, front, H, W)[0])
-        dark = (samples.max(-1).values < self.marker_dark_threshold()).float().sum((-1, -2))
-        seen = dark >= max(1.0, MARKER_SEEN_FRACTION * ref_area)
-        none = truth_cov < TRUTH_NONE_PIXELS
+        ref_area = float(self.truth_coverage(truth_class, front, H, W)[0, ..., 3].sum())
+        on_object = cov[..., 2] < 0.5  # the truth's silhouette
+        dark = (samples.max(-1).values < self.marker_dark_threshold()) & on_object  # (B, H, W)
+        r = max(1, round(FACE_RING_PX_AT_32 * H / 32))
+        near = _dilate(dark, 1)  # the patch and its blurred edge
+        ring = _dilate(dark, 1 + r) & ~near & on_object
+        body = ring & ((samples - truth_img).abs().max(-1).values < BODY_TOL)
+        n_ring = ring.float().sum((-1, -2))
+        framed = (n_ring > 0) & (body.float().sum((-1, -2)) >= BODY_FRACTION * n_ring)
+        seen = (dark.float().sum((-1, -2)) >= max(1.0, MARKER_SEEN_FRACTION * ref_area)) & framed
+        none = cov[..., 3].sum((-1, -2)) < TRUTH_NONE_PIXELS
         if not none.any():
             return 0.0
         return float(seen[none].float().mean())
