@@ -112,6 +112,22 @@ def test_shapes_tuning_applies_to_every_shapes_preset_and_can_be_dropped():
     assert compose(["backbone=mog2d", "representation=particles", "guidance=vsd"]).guidance.scale == 7.5
 
 
+@pytest.mark.parametrize("method", ["sds", "esd", "dsd"])
+def test_front_only_janus_preset_is_the_measured_command_line(method):
+    """experiment=shapes_janus_front is exactly the overrides the README's Janus numbers were
+    measured with (its own schedule replacing every method's, DSD's included)."""
+    from omegaconf import OmegaConf
+
+    measured = compose([
+        "experiment=shapes_janus", f"guidance={method}", "backbone.view_adherence={side:0.0,back:0.0}",
+        "backbone.azimuth_window=90", "backbone.marker_radius=0.35", "backbone.light_dir=[0,0,1]",
+        "schedule=linear_decreasing",
+    ])
+    preset = compose(["experiment=shapes_janus_front", f"guidance={method}"])
+    assert OmegaConf.to_container(preset) == OmegaConf.to_container(measured)
+    assert preset.schedule._target_.endswith("LinearDecreasing") and preset.guidance.scale == 1.0
+
+
 def test_gaussians_shapes_preset_follows_the_worlds_tuning():
     """conf/tuning/representation/shapes_gaussians.yaml applies on ShapesWorld (and its Janus
     and mode-table experiments), not on SD nor with ~tuning/representation, and the command
