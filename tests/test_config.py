@@ -120,7 +120,7 @@ def test_front_only_janus_preset_is_the_measured_command_line(method):
 
     measured = compose([
         "experiment=shapes_janus", f"guidance={method}", "backbone.view_adherence={side:0.0,back:0.0}",
-        "backbone.azimuth_window=90", "backbone.marker_radius=0.35", "backbone.light_dir=[0,0,1]",
+        "backbone.azimuth_window=10", "backbone.marker_radius=0.35", "backbone.light_dir=[0,0,1]",
         "schedule=linear_decreasing",
     ])
     preset = compose(["experiment=shapes_janus_front", f"guidance={method}"])
