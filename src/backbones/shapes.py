@@ -40,7 +40,10 @@ distribution. ``azimuth_window`` (360 by default) limits the collection to azimu
 +-window/2 of the front (the others weigh 0; a view prompt the collection lacks takes only the
 second term); a = 1 is a perfectly obeyed view prompt, a = 0 ignores it. ``view_adherence`` is
 one a for every view prompt or a mapping from view names to a (unnamed views: 1), e.g. a rarely
-photographed back view obeyed less than the front: ``{back: 0.1}``.
+photographed back view obeyed less than the front: ``{back: 0.1}``. A collection photographed
+facing the face only (``azimuth_window=10``) with the view prompts ignored is the world where
+SDS paints faces where the truth has none (``experiment=shapes_janus_front``; README, "What
+ShapesWorld shows").
 
 View conditioning (``view_conditioning``): with ``prompt`` (the default, SD's case) a view
 prompt knows the rendering camera only through its bin, and its prior mixes images seen from
