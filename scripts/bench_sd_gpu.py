@@ -8,7 +8,8 @@ repository and loaded through the real ``StableDiffusion`` path (``backbone=diff
 backbone.path=<dir>``); each (method, render resolution, mode) runs the lead's ``Trainer``
 steps with ``representation=nerf``. Modes: ``eager`` (``backbone.fast=false``, the reference)
 and ``fast`` (``backbone.fast=true``: fused UNet calls + CUDA graphs, and at renders above
-``--checkpoint-from`` px ``representation.checkpoint_chunks=true``). The text encoder is a
+``--checkpoint-from`` px ``representation.checkpoint_chunks=true``; ``--fast-extra`` adds overrides
+to it, e.g. ``backbone.compile=all``: benchmarks/sd_gpu_compile/). The text encoder is a
 1-layer CLIP with SD 2.1's width (1024): prompts are embedded once and cached.
 
     python scripts/bench_sd_gpu.py --out benchmarks            # on the GPU machine, ~6 min
@@ -173,7 +174,8 @@ def mode_overrides(mode: str, res: int, args) -> list[str]:
     if mode == "eager":
         return ["backbone.fast=false"]
     ckpt = res >= args.checkpoint_from
-    return ["backbone.fast=true", f"representation.checkpoint_chunks={str(ckpt).lower()}"]
+    return ["backbone.fast=true", f"representation.checkpoint_chunks={str(ckpt).lower()}",
+            *getattr(args, "fast_extra", [])]
 
 
 def bench_step(job: dict, args, workdir: Path) -> dict:
@@ -189,6 +191,7 @@ def bench_step(job: dict, args, workdir: Path) -> dict:
         f"camera.height={res}", f"camera.width={res}", f"device={args.device}",
         "prompt=a DSLR photo of a ceramic lion", f"trainer.max_steps={args.max_steps}",
         "trainer.progress=false", "trainer.export=false", *mode_overrides(mode, res, args),
+        *job.get("extra", []),
     ])
     cuda = args.device.startswith("cuda")
     if cuda:
@@ -460,6 +463,7 @@ def table(rows: list[dict]) -> list[dict]:
                 "eager_ms": e.get("ms_median"), "fast_ms": f.get("ms_median"),
                 "eager_gb": e.get("peak_gb"), "fast_gb": f.get("peak_gb"),
                 "g0_rel_diff": f.get("g0_rel_diff_vs_eager"),
+                "fast_first_step_s": (f.get("first_step_ms") or float("nan")) / 1e3,
                 "graph_failures": len((f.get("graphs") or {}).get("failures") or {}),
                 "errors": "; ".join(f"{m}: {r.get('error') or r.get('skipped')}" for m, r in
                                     (("eager", e), ("fast", f)) if r.get("error") or r.get("skipped"))}
@@ -501,17 +505,20 @@ def markdown(result: dict) -> str:
         "captures the fast path's graphs); ms per full trainer step (render + VAE encode + guidance + "
         "backward + psi update), median; peak = torch.cuda.max_memory_allocated over the timed steps "
         "(graph pools included). eager: `backbone.fast=false`; fast: `backbone.fast=true` "
-        f"(+ `representation.checkpoint_chunks=true` from {result['checkpoint_from']} px). "
-        "G diff = ||G_fast - G_eager|| / ||G_eager|| at step 0 (same seed).",
+        + "".join(f"`{o}` " for o in result.get("fast_extra", []))
+        + f"(+ `representation.checkpoint_chunks=true` from {result['checkpoint_from']} px). "
+        "G diff = ||G_fast - G_eager|| / ||G_eager|| at step 0 (same seed). 1st step: the fast path's "
+        "first step (graph captures, and torch.compile's compilation where on), seconds.",
         "",
-        "| method | px | eager ms | fast ms | speed-up | eager GB | fast GB | G diff | target (fast) | |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| method | px | eager ms | fast ms | speed-up | eager GB | fast GB | G diff | 1st step s | target (fast) | |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for ln in result["table"]:
         lines.append(
             f"| {ln['method']} | {ln['resolution']} | {_f(ln['eager_ms'], '.1f')} | {_f(ln['fast_ms'], '.1f')} | "
             f"{_f(ln.get('speedup'), '.2f')}x | {_f(ln['eager_gb'], '.2f')} | {_f(ln['fast_gb'], '.2f')} | "
-            f"{_f(ln['g0_rel_diff'], '.1e')} | {ln['target']} | {_verdict(ln)} |")
+            f"{_f(ln['g0_rel_diff'], '.1e')} | {_f(ln.get('fast_first_step_s'), '.1f')} | {ln['target']} | "
+            f"{_verdict(ln)} |")
     prim = {k: v for k, v in (result.get("primitives") or {}).items() if isinstance(v, (int, float))}
     if prim:
         lines += ["", "Primitives: " + ", ".join(f"{k} = {v:.2f}" for k, v in prim.items()) + "."]
@@ -577,6 +584,8 @@ def main() -> None:
     ap.add_argument("--job-timeout", type=float, default=150.0, help="seconds per job before the worker is killed")
     ap.add_argument("--prim-res", type=int, default=512, help="render size of the NeRF primitive")
     ap.add_argument("--no-primitives", action="store_true")
+    ap.add_argument("--fast-extra", nargs="*", default=[],
+                    help="overrides added to the fast mode, e.g. backbone.compile=all")
     ap.add_argument("--breakdown", action="store_true", help="only time the parts of a VSD step (in-process)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
@@ -607,6 +616,7 @@ def main() -> None:
         "env": {"gpu": gpu, "torch": torch.__version__, "diffusers": diffusers.__version__,
                 "peft": peft.__version__},
         "arch": args.arch, "dtype": args.dtype, "warmup": args.warmup, "steps": args.steps,
+        "fast_extra": list(args.fast_extra),
         "checkpoint_from": args.checkpoint_from, "rows": [], "primitives": {}, "table": [],
         "targets": {"ms_64px": TARGET_MS_64, "dsd_x_sds_64px": TARGET_DSD_X_SDS,
                     "peak_gb": {f"{m}@{r}": v for (m, r), v in TARGET_GB.items()}},

@@ -82,7 +82,7 @@ def translate(old: dict) -> tuple[dict, dict | None]:
     old["trainer"]["val_every"] = "auto"
     # Issue 12: the fast path's switches, off by default (the eager path is the reference)
     if old["backbone"]["_target_"].endswith("StableDiffusion"):
-        old["backbone"].update(fast=False, cuda_graphs=True)
+        old["backbone"].update(fast=False, cuda_graphs=True, compile="none")
     if old["representation"]["_target_"].endswith("NeRF"):
         old["representation"]["checkpoint_chunks"] = False
     export = old["representation"].get("export")

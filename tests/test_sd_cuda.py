@@ -218,10 +218,15 @@ def test_one_call_prior_and_psi_equals_separate_calls(tiny_repo, dtype, no_tf32)
     no_graph_failures(bb, "joint", "joint_grad")
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_vae_encode_graph_equals_eager(tiny_repo, dtype, no_tf32):
-    bbs = {name: StableDiffusion(path=str(tiny_repo), dtype=dt, embedding_cache=None, fast=f).cuda()
+@pytest.mark.parametrize("dtype,compile", [*((d, "none") for d in DTYPES), ("float16", "vae")])
+def test_vae_encode_graph_equals_eager(tiny_repo, dtype, compile, no_tf32):
+    """The graphed encode (and, with backbone.compile=vae, the torch.compile'd encoder inside the
+    graph) against the eager one, forward and backward."""
+    bbs = {name: StableDiffusion(path=str(tiny_repo), dtype=dt, embedding_cache=None, fast=f,
+                                 compile=compile if f else "none").cuda()
            for name, dt, f in (("fast", dtype, True), ("eager", dtype, False), ("ref", "float32", False))}
+    if compile != "none":
+        assert bbs["fast"].vae.encoder._compiled_call_impl is not None
     for seed in range(2):  # a second render replays the graphs
         rgb0 = torch.rand(2, 24, 24, 3, generator=torch.Generator().manual_seed(seed)).cuda()
         w = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(10 + seed)).cuda()
@@ -247,7 +252,7 @@ def _trainer(repo, tmp_path, method, dtype, fast, extra=()):
         "device=cuda", "trainer.max_steps=4", "trainer.progress=false", "trainer.export=false",
         "score_model.lr=1e-2", *extra,
     ])
-    return Trainer(cfg, tmp_path / f"{method}_{dtype}_{fast}")
+    return Trainer(cfg, tmp_path / f"{method}_{dtype}_{fast}_{len(extra)}")
 
 
 def _perturbed(state: dict, seed: int, std: float = 0.5) -> dict:
@@ -263,14 +268,23 @@ def _perturbed(state: dict, seed: int, std: float = 0.5) -> dict:
     return state
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("method", guidance_names())
-def test_fast_guidance_equals_eager(method, dtype, tiny_repo, tmp_path, no_tf32):
+# backbone.compile=all on the methods whose UNet calls differ: the prior's CFG call (sds), a batch
+# of 4 (dsd), psi's fused call and graphed training step (vsd), the call SIM differentiates (sim)
+COMPILED = [("sds", "float16", "all"), ("dsd", "float16", "all"), ("vsd", "float16", "all"),
+            ("sim", "float16", "all")]
+
+
+@pytest.mark.parametrize("method,dtype,compile",
+                         [(m, d, "none") for d in DTYPES for m in guidance_names()] + COMPILED)
+def test_fast_guidance_equals_eager(method, dtype, compile, tiny_repo, tmp_path, no_tf32):
     """Step 0; step 1 after psi's update by the fast path's own graphed DSM step (its weights
     loaded into the eager and reference guidances); step 2 after a resume, i.e. load_state_dict
-    of another state into guidances whose graphs are already captured."""
-    E, F, R = (_trainer(tiny_repo, tmp_path, method, dt, f)
+    of another state into guidances whose graphs are already captured. With compile: the same,
+    the UNet torch.compile'd inside the graphs (backbone.compile)."""
+    E, F, R = (_trainer(tiny_repo, tmp_path, method, dt, f, [f"backbone.compile={compile}"] if f else [])
                for dt, f in ((dtype, False), (dtype, True), ("float32", False)))
+    if compile != "none":
+        assert F.c.backbone.unet._compiled_call_impl is not None
     ge, gf, gr = E.c.guidance, F.c.guidance, R.c.guidance
     state = copy.deepcopy(gf.state_dict())
     ge.load_state_dict(copy.deepcopy(state))

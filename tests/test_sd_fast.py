@@ -239,6 +239,27 @@ def test_backbone_fast_config_is_checked(tiny_repo):
     StableDiffusion.validate_config({**base, "fast": True, "cuda_graphs": False}, "backbone")
     with pytest.raises(ConfigError, match="backbone.fast='yes' is invalid"):
         StableDiffusion.validate_config({**base, "fast": "yes"}, "backbone")
+    StableDiffusion.validate_config({**base, "fast": True, "compile": "all"}, "backbone")
+    with pytest.raises(ConfigError, match="backbone.compile='max' is invalid.*none, vae, unet, all"):
+        StableDiffusion.validate_config({**base, "fast": True, "compile": "max"}, "backbone")
+    with pytest.raises(ConfigError, match="backbone.compile='vae' needs backbone.fast=true"):
+        StableDiffusion.validate_config({**base, "fast": False, "compile": "vae"}, "backbone")
+
+
+def test_compile_applies_on_a_gpu_only(tiny_repo):
+    """backbone.compile leaves the CPU path eager (the suite's reference) and is undone when the
+    backbone leaves the GPU; the GPU side is tests/test_sd_cuda.py."""
+    from src.backbones.sd import StableDiffusion
+
+    with pytest.raises(ValueError, match="backbone.compile='all' needs backbone.fast=true"):
+        StableDiffusion(path=str(tiny_repo), dtype="float32", embedding_cache=None, compile="all")
+    bb = StableDiffusion(path=str(tiny_repo), dtype="float32", embedding_cache=None, fast=True, compile="all")
+    bb.to("cpu")
+    assert bb.unet._compiled_call_impl is None and bb.vae.encoder._compiled_call_impl is None
+    bb._compile_on(torch.device("cuda"))  # what .cuda() calls once the weights are on the GPU
+    assert bb.unet._compiled_call_impl is not None and bb.vae.encoder._compiled_call_impl is not None
+    bb._compile_on(torch.device("cpu"))
+    assert bb.unet._compiled_call_impl is None and bb.vae.encoder._compiled_call_impl is None
 
 
 # --- the fast path's VAE (src/backbones/fast_vae.py) -------------------------------------------

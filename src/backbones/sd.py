@@ -32,7 +32,8 @@ encode (+ its backward) replay CUDA graphs (src/backbones/graphs.py, ``self.grap
 runs plain attention and a many-block GroupNorm (src/backbones/fast_vae.py), and psi (lora.py)
 shares the graphs and fuses its calls with the prior's. ``fast=false`` is the eager reference
 the ``-m cuda`` tests compare it with; off CUDA the graphs are off (logged) and only the fused
-calls remain.
+calls remain. ``compile=vae|unet|all`` adds ``torch.compile`` of those modules inside the graphs,
+on a GPU only (``_compile_on``).
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 VAE_MODES = ("mean", "sample")
+# backbone.compile: which components the fast path hands to torch.compile (inductor, static
+# shapes) on a GPU, inside its CUDA graphs: the VAE's encoder, the UNet (prior and psi), or both
+COMPILE = ("none", "vae", "unet", "all")
 # Components of a diffusers text-to-image repository that this backbone reads.
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 # the project's cache root (ShapesWorld uses it too); "auto" puts embeddings under it
@@ -99,10 +103,16 @@ class StableDiffusion(Backbone):
         name: str = "sd",
         fast: bool = False,
         cuda_graphs: bool = True,
+        compile: str = "none",
     ):
         super().__init__()
         self.name, self.default_prompt, self.vae_mode = name, default_prompt, vae_mode
         self.fast = bool(fast)
+        if compile not in COMPILE:
+            raise ValueError(f"backbone.compile={compile!r}: allowed {', '.join(COMPILE)}")
+        if compile != "none" and not self.fast:
+            raise ValueError(f"backbone.compile={compile!r} needs backbone.fast=true (the eager path is the reference)")
+        self.compile = compile
         # the fast path's CUDA graphs (prior, VAE, and psi's calls on this UNet); eager off CUDA
         self.graphs = GraphCache(enabled=self.fast and bool(cuda_graphs), name=f"{name} graphs")
         self.dtype = DTYPES[dtype]
@@ -168,6 +178,11 @@ class StableDiffusion(Backbone):
         for flag in ("fast", "cuda_graphs"):
             if flag in cfg:
                 checks.choice(cfg, flag, f"{key}.{flag}", (True, False))
+        if "compile" in cfg:
+            checks.choice(cfg, "compile", f"{key}.compile", COMPILE)
+            if cfg.get("compile") != "none" and cfg.get("fast") is not True:
+                raise checks.ConfigError(f"{key}.compile={cfg.get('compile')!r} needs {key}.fast=true "
+                                         "(the eager path is the reference)")
         resolve_weights(str(cfg.get("path")), cfg.get("revision"), cfg.get("cache_dir"),
                         bool(cfg.get("download", False)))
 
@@ -180,7 +195,31 @@ class StableDiffusion(Backbone):
         for m in self.components():
             m.to(probe.device)
         self.graphs.clear()  # captured kernels read the old storages
+        self._compile_on(probe.device)
         return self
+
+    def _compile_on(self, device: torch.device) -> None:
+        """backbone.compile: torch.compile the chosen modules once they live on a GPU (the CPU
+        keeps them eager: the suite tests the eager path there). ``Module.compile`` compiles in
+        place, so peft's adapters added later and ``load_state_dict`` reach the compiled call
+        (dynamo's guards recompile on a changed module); the graphs capture the compiled kernels."""
+        on = self.compile != "none" and device.type == "cuda"
+        if on:
+            # a compiled backward may reuse ("donate") its saved activations' buffers, which
+            # forbids retain_graph=True: GraphCache.with_input_grad captures the backward with it
+            # (the forward's saved tensors must outlive the capture: other graphs share the pool).
+            # Found on the lent H200: the VAE encode's graph failed with the donated-buffer error.
+            import torch._functorch.config as functorch_config
+
+            functorch_config.donated_buffer = False
+        modules = {"vae": [self.vae.encoder], "unet": [self.unet]}
+        for part, mods in modules.items():
+            for m in mods:
+                if on and self.compile in (part, "all"):
+                    if getattr(m, "_compiled_call_impl", None) is None:
+                        m.compile(dynamic=False)
+                else:
+                    m._compiled_call_impl = None
 
     def components(self) -> list[torch.nn.Module]:
         return [self.unet, self.vae] + ([self._text[1]] if self._text else [])
