@@ -16,7 +16,7 @@ NUM_TRAIN_TIMESTEPS = 1000
 SD_BETA_START = 0.00085
 SD_BETA_END = 0.012
 
-WEIGHTINGS = ("sds", "uniform", "fantasia3d", "snr_inv")
+WEIGHTINGS = ("sds", "uniform", "fantasia3d", "snr_inv", "sds_alpha")
 
 
 def sd_alphas_cumprod(
@@ -56,6 +56,12 @@ def weighting(name: str, alpha: Tensor, sigma: Tensor) -> Tensor:
         return alpha * sigma**2
     if name == "snr_inv":
         return sigma / alpha
+    if name == "sds_alpha":
+        # sds with DreamFusion's dx_t/dx = alpha_t taken back out of w(t): DreamFusion absorbs it
+        # into w(t) and SDS / VSD never apply it, but an estimator that differentiates through x_t
+        # with autograd (SIM) carries alpha_t in dL/dx itself; sigma^2 / alpha puts the two on one
+        # footing. Not in METHODS.md's list; measured on ShapesWorld in the README (SIM, "a cone").
+        return sigma**2 / alpha
     raise ValueError(f"unknown weighting {name!r}; valid: {', '.join(WEIGHTINGS)}")
 
 

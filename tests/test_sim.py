@@ -20,7 +20,7 @@ N = 400_000
 T_FIXED = 400
 
 
-def setup(distance="l2", grad_through="inputs", seed=0):
+def setup(distance="l2", grad_through="inputs", seed=0, weighting="sds"):
     torch.manual_seed(seed)
     bb = GaussianMixture(means=[MU], covs=[SIGMA], tags=[["target"]], default_prompt="target")
     rep = Affine(dim=2).double()
@@ -28,7 +28,7 @@ def setup(distance="l2", grad_through="inputs", seed=0):
         rep.b.copy_(torch.tensor([0.3, 0.2]))
         rep.A.copy_(torch.tensor([[0.7, 0.2], [-0.1, 0.5]]))
     sim = make_guidance(SIM, bb, t=T_FIXED, representation=rep, scale=1.0, distance=distance,
-                        grad_through=grad_through, weighting="sds",
+                        grad_through=grad_through, weighting=weighting,
                         score_model=AffineGaussianScore, seed=seed)
     return bb, rep, sim
 
@@ -54,12 +54,16 @@ def scores(rep_b, rep_A, x_t, alpha, sigma):
     return s_p, s_q
 
 
-def test_sim_l2_matches_closed_form_gradient():
-    _, rep, sim = setup("l2")
+# w(t) by hand: sds = sigma^2; sds_alpha = sigma^2 / alpha (DreamFusion's dx_t/dx = alpha_t taken
+# back out, for SIM's autograd through x_t; src/diffusion.py)
+@pytest.mark.parametrize("name", ["sds", "sds_alpha"])
+def test_sim_l2_matches_closed_form_gradient(name):
+    _, rep, sim = setup("l2", weighting=name)
     est = estimator_grad(rep, sim)
     t = torch.tensor([T_FIXED])
     alpha, sigma = (float(v) for v in alpha_sigma(sim.abar, t))
-    w = float(weighting("sds", torch.tensor(alpha), torch.tensor(sigma)))
+    w = sigma**2 / (alpha if name == "sds_alpha" else 1.0)
+    assert w == pytest.approx(float(weighting(name, torch.tensor(alpha), torch.tensor(sigma))), rel=1e-6)
     b = rep.b.detach().clone().requires_grad_(True)
     A = rep.A.detach().clone().requires_grad_(True)
     # D(theta) = E_{x ~ N(m0, C0)} ||K x + k||^2 = ||K m0 + k||^2 + tr(K C0 K^T), (m0, C0) held fixed

@@ -25,7 +25,9 @@ vanish identically, so there psi is camera-unconditional and always trained so (
 Measured on ShapesWorld ("a cone", NeRF, pseudo-Huber, CPU): camera-unconditional psi, seed 0:
 precision 0.00 (rmse 0.106, every view pulled toward the azimuth-averaged shading); camera-
 conditioned, seeds 0-3: 1.00 / 0.00 / 0.00 / 0.00 (the failing seeds under a grainy texture;
-with ``vsd_after`` 0.56, the ShapesWorld preset, mean 0.66 over seeds 0-7).
+with ``vsd_after`` 0.56, the ShapesWorld preset, mean 0.66 over seeds 0-7). Where in t the
+estimator puts its step, and how much of its noise comes through psi's input Jacobian:
+scripts/sim_weighting_profile.py (README, "What ShapesWorld shows").
 
 Which gradient path is unbiased (``grad_through``), settled on the affine-Gaussian toy
 where D is closed form (tests/test_sim.py):

@@ -1,0 +1,90 @@
+"""Where in t SIM and VSD put their step: |E G(t)| and the per-draw noise of G at fixed t.
+
+For a run of a score-model method (psi in its checkpoint) on an analytic backbone, at one camera
+and the run's saved state, prints per timestep t the norm of the Monte-Carlo mean of G over K
+noise draws ("signal") and the mean norm of a draw's deviation from it ("noise"), for SIM (the
+run's own distance, under w = sds and w = sds_alpha, and with psi's input detached: which part of
+the noise comes through psi's input Jacobian) and VSD (w = sds) with the same psi. Adam
+normalizes the step per parameter, so what matters is how the signal is shared across t: the
+high-noise steps set an object's size and silhouette (conf/tuning/shapes.yaml).
+
+    python -m src.train experiment=shapes_modes guidance=sim seed=6 hydra.run.dir=outputs/sim6
+    python scripts/sim_weighting_profile.py outputs/sim6                   # its last.pt
+    python scripts/sim_weighting_profile.py outputs/sim6 --checkpoint ck.pt  # another state
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from src.build import build_components
+from src.diffusion import alpha_sigma, bcast, weighting
+from src.guidance.sim import distance_grad
+
+TIMESTEPS = (20, 50, 100, 200, 400, 600, 800, 950)
+
+
+def sim_grad(g, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, views, psi_input: bool = True) -> torch.Tensor:
+    """SIM's G (src/guidance/sim.py, gradient through both networks' inputs) at a fixed t;
+    psi_input=False detaches psi's input (a diagnostic ablation, not an estimator: biased)."""
+    x_ = x.detach().requires_grad_(True)
+    alpha, sigma = alpha_sigma(g.abar, t)
+    x_t = bcast(alpha, x_) * x_ + bcast(sigma, x_) * eps
+    s_q = -g.psi_eps(x_t if psi_input else x_t.detach(), t, views.cam) / bcast(sigma, x_t)
+    loss = sum(coef * (distance_grad(s_p - s_q, g.distance, g.huber_c) * (s_q + eps / bcast(sigma, x_t))).sum()
+               for coef, s_p in g.prior_scores(x_t, t, views))
+    return bcast(weighting("sds", alpha, sigma), x) * torch.autograd.grad(loss, x_)[0]
+
+
+def vsd_grad(g, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, views) -> torch.Tensor:
+    alpha, sigma = alpha_sigma(g.abar, t)
+    x_t = bcast(alpha, x) * x + bcast(sigma, x) * eps
+    with torch.no_grad():
+        e = g.backbone.eps(x_t, t, *g.text(views), g.scale)
+        return bcast(weighting("sds", alpha, sigma), x) * (e - g.psi_eps(x_t, t, views.cam))
+
+
+def signal_noise(G: torch.Tensor) -> str:
+    """'|mean G| / mean |G - mean G|' over the draws (dim 0)."""
+    mean = G.mean(0)
+    return f"{float(mean.norm()):.3f} / {float((G - mean).flatten(1).norm(dim=1).mean()):.3f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--checkpoint", type=Path, default=None, help="default: RUN/checkpoints/last.pt")
+    ap.add_argument("--draws", type=int, default=16)
+    ap.add_argument("--camera-seed", type=int, default=1)
+    args = ap.parse_args()
+    cfg = OmegaConf.load(args.run / ".hydra" / "config.yaml")
+    c = build_components(cfg, "cpu")
+    g = c.guidance
+    if not hasattr(g, "psi") or not hasattr(g, "distance"):
+        raise SystemExit(f"{args.run}: needs a run of guidance=sim (psi and SIM's distance), got {cfg.guidance._target_}")
+    ck = torch.load(args.checkpoint or args.run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    c.representation.load_state_dict(ck["representation"])
+    g.load_state_dict(ck["guidance"], strict=False)
+    views = c.cameras.sample(0, torch.Generator().manual_seed(args.camera_seed))
+    with torch.no_grad():
+        x = g.backbone.encode(c.representation.samples(views))
+    gen = torch.Generator().manual_seed(0)
+    print(f"{args.run} step {ck['step']}: signal / noise of G over {args.draws} draws, one camera")
+    print(f"{'t':>5} {'SIM (sds)':>17} {'SIM (sds_alpha)':>17} {'SIM, psi input cut':>19} {'VSD (sds)':>17}")
+    for tv in TIMESTEPS:
+        t = torch.full((x.shape[0],), tv)
+        eps = [torch.randn(x.shape, generator=gen) for _ in range(args.draws)]
+        alpha = float(alpha_sigma(g.abar, t[:1])[0])
+        sim = torch.stack([sim_grad(g, x, t, e, views) for e in eps])
+        cut = torch.stack([sim_grad(g, x, t, e, views, psi_input=False) for e in eps])
+        vsd = torch.stack([vsd_grad(g, x, t, e, views) for e in eps])
+        cols = [signal_noise(sim), signal_noise(sim / alpha), signal_noise(cut), signal_noise(vsd)]  # sds_alpha = sds / alpha
+        print(f"{tv:5d} " + " ".join(f"{col:>{n}}" for col, n in zip(cols, (17, 17, 19, 17))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
