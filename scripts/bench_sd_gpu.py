@@ -175,7 +175,7 @@ def mode_overrides(mode: str, res: int, args) -> list[str]:
         return ["backbone.fast=false"]
     ckpt = res >= args.checkpoint_from
     return ["backbone.fast=true", f"representation.checkpoint_chunks={str(ckpt).lower()}",
-            *getattr(args, "fast_extra", [])]
+            *args.fast_extra]
 
 
 def bench_step(job: dict, args, workdir: Path) -> dict:
@@ -191,7 +191,6 @@ def bench_step(job: dict, args, workdir: Path) -> dict:
         f"camera.height={res}", f"camera.width={res}", f"device={args.device}",
         "prompt=a DSLR photo of a ceramic lion", f"trainer.max_steps={args.max_steps}",
         "trainer.progress=false", "trainer.export=false", *mode_overrides(mode, res, args),
-        *job.get("extra", []),
     ])
     cuda = args.device.startswith("cuda")
     if cuda:

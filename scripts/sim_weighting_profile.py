@@ -19,33 +19,32 @@ import argparse
 from pathlib import Path
 
 import torch
+from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from src.build import build_components
-from src.diffusion import alpha_sigma, bcast, weighting
-from src.guidance.sim import distance_grad
+from src.diffusion import add_noise, alpha_sigma, bcast, weighting
+from src.guidance.sim import SIM
 
 TIMESTEPS = (20, 50, 100, 200, 400, 600, 800, 950)
 
 
-def sim_grad(g, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, views, psi_input: bool = True) -> torch.Tensor:
-    """SIM's G (src/guidance/sim.py, gradient through both networks' inputs) at a fixed t;
-    psi_input=False detaches psi's input (a diagnostic ablation, not an estimator: biased)."""
+def sim_grad(g: SIM, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, views, psi_input: bool = True) -> torch.Tensor:
+    """SIM's G (``SIM.surrogate``, the run's distance and gradient path) at a fixed t, under
+    w = sds; psi_input=False detaches psi's input (a diagnostic ablation, not an estimator: biased)."""
     x_ = x.detach().requires_grad_(True)
-    alpha, sigma = alpha_sigma(g.abar, t)
-    x_t = bcast(alpha, x_) * x_ + bcast(sigma, x_) * eps
-    s_q = -g.psi_eps(x_t if psi_input else x_t.detach(), t, views.cam) / bcast(sigma, x_t)
-    loss = sum(coef * (distance_grad(s_p - s_q, g.distance, g.huber_c) * (s_q + eps / bcast(sigma, x_t))).sum()
-               for coef, s_p in g.prior_scores(x_t, t, views))
-    return bcast(weighting("sds", alpha, sigma), x) * torch.autograd.grad(loss, x_)[0]
+    x_t = add_noise(x_, eps, g.abar, t)
+    e_psi = g.psi_eps(x_t if psi_input else x_t.detach(), t, g.psi_cam(views))
+    return weight_sds(g, t, x) * torch.autograd.grad(g.surrogate(x_t, t, eps, views, e_psi), x_)[0]
 
 
-def vsd_grad(g, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, views) -> torch.Tensor:
-    alpha, sigma = alpha_sigma(g.abar, t)
-    x_t = bcast(alpha, x) * x + bcast(sigma, x) * eps
-    with torch.no_grad():
-        e = g.backbone.eps(x_t, t, *g.text(views), g.scale)
-        return bcast(weighting("sds", alpha, sigma), x) * (e - g.psi_eps(x_t, t, views.cam))
+def vsd_grad(g: SIM, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, views) -> torch.Tensor:
+    """VSD's G with the run's psi (``SIM.vsd_residual``), under w = sds."""
+    return weight_sds(g, t, x) * g.vsd_residual(add_noise(x, eps, g.abar, t), t, views)
+
+
+def weight_sds(g: SIM, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return bcast(weighting("sds", *alpha_sigma(g.abar, t)), like)
 
 
 def signal_noise(G: torch.Tensor) -> str:
@@ -62,10 +61,10 @@ def main() -> None:
     ap.add_argument("--camera-seed", type=int, default=1)
     args = ap.parse_args()
     cfg = OmegaConf.load(args.run / ".hydra" / "config.yaml")
+    if not issubclass(get_class(cfg.guidance._target_), SIM):
+        raise SystemExit(f"{args.run}: needs a run of guidance=sim (psi and SIM's distance), got {cfg.guidance._target_}")
     c = build_components(cfg, "cpu")
     g = c.guidance
-    if not hasattr(g, "psi") or not hasattr(g, "distance"):
-        raise SystemExit(f"{args.run}: needs a run of guidance=sim (psi and SIM's distance), got {cfg.guidance._target_}")
     ck = torch.load(args.checkpoint or args.run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
     c.representation.load_state_dict(ck["representation"])
     g.load_state_dict(ck["guidance"], strict=False)

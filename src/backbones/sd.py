@@ -108,10 +108,7 @@ class StableDiffusion(Backbone):
         super().__init__()
         self.name, self.default_prompt, self.vae_mode = name, default_prompt, vae_mode
         self.fast = bool(fast)
-        if compile not in COMPILE:
-            raise ValueError(f"backbone.compile={compile!r}: allowed {', '.join(COMPILE)}")
-        if compile != "none" and not self.fast:
-            raise ValueError(f"backbone.compile={compile!r} needs backbone.fast=true (the eager path is the reference)")
+        self.check_compile({"compile": compile, "fast": self.fast}, "backbone")
         self.compile = compile
         # the fast path's CUDA graphs (prior, VAE, and psi's calls on this UNet); eager off CUDA
         self.graphs = GraphCache(enabled=self.fast and bool(cuda_graphs), name=f"{name} graphs")
@@ -179,12 +176,18 @@ class StableDiffusion(Backbone):
             if flag in cfg:
                 checks.choice(cfg, flag, f"{key}.{flag}", (True, False))
         if "compile" in cfg:
-            checks.choice(cfg, "compile", f"{key}.compile", COMPILE)
-            if cfg.get("compile") != "none" and cfg.get("fast") is not True:
-                raise checks.ConfigError(f"{key}.compile={cfg.get('compile')!r} needs {key}.fast=true "
-                                         "(the eager path is the reference)")
+            cls.check_compile(cfg, key)
         resolve_weights(str(cfg.get("path")), cfg.get("revision"), cfg.get("cache_dir"),
                         bool(cfg.get("download", False)))
+
+    @staticmethod
+    def check_compile(cfg, key: str) -> None:
+        """backbone.compile is one of COMPILE and, unless none, comes with fast=true (the config
+        check and the constructor share it)."""
+        checks.choice(cfg, "compile", f"{key}.compile", COMPILE)
+        if cfg.get("compile") != "none" and cfg.get("fast") is not True:
+            raise checks.ConfigError(f"{key}.compile={cfg.get('compile')!r} needs {key}.fast=true "
+                                     "(the eager path is the reference)")
 
     # --- device handling: the components follow the module, their dtype does not --------
     def _apply(self, fn, recurse=True):
@@ -212,14 +215,12 @@ class StableDiffusion(Backbone):
             import torch._functorch.config as functorch_config
 
             functorch_config.donated_buffer = False
-        modules = {"vae": [self.vae.encoder], "unet": [self.unet]}
-        for part, mods in modules.items():
-            for m in mods:
-                if on and self.compile in (part, "all"):
-                    if getattr(m, "_compiled_call_impl", None) is None:
-                        m.compile(dynamic=False)
-                else:
-                    m._compiled_call_impl = None
+        for part, m in (("vae", self.vae.encoder), ("unet", self.unet)):
+            if on and self.compile in (part, "all"):
+                if getattr(m, "_compiled_call_impl", None) is None:
+                    m.compile(dynamic=False)
+            else:
+                m._compiled_call_impl = None
 
     def components(self) -> list[torch.nn.Module]:
         return [self.unet, self.vae] + ([self._text[1]] if self._text else [])

@@ -119,19 +119,38 @@ class SIM(ScoreModelGuidance):
     def vsd_step(self, step: int) -> bool:
         return self.vsd_after is not None and step >= self.vsd_after * self.schedule.max_steps
 
+    def psi_cam(self, views) -> Tensor | None:
+        return views.cam if self.psi_camera else None
+
+    @torch.no_grad()
+    def vsd_residual(self, x_t: Tensor, t: Tensor, views) -> Tensor:
+        """e_s(x_t; y_c) - e_psi(x_t; y, c): the VSD step of ``vsd_after``, before w(t)."""
+        return self.backbone.eps(x_t, t, *self.text(views), self.scale) - self.psi_eps(x_t, t, self.psi_cam(views))
+
+    def surrogate(self, x_t: Tensor, t: Tensor, eps: Tensor, views, e_psi: Tensor,
+                  pair: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """L of the module docstring, summed over the objective's terms; differentiable in x_t
+        through e_psi and the prior (``grad_through``)."""
+        _, sigma = alpha_sigma(self.abar, t)
+        s_q = -e_psi / bcast(sigma, x_t)
+        target = s_q + eps / bcast(sigma, x_t)  # s_q(x_t) - grad log q_t(x_t | x)
+        L = x_t.new_zeros(())
+        for coef, s_p in self.prior_scores(x_t, t, views, pair):
+            y = s_p - s_q
+            if self.grad_through == "residual_only":
+                y = y.detach()
+            L = L + coef * (distance_grad(y, self.distance, self.huber_c) * target).sum()
+        return L
+
     def forward(self, x, views, step, out=None):
-        cam = views.cam if self.psi_camera else None
+        cam = self.psi_cam(views)
         if self.vsd_step(step):  # the official code's second phase
             x = x.detach()
             t, _, x_t = self.perturb(x, step)
-            with torch.no_grad():
-                e = self.backbone.eps(x_t, t, *self.text(views), self.scale)
-                e_psi = self.psi_eps(x_t, t, cam)
-            return GuidanceOutput(grad=self.w(t, x) * (e - e_psi), t=t)
+            return GuidanceOutput(grad=self.w(t, x) * self.vsd_residual(x_t, t, views), t=t)
         with torch.enable_grad():
             x_ = x.detach().requires_grad_(True)
             t, eps, x_t = self.perturb(x_, step)
-            _, sigma = alpha_sigma(self.abar, t)
             pair = None
             if self.fused:  # fast path: prior pair and psi in one UNet call (batch 3B), both
                 # differentiated through x_t; a reward term needs a double backward: eager then
@@ -140,13 +159,5 @@ class SIM(ScoreModelGuidance):
                 pair = (e_c, e_u)
             else:
                 e_psi = self.psi_eps(x_t, t, cam)
-            s_q = -e_psi / bcast(sigma, x_t)
-            target = s_q + eps / bcast(sigma, x_t)  # s_q(x_t) - grad log q_t(x_t | x)
-            L = x_t.new_zeros(())
-            for coef, s_p in self.prior_scores(x_t, t, views, pair):
-                y = s_p - s_q
-                if self.grad_through == "residual_only":
-                    y = y.detach()
-                L = L + coef * (distance_grad(y, self.distance, self.huber_c) * target).sum()
-            grad = torch.autograd.grad(L, x_)[0]
+            grad = torch.autograd.grad(self.surrogate(x_t, t, eps, views, e_psi, pair), x_)[0]
         return GuidanceOutput(grad=self.w(t, x) * grad.detach(), t=t)
