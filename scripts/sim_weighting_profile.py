@@ -4,7 +4,8 @@ For a run of a score-model method (psi in its checkpoint) on an analytic backbon
 and the run's saved state, prints per timestep t the norm of the Monte-Carlo mean of G over K
 noise draws ("signal") and the mean norm of a draw's deviation from it ("noise"), for SIM (the
 run's own distance, under w = sds and w = sds_alpha, and with psi's input detached: which part of
-the noise comes through psi's input Jacobian) and VSD (w = sds) with the same psi. Adam
+the noise comes through psi's input Jacobian) and VSD (w = sds) with the same psi, and how far psi's
+input Jacobian is from the one of the renders' own score (``jacobian_error``). Adam
 normalizes the step per parameter, so what matters is how the signal is shared across t: the
 high-noise steps set an object's size and silhouette (conf/tuning/shapes.yaml).
 
@@ -47,6 +48,20 @@ def weight_sds(g: SIM, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return bcast(weighting("sds", *alpha_sigma(g.abar, t)), like)
 
 
+def jacobian_error(g: SIM, x: torch.Tensor, t: torch.Tensor, views, gen: torch.Generator) -> float:
+    """|J^T v - v / sigma_t| / |v / sigma_t| for psi's e(x_t; c) at x_t ~ q_t(.|x), v a random
+    direction: for the renders of one camera (a point mass at x) the ideal psi is
+    e = (x_t - alpha_t x) / sigma_t, whose input Jacobian is I / sigma_t; SIM's G runs through
+    J^T (a vector-Jacobian product, as in SIM's backward pass)."""
+    _, sigma = alpha_sigma(g.abar, t)
+    x_t = add_noise(x, torch.randn(x.shape, generator=gen), g.abar, t)
+    v = torch.randn(x.shape, generator=gen)
+    _, vjp = torch.func.vjp(lambda z: g.psi_eps(z, t, g.psi_cam(views)), x_t)
+    (jv,) = vjp(v)
+    ideal = v / bcast(sigma, v)
+    return float((jv - ideal).norm() / ideal.norm())
+
+
 def signal_noise(G: torch.Tensor) -> str:
     """'|mean G| / mean |G - mean G|' over the draws (dim 0)."""
     mean = G.mean(0)
@@ -73,7 +88,8 @@ def main() -> None:
         x = g.backbone.encode(c.representation.samples(views))
     gen = torch.Generator().manual_seed(0)
     print(f"{args.run} step {ck['step']}: signal / noise of G over {args.draws} draws, one camera")
-    print(f"{'t':>5} {'SIM (sds)':>17} {'SIM (sds_alpha)':>17} {'SIM, psi input cut':>19} {'VSD (sds)':>17}")
+    print(f"{'t':>5} {'SIM (sds)':>17} {'SIM (sds_alpha)':>17} {'SIM, psi input cut':>19} {'VSD (sds)':>17}"
+          f" {'psi Jacobian err':>17}")
     for tv in TIMESTEPS:
         t = torch.full((x.shape[0],), tv)
         eps = [torch.randn(x.shape, generator=gen) for _ in range(args.draws)]
@@ -82,7 +98,9 @@ def main() -> None:
         cut = torch.stack([sim_grad(g, x, t, e, views, psi_input=False) for e in eps])
         vsd = torch.stack([vsd_grad(g, x, t, e, views) for e in eps])
         cols = [signal_noise(sim), signal_noise(sim / alpha), signal_noise(cut), signal_noise(vsd)]  # sds_alpha = sds / alpha
-        print(f"{tv:5d} " + " ".join(f"{col:>{n}}" for col, n in zip(cols, (17, 17, 19, 17))), flush=True)
+        jerr = sum(jacobian_error(g, x, t, views, gen) for _ in range(4)) / 4
+        print(f"{tv:5d} " + " ".join(f"{col:>{n}}" for col, n in zip(cols, (17, 17, 19, 17)))
+              + f" {jerr:17.3f}", flush=True)
 
 
 if __name__ == "__main__":

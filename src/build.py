@@ -104,7 +104,7 @@ def validate_trainer(cfg: DictConfig) -> None:
     checks.number(cfg, "num_threads", "num_threads", lo=1, integer=True, optional=True)
     validate_device(cfg)
     validate_logger(cfg)
-    for name in ("progress", "export"):
+    for name in ("progress", "export", "deterministic"):
         checks.require(isinstance(tr.get(name), bool), f"trainer.{name}", tr.get(name), "true or false")
     checks.number(tr, "max_steps", "trainer.max_steps", lo=1, integer=True)
     for name in ("checkpoint_every", "log_every"):

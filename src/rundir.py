@@ -32,7 +32,7 @@ LOCK_FILE = ".lock"
 # Config keys that do not change a run's result; every other key defines the run.
 NON_IDENTITY_KEYS = ("device", "num_threads", "logger", "trainer.progress", "trainer.log_every",
                      "trainer.checkpoint_every", "trainer.step_sleep", "trainer.export",
-                     "trainer.val_every", "representation.export")
+                     "trainer.val_every", "trainer.deterministic", "representation.export")
 # The one key whose change continues a run rather than starting another (module docstring).
 EXTENDABLE_KEY = "trainer.max_steps"
 # Differing keys listed in a refusal before "and N more".

@@ -80,6 +80,8 @@ def translate(old: dict) -> tuple[dict, dict | None]:
     # Issue 10: validation grids every 10% of a 3D run by default, turntables at 128 px with
     # the mesh's floaters removed.
     old["trainer"]["val_every"] = "auto"
+    # Issue 9 (2026-12-04): torch's deterministic kernels by default (GPU runs repeat bit for bit)
+    old["trainer"]["deterministic"] = True
     # Issue 12: the fast path's switches, off by default (the eager path is the reference)
     if old["backbone"]["_target_"].endswith("StableDiffusion"):
         old["backbone"].update(fast=False, cuda_graphs=True, compile="none")

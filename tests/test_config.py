@@ -47,13 +47,16 @@ def test_cfg_job_prints_composed_config():
     ("guidance.lam=2.0", r"guidance.lam=2.0 is invalid: must be >= 0.0 and <= 1.0"),
     ("schedule.t_max=1.5", r"schedule.t_max=1.5 is invalid: must be >= 0.02 and <= 1.0"),
     ("score_model.lr=-1", r"score_model.lr=-1 is invalid: must be >= 0.0"),
+    ("score_model.prediction=x_0", r"score_model.prediction='x_0' is invalid: allowed: eps, x0, v"),
+    ("score_model.from_prior=true score_model.prediction=v",
+     r"score_model.prediction='v' is invalid: eps when from_prior=true"),
     ("+guidance.lamb=0.5", r"guidance.lamb: unknown key\(s\) for ESD; it takes: .*lam"),
     ("+score_model.rank=4", r"score_model.rank: unknown key\(s\) for UNetScore"),
     ("camera.batch_size=0", r"camera.batch_size=0 is invalid: must be >= 1"),
 ])
 def test_invalid_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
-        validate(compose(["guidance=esd", override]))
+        validate(compose(["guidance=esd", *override.split()]))
 
 
 def test_each_class_owns_its_checks():

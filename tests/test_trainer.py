@@ -343,3 +343,18 @@ def test_shared_caches_drop_temp_files_of_writers_killed_long_ago(tmp_path):
     os.utime(old, (long_ago, long_ago))
     remove_stale_shared_temp_files(tmp_path)
     assert not old.exists() and fresh.exists()  # a fresh one may be another run's write
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_trainer_deterministic_sets_torch(on):
+    """trainer.deterministic switches torch's deterministic kernels (the GPU repeatability of
+    tests/test_determinism_cuda.py); it is not part of a run's identity (the CPU path is
+    deterministic either way)."""
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        Trainer(compose(TOY + ["guidance=sds", f"trainer.deterministic={str(on).lower()}"]), Path("unused"))
+        assert torch.are_deterministic_algorithms_enabled() is on
+        # an op without a deterministic kernel warns instead of stopping the run
+        assert not on or torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before)

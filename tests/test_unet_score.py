@@ -85,3 +85,36 @@ def test_built_for_the_backbone():
     assert psi.lr == 2e-3 and psi.net.config.sample_size == 16 and psi.net.config.in_channels == 3
     with pytest.raises(ValueError, match="score_model=lora"):
         UNetScore(Latent(), REP)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_prediction_is_converted_to_epsilon(prediction):
+    """A network that outputs the exact eps / x0 / v of x_t = alpha x0 + sigma eps gives back eps."""
+    psi = UNetScore(Pixel(8), REP, prediction=prediction)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(3, 3, 8, 8, generator=g, dtype=torch.float64), torch.randn(3, 3, 8, 8, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 400, 999])
+    abar = psi.alphas_cumprod.double()[t].view(-1, 1, 1, 1)
+    alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
+    x_t = alpha * x0 + sigma * eps
+    out = {"eps": eps, "x0": x0, "v": alpha * eps - sigma * x0}[prediction]
+    torch.testing.assert_close(psi.to_eps(out, x_t, t), eps, rtol=1e-9, atol=1e-9)
+
+
+def test_x0_prediction_holds_the_point_mass_jacobian():
+    """For the renders of one camera (a point mass at x0) the score's epsilon is
+    (x_t - alpha x0) / sigma, input Jacobian I / sigma: an x0 network that outputs x0 whatever
+    x_t holds it exactly; an eps network would have to learn it."""
+    psi = UNetScore(Pixel(8), REP, prediction="x0")
+    x0, t = torch.randn(1, 3, 8, 8), torch.tensor([300])
+    sigma = float((1 - psi.alphas_cumprod[300]).sqrt())
+    v = torch.randn_like(x0)
+    _, jv = torch.func.jvp(lambda z: psi.to_eps(x0, z, t), (torch.randn_like(x0),), (v,))
+    torch.testing.assert_close(jv, v / sigma)
+
+
+def test_prediction_errors_name_the_key():
+    with pytest.raises(ValueError, match="prediction='v0'; valid: eps, x0, v"):
+        UNetScore(Pixel(8), REP, prediction="v0")
+    with pytest.raises(ValueError, match="needs from_prior=false"):
+        UNetScore(Pixel(8), REP, prediction="x0", from_prior=True)

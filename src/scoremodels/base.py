@@ -15,6 +15,19 @@ so at step 0 psi equals the prior exactly. Their default is ``from_prior: false`
 from scratch): measured on the exact priors the correction cannot cancel the prior's unbounded
 small-t prediction for renders off its discrete data set (numbers in conf/score_model/unet.yaml).
 
+What a from-scratch network outputs (``prediction``) is converted to epsilon with the forward
+process x_t = alpha_t x_0 + sigma_t eps (alpha^2 + sigma^2 = 1):
+
+    eps: e = f,   x0: e = (x_t - alpha_t f) / sigma_t,   v: e = alpha_t f + sigma_t x_t
+
+The value fitted is the same (the DSM loss stays on epsilon); the input Jacobian differs, and
+SIM differentiates psi through its input. For the renders of one camera (a point mass) the ideal
+psi is e = (x_t - alpha_t x_0(c)) / sigma_t: an ``eps`` network must learn that identity-like
+Jacobian I / sigma_t itself, an ``x0`` network holds it by construction and only learns the
+render x_0(c), flat in x_t (scripts/sim_weighting_profile.py measures the gap). Measured on
+ShapesWorld, x0 and v are worse psis for VSD and SIM alike (conf/score_model/unet.yaml): the
+default stays eps, the other two are there for comparison.
+
 The fitting rule is VSD's (METHODS.md): after each
 generator step, one denoising score-matching step on fresh ``t' ~ U[t_min, t_max)`` and
 ``eps'``, ``|| e_psi(alpha_t' sg(x) + sigma_t' eps'; y, c~) - eps' ||^2`` with
@@ -28,8 +41,10 @@ from torch import Tensor, nn
 
 from src import checks
 from src.cameras import ViewBatch
-from src.diffusion import add_noise
+from src.diffusion import add_noise, alpha_sigma, bcast
 from src.modules import hold
+
+PREDICTIONS = ("eps", "x0", "v")
 
 
 class ScoreModel(checks.Configurable, nn.Module):
@@ -53,9 +68,17 @@ class ScoreModel(checks.Configurable, nn.Module):
         steps_per_update: int = 1,
         weight_decay: float = 0.0,
         prior=None,
+        prediction: str = "eps",
     ):
-        """prior: the frozen backbone when psi = prior + correction (module docstring), else None."""
+        """prior: the frozen backbone when psi = prior + correction (module docstring), else None.
+        prediction: what the network outputs (module docstring); a correction is always epsilon."""
         super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction={prediction!r}; valid: {', '.join(PREDICTIONS)}")
+        if prior is not None and prediction != "eps":
+            raise ValueError(f"prediction={prediction!r} needs from_prior=false: a correction to the "
+                             "prior's epsilon is an epsilon")
+        self.prediction = prediction
         hold(self, "prior", prior)
         self.register_buffer("alphas_cumprod", alphas_cumprod.clone(), persistent=False)
         self.lr, self.weight_decay = lr, weight_decay
@@ -74,6 +97,10 @@ class ScoreModel(checks.Configurable, nn.Module):
             checks.number(cfg, "steps_per_update", f"{key}.steps_per_update", lo=1, integer=True)
         if "weight_decay" in cfg:
             checks.number(cfg, "weight_decay", f"{key}.weight_decay", lo=0.0)
+        if cfg.get("prediction") is not None:
+            checks.choice(cfg, "prediction", f"{key}.prediction", PREDICTIONS)
+            checks.require(cfg.prediction == "eps" or not cfg.get("from_prior", False), f"{key}.prediction",
+                           cfg.prediction, "eps when from_prior=true (a correction to the prior's epsilon)")
 
     # --- prediction -----------------------------------------------------------
     def eps(self, x_t: Tensor, t: Tensor, cam: Tensor | None, emb: Tensor | None = None) -> Tensor:
@@ -83,6 +110,15 @@ class ScoreModel(checks.Configurable, nn.Module):
                   graph: bool = True) -> Tensor:
         """Rows of the prior (psi_rows 0) and of psi (1) in one call (``supports_joint``)."""
         raise NotImplementedError(f"{type(self).__name__} cannot share a call with the prior")
+
+    def to_eps(self, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """The network's output in ``prediction`` as epsilon (module docstring)."""
+        if self.prediction == "eps":
+            return out
+        alpha, sigma = (bcast(a, x_t) for a in alpha_sigma(self.alphas_cumprod, t))
+        if self.prediction == "x0":
+            return (x_t - alpha * out) / sigma
+        return alpha * out + sigma * x_t  # v = alpha eps - sigma x_0
 
     def with_prior(self, correction: Tensor, x_t: Tensor, t: Tensor, emb: Tensor | None) -> Tensor:
         """e(x_t; y) + correction when psi starts as the prior, else the correction alone.
