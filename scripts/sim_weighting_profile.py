@@ -59,7 +59,7 @@ def jacobian_error(g: SIM, x: torch.Tensor, t: torch.Tensor, views, gen: torch.G
     _, vjp = torch.func.vjp(lambda z: g.psi_eps(z, t, g.psi_cam(views)), x_t)
     (jv,) = vjp(v)
     ideal = v / bcast(sigma, v)
-    return float((jv - ideal).norm() / ideal.norm())
+    return float((jv.detach() - ideal).norm() / ideal.norm())
 
 
 def signal_noise(G: torch.Tensor) -> str:
