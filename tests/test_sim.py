@@ -176,3 +176,23 @@ def test_reward_term_pulls_toward_the_rewarded_mode(tmp_path):
         x = tr.c.representation.x.detach()
         near[weight] = float(((x - torch.tensor([2.0, 2.0], dtype=x.dtype)).norm(dim=1) < 1.0).float().mean())
     assert near[2.0] > near[0.0] + 0.2, near
+
+
+def test_profile_jacobian_error_against_the_point_mass():
+    """scripts/sim_weighting_profile.py's "psi Jacobian err": 0 for the renders' own score
+    e = (x_t - alpha x) / sigma, and |1 - sigma| for e = x_t (Jacobian I instead of I / sigma)."""
+    from types import SimpleNamespace
+
+    from scripts.sim_weighting_profile import jacobian_error
+    from src.diffusion import alpha_sigma, bcast, sd_alphas_cumprod
+
+    abar, x, t = sd_alphas_cumprod(), torch.randn(1, 3, 4, 4), torch.tensor([300])
+    alpha, sigma = alpha_sigma(abar, t)
+
+    def psi(fn):
+        return SimpleNamespace(abar=abar, psi_cam=lambda views: None, psi_eps=lambda z, t, cam: fn(z))
+
+    exact = psi(lambda z: (z - bcast(alpha, z) * x) / bcast(sigma, z))
+    assert jacobian_error(exact, x, t, None, torch.Generator().manual_seed(0)) < 1e-6
+    wrong = psi(lambda z: z.clone())
+    assert jacobian_error(wrong, x, t, None, torch.Generator().manual_seed(0)) == pytest.approx(1 - float(sigma), rel=1e-5)
