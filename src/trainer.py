@@ -85,6 +85,9 @@ def set_determinism(on: bool) -> None:
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     torch.use_deterministic_algorithms(on, warn_only=True)
+    # torch's deterministic mode also fills every torch.empty with NaN (a debugging aid): a kernel
+    # launch per allocation on the GPU, not needed for repeatable results
+    torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 class NonFinite(ArithmeticError):

@@ -350,11 +350,13 @@ def test_trainer_deterministic_sets_torch(on):
     """trainer.deterministic switches torch's deterministic kernels (the GPU repeatability of
     tests/test_determinism_cuda.py); it is not part of a run's identity (the CPU path is
     deterministic either way)."""
-    before = torch.are_deterministic_algorithms_enabled()
+    before, fill = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
     try:
         Trainer(compose(TOY + ["guidance=sds", f"trainer.deterministic={str(on).lower()}"]), Path("unused"))
         assert torch.are_deterministic_algorithms_enabled() is on
         # an op without a deterministic kernel warns instead of stopping the run
         assert not on or torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.utils.deterministic.fill_uninitialized_memory is False
     finally:
         torch.use_deterministic_algorithms(before)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
