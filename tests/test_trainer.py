@@ -225,8 +225,14 @@ def test_sigint_checkpoints_the_step_and_the_rerun_resumes_identically(tmp_path,
         return logs
 
     monkeypatch.setattr(Trainer, "train_step", step)
-    with pytest.raises(Interrupted) as err:
-        train(cfg, tmp_path / "run")
+    # a shell starts background jobs with SIGINT ignored, which StopSignals leaves alone (as it
+    # should): give this process the default handler, whatever launched pytest
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(Interrupted) as err:
+            train(cfg, tmp_path / "run")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert err.value.exit_code == 128 + signal.SIGINT
     assert checkpoint_step_and_finite(tmp_path / "run") == (15, True)
     monkeypatch.setattr(Trainer, "train_step", original)
