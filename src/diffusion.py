@@ -71,6 +71,12 @@ def x0_from_eps(x_t: Tensor, eps: Tensor, abar: Tensor, t: Tensor) -> Tensor:
     return (x_t - bcast(sigma, x_t) * eps) / bcast(alpha, x_t)
 
 
+def x0_to_eps(x_t: Tensor, x0: Tensor, abar: Tensor, t: Tensor) -> Tensor:
+    """eps = (x_t - alpha_t x0) / sigma_t (x0-prediction models; the inverse of x0_from_eps)."""
+    alpha, sigma = alpha_sigma(abar, t)
+    return (x_t - bcast(alpha, x_t) * x0) / bcast(sigma, x_t)
+
+
 def v_to_eps(x_t: Tensor, v: Tensor, abar: Tensor, t: Tensor) -> Tensor:
     """eps = sigma_t x_t + alpha_t v (v-prediction models, METHODS.md)."""
     alpha, sigma = alpha_sigma(abar, t)

@@ -184,7 +184,7 @@ def test_profile_jacobian_error_against_the_point_mass():
     from types import SimpleNamespace
 
     from scripts.sim_weighting_profile import jacobian_error
-    from src.diffusion import alpha_sigma, bcast, sd_alphas_cumprod
+    from src.diffusion import bcast, sd_alphas_cumprod
 
     abar, x, t = sd_alphas_cumprod(), torch.randn(1, 3, 4, 4), torch.tensor([300])
     alpha, sigma = alpha_sigma(abar, t)

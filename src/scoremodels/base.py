@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from src import checks
 from src.cameras import ViewBatch
-from src.diffusion import add_noise, alpha_sigma, bcast
+from src.diffusion import add_noise, v_to_eps, x0_to_eps
 from src.modules import hold
 
 PREDICTIONS = ("eps", "x0", "v")
@@ -115,10 +115,8 @@ class ScoreModel(checks.Configurable, nn.Module):
         """The network's output in ``prediction`` as epsilon (module docstring)."""
         if self.prediction == "eps":
             return out
-        alpha, sigma = (bcast(a, x_t) for a in alpha_sigma(self.alphas_cumprod, t))
-        if self.prediction == "x0":
-            return (x_t - alpha * out) / sigma
-        return alpha * out + sigma * x_t  # v = alpha eps - sigma x_0
+        convert = x0_to_eps if self.prediction == "x0" else v_to_eps
+        return convert(x_t, out, self.alphas_cumprod, t)
 
     def with_prior(self, correction: Tensor, x_t: Tensor, t: Tensor, emb: Tensor | None) -> Tensor:
         """e(x_t; y) + correction when psi starts as the prior, else the correction alone.
