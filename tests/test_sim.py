@@ -8,7 +8,7 @@ import torch
 from src.backbones.mog import GaussianMixture
 from src.cameras import ViewBatch
 from src.checks import ConfigError
-from src.diffusion import alpha_sigma, weighting
+from src.diffusion import alpha_sigma, bcast, weighting
 from src.guidance.sim import SIM
 from src.representations.toys import Affine
 from src.scoremodels.analytic import AffineGaussianScore
@@ -196,3 +196,46 @@ def test_profile_jacobian_error_against_the_point_mass():
     assert jacobian_error(exact, x, t, None, torch.Generator().manual_seed(0)) < 1e-6
     wrong = psi(lambda z: z.clone())
     assert jacobian_error(wrong, x, t, None, torch.Generator().manual_seed(0)) == pytest.approx(1 - float(sigma), rel=1e-5)
+
+
+@pytest.mark.parametrize("distance", ["l2", "pseudo_huber"])
+def test_sim_with_the_ideal_camera_psi_is_sds_reweighted(distance):
+    """psi = the exact score of a deterministic render (a point mass at x: the ideal camera-
+    conditioned psi of one 3D object seen from one camera). Then s_q(x_t) - grad log q_t(x_t | x)
+    = 0, the term through d'' vanishes, and only psi's input Jacobian -I / sigma^2 carries the
+    step: G = -w alpha / sigma^2 d'(y), y = (eps - e_p) / sigma, i.e. SDS's direction e_p - eps
+    weighted 2 alpha / sigma^3 (l2) or alpha / sigma^3 / sqrt(|y|^2 + c^2) (pseudo-Huber). So
+    on a 3D object SIM's signal is what SDS's is, and it reaches x only through psi's Jacobian."""
+    from src.representations.toys import Particles
+    from src.scoremodels.mlp import MLPScore
+
+    bb = GaussianMixture(means=[[-2, -2], [2, 2]], covs=[0.05, 0.05], tags=[["y"], ["y"]], default_prompt="y")
+    rep = Particles(n_particles=8).double()
+    with torch.no_grad():
+        rep.x.copy_(torch.randn(8, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64))
+    views = ViewBatch(index=torch.arange(8), view_idx=torch.zeros(8, dtype=torch.long), cam=torch.zeros(8, 0))
+    x = rep.render(views).rgb.detach()
+    sim = make_guidance(SIM, bb, t=[50, 300, 700, 950], representation=rep, score_model=MLPScore, scale=1.0,
+                        seed=3, distance=distance, huber_c=0.5)
+
+    def point_mass_eps(z, t, cam):  # e = (x_t - alpha x) / sigma for the render x itself
+        a, s = alpha_sigma(sim.abar, t)
+        return (z - bcast(a, z) * x) / bcast(s, z)
+
+    drawn = {}
+
+    def perturb(x_, step):
+        drawn["t"], drawn["eps"], x_t = out = type(sim).perturb(sim, x_, step)
+        drawn["x_t"] = x_t.detach()
+        return out
+
+    sim.psi_eps, sim.perturb = point_mass_eps, perturb
+    for step in range(4):  # one t of the grid per step
+        G = sim(x, views, step).grad
+        t, eps = drawn["t"], drawn["eps"]
+        a, s = (bcast(v, x) for v in alpha_sigma(sim.abar, t))
+        e_p = bb.eps_pair(drawn["x_t"], t, *sim.text(views))[0]
+        y = (eps - e_p) / s
+        weight = 2.0 if distance == "l2" else 1.0 / bcast(((y * y).sum(1) + 0.5**2).sqrt(), y)
+        expected = sim.w(t, x) * weight * a / s**3 * (e_p - eps)
+        assert torch.allclose(G, expected, rtol=1e-9, atol=1e-12), (step, (G - expected).abs().max())

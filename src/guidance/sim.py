@@ -11,6 +11,12 @@ Estimator (per term, psi and the prior frozen):
   L = + d'(y_t)^T (s_q(x_t) - grad log q_t(x_t | x)),  y_t = s_p(x_t) - s_q(x_t),
   x_t = alpha_t x + sigma_t eps, grad log q_t(x_t | x) = -eps / sigma_t,  G = w(t) dL/dx.
 Note the sign against the paper's Eq. 24 (there the loss is stated for ascent).
+With the ideal camera-conditioned psi of a 3D object (the point mass at the render x:
+e_psi = (x_t - alpha_t x) / sigma_t), s_q - grad log q_t(x_t | x) = 0, the term through d''
+vanishes, and G = -w alpha_t / sigma_t^2 d'(y), y = (eps - e_p) / sigma_t: SDS's direction
+e_p - eps weighted 2 alpha_t / sigma_t^3 (l2), which reaches x only through psi's input Jacobian
+-I / sigma_t^2 (tests/test_sim.py::test_sim_with_the_ideal_camera_psi_is_sds_reweighted). A
+learned psi's Jacobian error goes straight into the step (scripts/sim_weighting_profile.py).
 
 ``vsd_after`` (official code's choice, METHODS.md): from this fraction of the run on, the step is
 VSD's G = w(t) (e_s(x_t; y_c) - e_psi(x_t; y, c)) with the same psi (Dive3D's code runs SIM for
