@@ -16,7 +16,7 @@ NUM_TRAIN_TIMESTEPS = 1000
 SD_BETA_START = 0.00085
 SD_BETA_END = 0.012
 
-WEIGHTINGS = ("sds", "uniform", "fantasia3d", "snr_inv", "sds_alpha")
+WEIGHTINGS = ("sds", "uniform", "fantasia3d", "snr_inv", "sds_alpha", "sim_sds")
 
 
 def sd_alphas_cumprod(
@@ -62,6 +62,11 @@ def weighting(name: str, alpha: Tensor, sigma: Tensor) -> Tensor:
         # with autograd (SIM) carries alpha_t in dL/dx itself; sigma^2 / alpha puts the two on one
         # footing. Not in METHODS.md's list; measured on ShapesWorld in the README (SIM, "a cone").
         return sigma**2 / alpha
+    if name == "sim_sds":
+        # SIM with l2 at the ideal camera psi steps w * 2 alpha / sigma^3 * (e_p - eps)
+        # (src/guidance/sim.py); sigma^5 / (2 alpha) makes that SDS's sigma^2 (e_p - eps) exactly,
+        # so what SIM then does beyond SDS is its learned psi's. A diagnostic, not in METHODS.md.
+        return sigma**5 / (2.0 * alpha)
     raise ValueError(f"unknown weighting {name!r}; valid: {', '.join(WEIGHTINGS)}")
 
 

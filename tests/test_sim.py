@@ -239,3 +239,9 @@ def test_sim_with_the_ideal_camera_psi_is_sds_reweighted(distance):
         weight = 2.0 if distance == "l2" else 1.0 / bcast(((y * y).sum(1) + 0.5**2).sqrt(), y)
         expected = sim.w(t, x) * weight * a / s**3 * (e_p - eps)
         assert torch.allclose(G, expected, rtol=1e-9, atol=1e-12), (step, (G - expected).abs().max())
+        if distance == "l2":  # weighting=sim_sds: SDS's own step, sigma^2 (e_p - eps)
+            sim.weighting = "sim_sds"
+            G = sim(x, views, step).grad
+            assert torch.allclose(G, bcast(weighting("sds", *alpha_sigma(sim.abar, t)), x) * (e_p - eps),
+                                  rtol=1e-9, atol=1e-12)
+            sim.weighting = "sds"
