@@ -8,7 +8,7 @@ import torch
 from src.backbones.mog import GaussianMixture
 from src.cameras import ViewBatch
 from src.checks import ConfigError
-from src.diffusion import alpha_sigma, bcast, weighting
+from src.diffusion import alpha_sigma, bcast, weighting, x0_to_eps
 from src.guidance.sim import SIM
 from src.representations.toys import Affine
 from src.scoremodels.analytic import AffineGaussianScore
@@ -184,15 +184,15 @@ def test_profile_jacobian_error_against_the_point_mass():
     from types import SimpleNamespace
 
     from scripts.sim_weighting_profile import jacobian_error
-    from src.diffusion import bcast, sd_alphas_cumprod
+    from src.diffusion import sd_alphas_cumprod
 
     abar, x, t = sd_alphas_cumprod(), torch.randn(1, 3, 4, 4), torch.tensor([300])
-    alpha, sigma = alpha_sigma(abar, t)
+    _, sigma = alpha_sigma(abar, t)
 
     def psi(fn):
         return SimpleNamespace(abar=abar, psi_cam=lambda views: None, psi_eps=lambda z, t, cam: fn(z))
 
-    exact = psi(lambda z: (z - bcast(alpha, z) * x) / bcast(sigma, z))
+    exact = psi(lambda z: x0_to_eps(z, x, abar, t))
     assert jacobian_error(exact, x, t, None, torch.Generator().manual_seed(0)) < 1e-6
     wrong = psi(lambda z: z.clone())
     assert jacobian_error(wrong, x, t, None, torch.Generator().manual_seed(0)) == pytest.approx(1 - float(sigma), rel=1e-5)
@@ -219,8 +219,7 @@ def test_sim_with_the_ideal_camera_psi_is_sds_reweighted(distance):
                         seed=3, distance=distance, huber_c=0.5)
 
     def point_mass_eps(z, t, cam):  # e = (x_t - alpha x) / sigma for the render x itself
-        a, s = alpha_sigma(sim.abar, t)
-        return (z - bcast(a, z) * x) / bcast(s, z)
+        return x0_to_eps(z, x, sim.abar, t)
 
     drawn = {}
 

@@ -118,9 +118,11 @@ class ScoreModel(checks.Configurable, nn.Module):
         convert = x0_to_eps if self.prediction == "x0" else v_to_eps
         return convert(x_t, out, self.alphas_cumprod, t)
 
-    def with_prior(self, correction: Tensor, x_t: Tensor, t: Tensor, emb: Tensor | None) -> Tensor:
-        """e(x_t; y) + correction when psi starts as the prior, else the correction alone.
-        The prior keeps x_t's graph: SIM differentiates psi through its input."""
+    def with_prior(self, out: Tensor, x_t: Tensor, t: Tensor, emb: Tensor | None) -> Tensor:
+        """psi's epsilon from the network's output: ``to_eps(out)``, plus e(x_t; y) when psi starts
+        as the prior (then out is an epsilon correction). The prior keeps x_t's graph: SIM
+        differentiates psi through its input."""
+        correction = self.to_eps(out, x_t, t)
         if self.prior is None:
             return correction
         if emb is None:

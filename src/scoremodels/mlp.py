@@ -54,4 +54,4 @@ class MLPScore(ScoreModel):
             cam = torch.zeros(B, self.cam_dim, device=x_t.device)
         p = next(self.net.parameters())
         h = torch.cat([x_t.to(p.dtype), timestep_embedding(t, self.t_embed).to(p), cam.to(p)], -1)
-        return self.with_prior(self.to_eps(self.net(h).to(x_t.dtype), x_t, t), x_t, t, emb)
+        return self.with_prior(self.net(h).to(x_t.dtype), x_t, t, emb)

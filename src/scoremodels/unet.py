@@ -84,4 +84,4 @@ class UNetScore(ScoreModel):
         dtype = self.camera[0].weight.dtype
         c = self.camera(cam.to(x.device, dtype))
         out = self.net(x.to(dtype), t.to(x.device), class_labels=c).sample.to(x_t.dtype)
-        return self.with_prior(self.to_eps(out, x_t, t), x_t, t, emb)
+        return self.with_prior(out, x_t, t, emb)
