@@ -47,6 +47,7 @@ def test_cfg_job_prints_composed_config():
     ("guidance.lam=2.0", r"guidance.lam=2.0 is invalid: must be >= 0.0 and <= 1.0"),
     ("schedule.t_max=1.5", r"schedule.t_max=1.5 is invalid: must be >= 0.02 and <= 1.0"),
     ("score_model.lr=-1", r"score_model.lr=-1 is invalid: must be >= 0.0"),
+    ("score_model.jacobian_weight=-1", r"score_model.jacobian_weight=-1 is invalid: must be >= 0.0"),
     ("score_model.prediction=x_0", r"score_model.prediction='x_0' is invalid: allowed: eps, x0, v"),
     ("score_model.from_prior=true score_model.prediction=v",
      r"score_model.prediction='v' is invalid: eps when from_prior=true"),

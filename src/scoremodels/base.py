@@ -32,6 +32,17 @@ The fitting rule is VSD's (METHODS.md): after each
 generator step, one denoising score-matching step on fresh ``t' ~ U[t_min, t_max)`` and
 ``eps'``, ``|| e_psi(alpha_t' sg(x) + sigma_t' eps'; y, c~) - eps' ||^2`` with
 ``c~ = null`` with probability ``p_drop`` (the method's camera dropout, a guidance key).
+
+Second-order DSM (``jacobian_weight`` > 0; Meng et al. 2021, "Estimating high order gradients of
+the data distribution by denoising"): SIM's step runs through psi's input Jacobian
+J = d e_psi / d x_t, whose ideal value is (I - Cov[eps | x_t]) / sigma_t. Fitting J too adds
+
+    jacobian_weight * || sigma_t J v - (v - r (r . v)) ||^2,    r = sg(eps' - e_psi), v ~ N(0, I),
+
+whose mean over eps' is minimized by that J when e_psi is E[eps | x_t] (``second_order``), or
+with r = 0, the point mass's I / sigma_t: the renders of one camera are one image
+(``point_mass``). Measured on ShapesWorld it does not help SIM (conf/score_model/unet.yaml); the
+default stays 0, VSD's rule.
 """
 
 from __future__ import annotations
@@ -41,10 +52,11 @@ from torch import Tensor, nn
 
 from src import checks
 from src.cameras import ViewBatch
-from src.diffusion import add_noise, v_to_eps, x0_to_eps
+from src.diffusion import add_noise, alpha_sigma, bcast, v_to_eps, x0_to_eps
 from src.modules import hold
 
 PREDICTIONS = ("eps", "x0", "v")
+JACOBIAN_TARGETS = ("second_order", "point_mass")
 
 
 class ScoreModel(checks.Configurable, nn.Module):
@@ -69,10 +81,18 @@ class ScoreModel(checks.Configurable, nn.Module):
         weight_decay: float = 0.0,
         prior=None,
         prediction: str = "eps",
+        jacobian_weight: float = 0.0,
+        jacobian_target: str = "second_order",
     ):
         """prior: the frozen backbone when psi = prior + correction (module docstring), else None.
-        prediction: what the network outputs (module docstring); a correction is always epsilon."""
+        prediction: what the network outputs (module docstring); a correction is always epsilon.
+        jacobian_weight: weight of the second-order DSM term (module docstring); 0 = VSD's rule."""
         super().__init__()
+        if jacobian_weight < 0:
+            raise ValueError(f"jacobian_weight={jacobian_weight}; valid: >= 0")
+        if jacobian_target not in JACOBIAN_TARGETS:
+            raise ValueError(f"jacobian_target={jacobian_target!r}; valid: {', '.join(JACOBIAN_TARGETS)}")
+        self.jacobian_weight, self.jacobian_target = float(jacobian_weight), jacobian_target
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction={prediction!r}; valid: {', '.join(PREDICTIONS)}")
         if prior is not None and prediction != "eps":
@@ -97,6 +117,10 @@ class ScoreModel(checks.Configurable, nn.Module):
             checks.number(cfg, "steps_per_update", f"{key}.steps_per_update", lo=1, integer=True)
         if "weight_decay" in cfg:
             checks.number(cfg, "weight_decay", f"{key}.weight_decay", lo=0.0)
+        if "jacobian_weight" in cfg:
+            checks.number(cfg, "jacobian_weight", f"{key}.jacobian_weight", lo=0.0)
+        if cfg.get("jacobian_target") is not None:
+            checks.choice(cfg, "jacobian_target", f"{key}.jacobian_target", JACOBIAN_TARGETS)
         if cfg.get("prediction") is not None:
             checks.choice(cfg, "prediction", f"{key}.prediction", PREDICTIONS)
             checks.require(cfg.prediction == "eps" or not cfg.get("from_prior", False), f"{key}.prediction",
@@ -158,8 +182,37 @@ class ScoreModel(checks.Configurable, nn.Module):
                  p_drop: float = 0.0) -> Tensor:
         """Denoising score matching on detached renders x (B, ...)."""
         x_t, t, eps, cam = self.dsm_sample(x, views, generator, p_drop)
-        pred = self.eps(x_t, t, cam, emb)
-        return ((pred - eps) ** 2).flatten(1).sum(1).mean()
+        if not self.jacobian_weight:
+            pred = self.eps(x_t, t, cam, emb)
+            return ((pred - eps) ** 2).flatten(1).sum(1).mean()
+        v = torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype).to(x_t.device)
+        pred, jv = self.eps_jvp(x_t, t, cam, emb, v)
+        return (((pred - eps) ** 2).flatten(1).sum(1).mean()
+                + self.jacobian_weight * self.jacobian_loss(jv, v, eps - pred.detach(), t))
+
+    def eps_jvp(self, x_t: Tensor, t: Tensor, cam: Tensor | None, emb: Tensor | None,
+                v: Tensor) -> tuple[Tensor, Tensor]:
+        """(e_psi(x_t), J v), J = d e_psi / d x_t, both differentiable in psi's parameters. Double
+        backward (J v = d/du [v . J^T u]): forward-mode AD has no rule for the CPU's fused attention.
+        The math attention kernel is twice differentiable everywhere."""
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        x_t = x_t.detach().requires_grad_(True)
+        with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
+            out = self.eps(x_t, t, cam, emb)
+            u = torch.zeros_like(out, requires_grad=True)
+            vjp = torch.autograd.grad(out, x_t, u, create_graph=True)[0]
+            jv = torch.autograd.grad(vjp, u, v, create_graph=True)[0]
+        return out, jv
+
+    def jacobian_loss(self, jv: Tensor, v: Tensor, r: Tensor, t: Tensor) -> Tensor:
+        """Second-order DSM (module docstring): || sigma_t J v - (v - r (r . v)) ||^2, r = eps - e_psi
+        detached; its conditional mean is minimized by psi's true Jacobian (I - Cov[eps | x_t]) / sigma_t."""
+        sigma = bcast(alpha_sigma(self.alphas_cumprod, t)[1], jv)
+        if self.jacobian_target == "point_mass":
+            r = torch.zeros_like(r)
+        rv = bcast((r * v).flatten(1).sum(1), r)
+        return ((sigma * jv - (v - r * rv)) ** 2).flatten(1).sum(1).mean()
 
     def fit_step(self, x: Tensor, views: ViewBatch, generator: torch.Generator, emb: Tensor | None = None,
                  p_drop: float = 0.0) -> dict[str, float]:

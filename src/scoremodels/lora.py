@@ -64,6 +64,9 @@ class LoRAScore(ScoreModel):
         **kwargs,
     ):
         super().__init__(backbone.alphas_cumprod, lr=lr, **kwargs)
+        if self.jacobian_weight:
+            raise ValueError(f"jacobian_weight={self.jacobian_weight}; valid for score_model=lora: 0 "
+                             "(its DSM step has no Jacobian term)")
         from peft import LoraConfig
 
         from src.backbones.sd import StableDiffusion
@@ -108,6 +111,8 @@ class LoRAScore(ScoreModel):
         super().check_config(cfg, key)
         checks.number(cfg, "rank", f"{key}.rank", lo=1, integer=True)
         checks.number(cfg, "alpha", f"{key}.alpha", lo=0.0, lo_open=True, optional=True)
+        checks.require(float(cfg.get("jacobian_weight", 0.0)) == 0.0, f"{key}.jacobian_weight",
+                       cfg.get("jacobian_weight"), "0 for score_model=lora (its DSM step has no Jacobian term)")
 
     def _add_camera(self, module, inputs, out: Tensor) -> Tensor:
         return out if self._cam_emb is None else out + self._cam_emb.to(out.dtype)
