@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from src import checks
 from src.cameras import ViewBatch
@@ -195,8 +196,6 @@ class ScoreModel(checks.Configurable, nn.Module):
         """(e_psi(x_t), J v), J = d e_psi / d x_t, both differentiable in psi's parameters. Double
         backward (J v = d/du [v . J^T u]): forward-mode AD has no rule for the CPU's fused attention.
         The math attention kernel is twice differentiable everywhere."""
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
         x_t = x_t.detach().requires_grad_(True)
         with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
             out = self.eps(x_t, t, cam, emb)
