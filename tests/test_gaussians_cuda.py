@@ -256,7 +256,8 @@ def test_densifying_run_on_cuda(tmp_path, monkeypatch):
                    "representation.n_gaussians=2048", "representation.densify.refine_every=10",
                    "representation.densify.refine_start_iter=0",  # ShapesWorld's preset starts at 300
                    "representation.densify.grow_grad2d=0.05", "representation.sh_degree=1",
-                   "representation.sh_degree_interval=10", "camera.n_eval_views=4"])
+                   "representation.sh_degree_interval=10", "camera.n_eval_views=4",
+                   "trainer.export=false"])  # the strategy, not the export (imageio-ffmpeg)
     metrics, trainer = train(cfg, tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     print(f"\n[cuda run, 30 steps] n_gaussians 2048 -> {saved['n_gaussians']}, precision {saved['precision']}")

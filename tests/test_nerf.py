@@ -9,7 +9,12 @@ import torch
 
 from src.representations import volume
 from src.representations.base import RenderOutput
-from src.representations.fields import MultiResGrid, grid_sample_reference, weighted_gather
+from src.representations.fields import (
+    MultiResGrid,
+    grid_sample_reference,
+    index_add,
+    weighted_gather,
+)
 from tests._nerf_fixtures import TINY_GRID, tiny_nerf, views
 
 
@@ -35,6 +40,17 @@ def test_weighted_gather_backward_matches_autograd_reference():
     table.grad = None
     ((w[..., None] * table[idx]).sum(1) * g).sum().backward()
     torch.testing.assert_close(fast, table.grad)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 160, 1000])
+def test_chunked_index_add_equals_one_call(chunk):
+    """The deterministic CUDA backward's chunks (src/representations/fields.py) add what one call adds."""
+    g = torch.Generator().manual_seed(0)
+    index = torch.randint(30, (160,), generator=g)
+    src = torch.randn(160, 2, generator=g, dtype=torch.float64)
+    one = torch.zeros(30, 2, dtype=torch.float64).index_add_(0, index, src)
+    torch.testing.assert_close(index_add(torch.zeros(30, 2, dtype=torch.float64), index, src, chunk), one)
+    assert index_add(torch.zeros(3, 2), index[:0], src[:0], chunk).abs().sum() == 0  # no entries
 
 
 def test_hashed_levels_in_range_and_continuous():

@@ -147,3 +147,35 @@ def test_weighted_gather_on_cuda_equals_the_cpu_path():
         out[dev] = y.detach().cpu(), t.grad.cpu()
     torch.testing.assert_close(out["cuda"][0], out["cpu"][0])
     torch.testing.assert_close(out["cuda"][1], out["cpu"][1])
+
+
+def test_deterministic_weighted_gather_backward_is_chunked_and_repeats(monkeypatch):
+    """With torch's deterministic kernels the CUDA backward adds in chunks (its sort-based index_add_
+    would take 28 bytes per entry at once): same gradient as one call, bit for bit across calls."""
+    from src.representations import fields
+
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(5000, 2, generator=g).cuda()
+    idx = torch.randint(5000, (20000, 8), generator=g).cuda()
+    w, up = torch.rand(20000, 8, generator=g).cuda(), torch.randn(20000, 2, generator=g).cuda()
+
+    def grad() -> torch.Tensor:
+        t = table.clone().requires_grad_(True)
+        (fields.weighted_gather(t, idx, w) * up).sum().backward()
+        return t.grad
+
+    calls = []
+    monkeypatch.setattr(fields, "DETERMINISTIC_INDEX_ADD_CHUNK", 30000)
+    real = fields.index_add
+    monkeypatch.setattr(fields, "index_add", lambda *a: calls.append(a[3]) or real(*a))
+    was = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        a, b = grad(), grad()
+        torch.use_deterministic_algorithms(False)  # a Trainer earlier in the process may have set it
+        one = grad()  # torch's default kernels: one index_add_ call
+    finally:
+        torch.use_deterministic_algorithms(was[0], warn_only=was[1])
+    assert calls == [30000, 30000, None]
+    assert torch.equal(a, b)
+    torch.testing.assert_close(a, one)

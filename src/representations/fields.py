@@ -122,7 +122,7 @@ class _WeightedGather(torch.autograd.Function):
     1.3 ms a call, about half of the NeRF's GPU time). The gather + sum's own time on the GPU
     is not measured yet (the session's device time ran out): ``scripts/bench_sd_gpu.py``.
     Backward is one ``index_add_``, ~7x faster on the CPU than embedding_bag's sort-based
-    backward. The weights (trilinear, from the sample positions) need no gradient here.
+    backward (in chunks on CUDA under deterministic kernels: DETERMINISTIC_INDEX_ADD_CHUNK). The weights (trilinear, from the sample positions) need no gradient here.
     """
 
     @staticmethod
@@ -137,8 +137,25 @@ class _WeightedGather(torch.autograd.Function):
     def backward(ctx, g: Tensor):
         idx, w = ctx.saved_tensors
         src = (w[:, :, None] * g[:, None, :]).reshape(-1, g.shape[-1])
-        grad = g.new_zeros(ctx.n_rows, g.shape[-1]).index_add_(0, idx.reshape(-1), src)
-        return grad, None, None
+        chunk = DETERMINISTIC_INDEX_ADD_CHUNK if g.is_cuda and torch.are_deterministic_algorithms_enabled() else None
+        return index_add(g.new_zeros(ctx.n_rows, g.shape[-1]), idx.reshape(-1), src, chunk), None, None
+
+
+# torch's deterministic index_add_ on CUDA sorts its indices (index_put_ with accumulate): measured
+# on the lent H200 (2026-12-04), 8.4 GB of a 512 px fast VSD step's 17.3 GB peak (13.4 GB with
+# trainer.deterministic=false). In chunks of this many entries it stays deterministic (the chunks
+# add in a fixed order) and bounded; a 32 px ShapesWorld render (1024 rays x 512 samples x 8 levels
+# x 8 corners = 2^25 entries at most) stays one call, its results unchanged.
+DETERMINISTIC_INDEX_ADD_CHUNK = 2**26
+
+
+def index_add(out: Tensor, index: Tensor, src: Tensor, chunk: int | None = None) -> Tensor:
+    """out.index_add_(0, index, src), in consecutive chunks of ``chunk`` entries (None: one call)."""
+    n = index.numel()
+    step = n if chunk is None else chunk
+    for s in range(0, n, max(step, 1)):
+        out.index_add_(0, index[s : s + step], src[s : s + step])
+    return out
 
 
 def weighted_gather(table: Tensor, idx: Tensor, w: Tensor) -> Tensor:
