@@ -122,7 +122,8 @@ class _WeightedGather(torch.autograd.Function):
     1.3 ms a call, about half of the NeRF's GPU time). The gather + sum's own time on the GPU
     is not measured yet (the session's device time ran out): ``scripts/bench_sd_gpu.py``.
     Backward is one ``index_add_``, ~7x faster on the CPU than embedding_bag's sort-based
-    backward (in chunks on CUDA under deterministic kernels: DETERMINISTIC_INDEX_ADD_CHUNK). The weights (trilinear, from the sample positions) need no gradient here.
+    backward (in chunks on CUDA under deterministic kernels: DETERMINISTIC_INDEX_ADD_CHUNK). The
+    weights (trilinear, from the sample positions) need no gradient here.
     """
 
     @staticmethod

@@ -208,10 +208,8 @@ class ScoreModel(checks.Configurable, nn.Module):
         """Second-order DSM (module docstring): || sigma_t J v - (v - r (r . v)) ||^2, r = eps - e_psi
         detached; its conditional mean is minimized by psi's true Jacobian (I - Cov[eps | x_t]) / sigma_t."""
         sigma = bcast(alpha_sigma(self.alphas_cumprod, t)[1], jv)
-        if self.jacobian_target == "point_mass":
-            r = torch.zeros_like(r)
-        rv = bcast((r * v).flatten(1).sum(1), r)
-        return ((sigma * jv - (v - r * rv)) ** 2).flatten(1).sum(1).mean()
+        target = v if self.jacobian_target == "point_mass" else v - r * bcast((r * v).flatten(1).sum(1), r)
+        return ((sigma * jv - target) ** 2).flatten(1).sum(1).mean()
 
     def fit_step(self, x: Tensor, views: ViewBatch, generator: torch.Generator, emb: Tensor | None = None,
                  p_drop: float = 0.0) -> dict[str, float]:
