@@ -5,7 +5,9 @@
 Reads every run's metrics.json (through src.report.find_runs) and writes
 ``<out>.json`` = {"sweep": ..., "rows": [{"method", "seed", "mode_id", "precision", "janus_rate",
 ...}], "table": {method: summary}} and ``<out>.md``: per method (and representation, when the
-sweep has several) the mode_id of each seed, the number of distinct modes, the mode entropy, the
+sweep has several) and prior (``backbone.view_conditioning`` of the run's composed config: ``prompt``,
+the view prompt's bin as Stable Diffusion knows it, or ``camera``; a column only where a run used
+``camera``) the mode_id of each seed, the number of distinct modes, the mode entropy, the
 mean precision and the mean janus_rate. Unfinished or failed runs are listed, never averaged in.
 """
 
@@ -17,11 +19,23 @@ import math
 import sys
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from src.metrics.modes import distinct_modes, mode_entropy  # noqa: E402
 from src.report import find_runs  # noqa: E402
 
+DEFAULT_PRIOR = "prompt"  # conf/backbone/shapes.yaml's view_conditioning
 KEYS = ("mode_id", "nearest_class", "precision", "rmse", "janus_rate", "steps_per_s", "wall_time_s")
+
+
+def prior_of(run_dir: Path, overrides: dict) -> str:
+    """The run's ShapesWorld view conditioning: its composed config, else its overrides."""
+    config = run_dir / ".hydra" / "config.yaml"
+    if config.exists():
+        backbone = (yaml.safe_load(config.read_text()) or {}).get("backbone") or {}
+        return str(backbone.get("view_conditioning", DEFAULT_PRIOR))
+    return overrides.get("backbone.view_conditioning", DEFAULT_PRIOR)
 
 
 def collect(sweep_dir: Path) -> tuple[list[dict], list[str]]:
@@ -32,30 +46,32 @@ def collect(sweep_dir: Path) -> tuple[list[dict], list[str]]:
             missing.append(f"{run.dir} ({run.status}{': ' + run.error if run.error else ''})")
             continue
         row = {"method": ov.get("guidance", "?"), "representation": ov.get("representation", "nerf"),
-               "seed": int(ov.get("seed", 0))}
+               "prior": prior_of(run.dir, ov), "seed": int(ov.get("seed", 0))}
         row.update({k: run.metrics.get(k) for k in KEYS if k in run.metrics})
         if row.get("mode_id") is not None:
             row["mode_id"] = int(row["mode_id"])
         rows.append(row)
-    return sorted(rows, key=lambda r: (r["representation"], r["method"], r["seed"])), missing
+    return sorted(rows, key=lambda r: (r["prior"], r["representation"], r["method"], r["seed"])), missing
 
 
 def summarize(rows: list[dict]) -> dict:
     table = {}
-    for rep in sorted({r["representation"] for r in rows}):
-        for method in sorted({r["method"] for r in rows if r["representation"] == rep}):
-            rs = [r for r in rows if r["representation"] == rep and r["method"] == method]
-            modes = [r["mode_id"] for r in rs]
-            entropy = mode_entropy(modes)
-            janus = [r["janus_rate"] for r in rs if r.get("janus_rate") is not None]
-            table[f"{method}/{rep}"] = {
-                "method": method, "representation": rep, "seeds": [r["seed"] for r in rs], "mode_ids": modes,
-                "distinct_modes": distinct_modes(modes),
-                # NaN (no seed reached a mode) is written null: the JSON stays strict
-                "mode_entropy_bits": None if math.isnan(entropy) else entropy,
-                "mean_precision": sum(r.get("precision") or 0.0 for r in rs) / len(rs),  # null: no mode
-                "mean_janus_rate": sum(janus) / len(janus) if janus else None,
-            }
+    groups = sorted({(r["prior"], r["representation"], r["method"]) for r in rows})
+    for prior, rep, method in groups:
+        rs = [r for r in rows if (r["prior"], r["representation"], r["method"]) == (prior, rep, method)]
+        modes = [r["mode_id"] for r in rs]
+        entropy = mode_entropy(modes)
+        janus = [r["janus_rate"] for r in rs if r.get("janus_rate") is not None]
+        key = f"{method}/{rep}" + ("" if prior == DEFAULT_PRIOR else f"/{prior}")
+        table[key] = {
+            "method": method, "representation": rep, "prior": prior, "seeds": [r["seed"] for r in rs],
+            "mode_ids": modes,
+            "distinct_modes": distinct_modes(modes),
+            # NaN (no seed reached a mode) is written null: the JSON stays strict
+            "mode_entropy_bits": None if math.isnan(entropy) else entropy,
+            "mean_precision": sum(r.get("precision") or 0.0 for r in rs) / len(rs),  # null: no mode
+            "mean_janus_rate": sum(janus) / len(janus) if janus else None,
+        }
     return table
 
 
@@ -63,13 +79,16 @@ def markdown(title: str, table: dict, missing: list[str], command: str) -> str:
     lines = [f"# {title}", "", f"`{command}`", "",
              "mode_id: the world class reached (shape * n_colors + color, -1 = none within the precision "
              "threshold); distinct modes and mode entropy (bits, over the seeds that reached a mode) "
-             "count diversity; precision and janus_rate are means over seeds.", "",
-             "| method | representation | mode_id per seed | distinct modes | mode entropy (bits) | mean precision | mean janus_rate |",
-             "|---|---|---|---:|---:|---:|---:|"]
+             "count diversity; precision and janus_rate are means over seeds.", ""]
+    with_prior = any(t["prior"] != DEFAULT_PRIOR for t in table.values())
+    prior_head, prior_rule = ("prior | ", "---|") if with_prior else ("", "")
+    lines += [f"| method | representation | {prior_head}mode_id per seed | distinct modes | mode entropy (bits) "
+              "| mean precision | mean janus_rate |", f"|---|---|{prior_rule}---|---:|---:|---:|---:|"]
     for t in table.values():
+        prior = f"{t['prior']} | " if with_prior else ""
         janus = "" if t["mean_janus_rate"] is None else f"{t['mean_janus_rate']:.2f}"
         entropy = "-" if t["mode_entropy_bits"] is None else f"{t['mode_entropy_bits']:.2f}"
-        lines.append(f"| {t['method']} | {t['representation']} | {' '.join(map(str, t['mode_ids']))} | "
+        lines.append(f"| {t['method']} | {t['representation']} | {prior}{' '.join(map(str, t['mode_ids']))} | "
                      f"{t['distinct_modes']} | {entropy} | {t['mean_precision']:.2f} | {janus} |")
     if missing:
         lines += ["", f"Unfinished or failed runs ({len(missing)}):", ""] + [f"- `{m}`" for m in missing]

@@ -165,3 +165,26 @@ def test_shapes_tables_per_method_modes_entropy_and_failed_runs(tmp_path):
     assert fsd["distinct_modes"] == 0 and fsd["mode_entropy_bits"] is None and fsd["mean_precision"] == 0.0
     assert len(data["unfinished"]) == 1 and "diverged at step 3" in data["unfinished"][0]
     assert "| sds | nerf | 15 12 | 2 | 1.00 | 0.75 | 0.25 |" in (tmp_path / "out" / "t.md").read_text()
+
+
+def test_shapes_tables_keeps_the_priors_apart(tmp_path):
+    """Runs under ShapesWorld's camera-aware prior (backbone.view_conditioning=camera, read from
+    the run's composed config, else its overrides) are their own rows, never averaged with the
+    view-prompt prior's; the markdown then shows a prior column."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import shapes_tables
+
+    sweep = tmp_path / "shapes_modes"
+    fake_run(sweep, ["guidance=dsd", "seed=0"], {"status": "finished", "mode_id": -1, "precision": 0.0})
+    cam = fake_run(sweep, ["guidance=dsd", "seed=1"], {"status": "finished", "mode_id": 15, "precision": 1.0})
+    (cam / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"backbone": {"view_conditioning": "camera"}}))
+    fake_run(sweep, ["guidance=dsd", "seed=2", "backbone.view_conditioning=camera"],
+             {"status": "finished", "mode_id": 13, "precision": 0.5})
+    assert shapes_tables.main([str(sweep), "--out", str(tmp_path / "t")]) == 0
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert [(r["prior"], r["seed"]) for r in data["rows"]] == [("camera", 1), ("camera", 2), ("prompt", 0)]
+    assert data["table"]["dsd/nerf"]["mean_precision"] == 0.0
+    assert data["table"]["dsd/nerf/camera"]["mean_precision"] == pytest.approx(0.75)
+    md = (tmp_path / "t.md").read_text()
+    assert "| dsd | nerf | camera | 15 13 | 2 | 1.00 | 0.75 |  |" in md
+    assert "| dsd | nerf | prompt | -1 | 0 | - | 0.00 |  |" in md

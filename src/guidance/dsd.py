@@ -16,14 +16,13 @@ as the grid step from tau): the trajectory then costs a UNet call only when it f
 grid state, not every step; because the cached and recomputed paths do the same arithmetic they
 agree exactly (tests/test_guidance.py). The fast path (``backbone.fast``) computes e_t and e_td,
 which both need e_d first, in one batched call.
-On an exact prior (ShapesWorld) the 3D premise holds only as far as the world lets it:
-Algorithm 3's one ODE per object ends at one data image, seen from one camera (e.g. seed 0 of "a
-cone": the green cone at elevation 25 deg, azimuth 90), and e_d pulls every view toward it. Where
-all trained cameras see the same image (one elevation, light along the cone's axis) DSD reaches
-precision 1.00 (rmse 0.016); in the default world, where shading turns with azimuth and the
-silhouette with elevation, 0.29 at one elevation and 0.00 over all four (README "What ShapesWorld
-shows"). ODEs conditioned on each data camera agree on the colour for 0.64-1.00 of the 64 cameras
-(``scripts/dsd_view_consistency.py``), so a finer view conditioning would not make them one object.
+On ShapesWorld's "a cone" (NeRF, 8 seeds) DSD reaches no cone under the default view-prompt
+prior (a render at camera c is pulled toward the prompt's bin images, seen from other cameras),
+whether the trajectory is the plain prompt's or a view prompt's; with a prior that knows the
+camera (``backbone.view_conditioning=camera``) Algorithm 3 as it stands reaches one on all 8
+(``benchmarks/shapes_modes_camera.md``; README "What ShapesWorld shows").
+``scripts/dsd_view_consistency.py`` measures how far one eps*'s ODEs, conditioned on each data
+camera, agree on the colour.
 
 ``delta=previous`` sets t_d to the previous step's t: with the DDIM grid as schedule this
 is DSD*, which reproduces the DDIM sample (paper App. A; tests/test_exactness.py)."""
