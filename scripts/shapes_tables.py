@@ -2,13 +2,13 @@
 
     python scripts/shapes_tables.py multirun/shapes_modes [--out benchmarks/shapes_modes]
 
-Reads every run's metrics.json (through src.report.find_runs) and writes
-``<out>.json`` = {"sweep": ..., "rows": [{"method", "seed", "mode_id", "precision", "janus_rate",
-...}], "table": {method: summary}} and ``<out>.md``: per method (and representation, when the
-sweep has several) and prior (``backbone.view_conditioning`` of the run's composed config: ``prompt``,
-the view prompt's bin as Stable Diffusion knows it, or ``camera``; a column only where a run used
-``camera``) the mode_id of each seed, the number of distinct modes, the mode entropy, the
-mean precision and the mean janus_rate. Unfinished or failed runs are listed, never averaged in.
+Reads every run's metrics.json (through src.report.find_runs) and writes ``<out>.json`` =
+{"sweep": ..., "rows": [{"method", "seed", "mode_id", "precision", "janus_rate", "prior", ...}],
+"table": {"method/representation[/prior]": summary}} and ``<out>.md``: per method, representation
+and prior (``backbone.view_conditioning`` of the run's composed config: ``prompt``, the view
+prompt's bin as Stable Diffusion knows it, or ``camera``; a column only where a run used
+``camera``) the mode_id of each seed, the number of distinct modes, the mode entropy, the mean
+precision and the mean janus_rate. Unfinished or failed runs are listed, never averaged in.
 """
 
 from __future__ import annotations
