@@ -38,6 +38,11 @@ def prior_of(run_dir: Path, overrides: dict) -> str:
     return overrides.get("backbone.view_conditioning", DEFAULT_PRIOR)
 
 
+def row_order(r: dict) -> tuple:
+    """(prior, representation, method, seed): rows sort by it, tables group by its first three."""
+    return r["prior"], r["representation"], r["method"], r["seed"]
+
+
 def collect(sweep_dir: Path) -> tuple[list[dict], list[str]]:
     rows, missing = [], []
     for run in find_runs(sweep_dir):
@@ -51,14 +56,15 @@ def collect(sweep_dir: Path) -> tuple[list[dict], list[str]]:
         if row.get("mode_id") is not None:
             row["mode_id"] = int(row["mode_id"])
         rows.append(row)
-    return sorted(rows, key=lambda r: (r["prior"], r["representation"], r["method"], r["seed"])), missing
+    return sorted(rows, key=row_order), missing
 
 
 def summarize(rows: list[dict]) -> dict:
+    groups: dict[tuple, list[dict]] = {}
+    for r in sorted(rows, key=row_order):
+        groups.setdefault(row_order(r)[:3], []).append(r)
     table = {}
-    groups = sorted({(r["prior"], r["representation"], r["method"]) for r in rows})
-    for prior, rep, method in groups:
-        rs = [r for r in rows if (r["prior"], r["representation"], r["method"]) == (prior, rep, method)]
+    for (prior, rep, method), rs in groups.items():
         modes = [r["mode_id"] for r in rs]
         entropy = mode_entropy(modes)
         janus = [r["janus_rate"] for r in rs if r.get("janus_rate") is not None]
