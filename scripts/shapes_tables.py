@@ -1,14 +1,17 @@
-"""The exact ShapesWorld tables of a finished sweep (sweeps/shapes_modes.yaml, shapes_janus.yaml):
+"""The exact ShapesWorld tables of finished sweeps (sweeps/shapes_modes.yaml, shapes_janus.yaml):
 
     python scripts/shapes_tables.py multirun/shapes_modes [--out benchmarks/shapes_modes]
+    python scripts/shapes_tables.py benchmarks/shapes_modes_nerf.json multirun/gs --out ...
 
-Reads every run's metrics.json (through src.report.find_runs) and writes ``<out>.json`` =
-{"sweep": ..., "rows": [{"method", "seed", "mode_id", "precision", "janus_rate", "prior", ...}],
-"table": {"method/representation[/prior]": summary}} and ``<out>.md``: per method, representation
-and prior (``backbone.view_conditioning`` of the run's composed config: ``prompt``, the view
-prompt's bin as Stable Diffusion knows it, or ``camera``; a column only where a run used
-``camera``) the mode_id of each seed, the number of distinct modes, the mode entropy, the mean
-precision and the mean janus_rate. Unfinished or failed runs are listed, never averaged in.
+Reads every run's metrics.json under each sweep dir (through src.report.find_runs), and the rows
+of any table JSON this script wrote before (a table assembled from runs made on two machines),
+and writes ``<out>.json`` = {"sweep": [sources], "rows": [{"method", "seed", "mode_id",
+"precision", "janus_rate", "prior", ...}], "table": {"method/representation[/prior]": summary}}
+and ``<out>.md``: per method, representation and prior (``backbone.view_conditioning`` of the
+run's composed config: ``camera``, the default, or ``prompt``, the view prompt's bin as Stable
+Diffusion knows it; a column and a key suffix only where a run did not use the default) the
+mode_id of each seed, the number of distinct modes, the mode entropy, the mean precision and the
+mean janus_rate. Unfinished or failed runs are listed, never averaged in.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from src.metrics.modes import distinct_modes, mode_entropy  # noqa: E402
 from src.report import find_runs  # noqa: E402
 
-DEFAULT_PRIOR = "prompt"  # conf/backbone/shapes.yaml's view_conditioning
+DEFAULT_PRIOR = "camera"  # conf/backbone/shapes.yaml's view_conditioning
+# runs made before the knob existed (no view_conditioning in their config or row) knew the view by its bin
+LEGACY_PRIOR = "prompt"
 KEYS = ("mode_id", "nearest_class", "precision", "rmse", "janus_rate", "steps_per_s", "wall_time_s")
 
 
@@ -34,7 +39,7 @@ def prior_of(run_dir: Path, overrides: dict) -> str:
     config = run_dir / ".hydra" / "config.yaml"
     if config.exists():
         backbone = (yaml.safe_load(config.read_text()) or {}).get("backbone") or {}
-        return str(backbone.get("view_conditioning", DEFAULT_PRIOR))
+        return str(backbone.get("view_conditioning", LEGACY_PRIOR))
     return overrides.get("backbone.view_conditioning", DEFAULT_PRIOR)
 
 
@@ -56,7 +61,14 @@ def collect(sweep_dir: Path) -> tuple[list[dict], list[str]]:
         if row.get("mode_id") is not None:
             row["mode_id"] = int(row["mode_id"])
         rows.append(row)
-    return sorted(rows, key=row_order), missing
+    return rows, missing
+
+
+def rows_of_table(path: Path) -> tuple[list[dict], list[str]]:
+    """The rows (and unfinished runs) of a table JSON written by this script."""
+    data = json.loads(path.read_text())
+    rows = [{**r, "prior": r.get("prior", LEGACY_PRIOR)} for r in data["rows"]]
+    return rows, list(data.get("unfinished", []))
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -103,21 +115,31 @@ def markdown(title: str, table: dict, missing: list[str], command: str) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("sweep_dir", type=Path)
-    p.add_argument("--out", default=None, help="default: benchmarks/<sweep dir name>")
+    p.add_argument("sources", type=Path, nargs="+", help="sweep dirs, or table JSONs written by this script")
+    p.add_argument("--out", default=None, help="default: benchmarks/<first source's name>")
     p.add_argument("--title", default=None)
     args = p.parse_args(argv)
-    rows, missing = collect(args.sweep_dir)
-    if not rows:
-        print(f"no finished runs under {args.sweep_dir}", file=sys.stderr)
+    rows, missing = [], []
+    for source in args.sources:
+        more, lost = rows_of_table(source) if source.suffix == ".json" else collect(source)
+        rows, missing = rows + more, missing + lost
+    seen = [row_order(r) for r in rows]
+    twice = sorted({k for k in seen if seen.count(k) > 1})
+    if twice:  # one seed's run counted twice would weigh double in the means
+        print(f"error: runs in more than one source: {twice}", file=sys.stderr)
         return 2
-    out = Path(args.out or Path("benchmarks") / args.sweep_dir.name)
+    if not rows:
+        print(f"no finished runs under {', '.join(map(str, args.sources))}", file=sys.stderr)
+        return 2
+    rows = sorted(rows, key=row_order)
+    name = args.sources[0].stem if args.sources[0].suffix == ".json" else args.sources[0].name
+    out = Path(args.out or Path("benchmarks") / name)
     table = summarize(rows)
     command = "python scripts/shapes_tables.py " + " ".join(sys.argv[1:] if argv is None else argv)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(
-        {"sweep": str(args.sweep_dir), "rows": rows, "table": table, "unfinished": missing}, indent=1))
-    md = markdown(args.title or f"ShapesWorld: {args.sweep_dir.name}", table, missing, command)
+        {"sweep": [str(s) for s in args.sources], "rows": rows, "table": table, "unfinished": missing}, indent=1))
+    md = markdown(args.title or f"ShapesWorld: {name}", table, missing, command)
     out.with_suffix(".md").write_text(md)
     print(md)
     return 0

@@ -9,7 +9,8 @@ input Jacobian is from the one of the renders' own score (``jacobian_error``). A
 normalizes the step per parameter, so what matters is how the signal is shared across t: the
 high-noise steps set an object's size and silhouette (conf/tuning/shapes.yaml).
 
-    python -m src.train experiment=shapes_modes guidance=sim seed=6 hydra.run.dir=outputs/sim6
+    python -m src.train experiment=shapes_modes guidance=sim seed=6 hydra.run.dir=outputs/sim6 \
+        backbone.view_conditioning=prompt    # the README's numbers: the view-prompt prior
     python scripts/sim_weighting_profile.py outputs/sim6                   # its last.pt
     python scripts/sim_weighting_profile.py outputs/sim6 --checkpoint ck.pt  # another state
 """

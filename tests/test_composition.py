@@ -52,7 +52,8 @@ def translate(old: dict) -> tuple[dict, dict | None]:
         old["backbone"]["view_adherence"] = 1.0  # new knob (issue 9); 1 = view prompts fully obeyed, as before
         old["backbone"]["light_dir"] = [0.5, 0.3, 1.0]  # new knob (issue 9); the renderer's light, as before
         old["backbone"]["marker_radius"] = 0.2  # new knob (issue 9); the face disc's radius, as before
-        old["backbone"]["view_conditioning"] = "prompt"  # new knob (issue 9); view prompts by bin, as before
+        # issue 9: the prior knows the camera by default; the view prompt's bin alone before (and in the Janus worlds)
+        old["backbone"]["view_conditioning"] = "prompt" if old["backbone"].get("marker") else "camera"
         old["backbone"]["azimuth_window"] = 360.0  # new knob (issue 9); every azimuth photographed, as before
         # Issue 9: the ShapesWorld tuning keeps every method's full timestep range (it capped
         # t_max at 0.5) and runs 600 steps (1000 before; the Gaussians preset keeps 1000)

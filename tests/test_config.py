@@ -132,6 +132,18 @@ def test_front_only_janus_preset_is_the_measured_command_line(method):
     assert preset.schedule._target_.endswith("LinearDecreasing") and preset.guidance.scale == 1.0
 
 
+def test_shapes_prior_knows_the_camera_except_in_the_janus_worlds():
+    """ShapesWorld's default prior knows the camera (issue 9: under the view-prompt prior DSD and
+    SIM miss "a cone"); the Janus worlds, measured under the view-prompt prior and built on its
+    partly obeyed view prompts, keep it, and the command line wins over both."""
+    assert compose([]).backbone.view_conditioning == "camera"
+    assert compose(["experiment=shapes_modes"]).backbone.view_conditioning == "camera"
+    for janus in ("shapes_janus", "shapes_janus_front"):
+        assert compose([f"experiment={janus}"]).backbone.view_conditioning == "prompt"
+    assert compose(["experiment=shapes_modes", "backbone.view_conditioning=prompt"]).backbone.view_conditioning == "prompt"
+    assert compose(["experiment=shapes_janus", "backbone.view_conditioning=camera"]).backbone.view_conditioning == "camera"
+
+
 def test_gaussians_shapes_preset_follows_the_worlds_tuning():
     """conf/tuning/representation/shapes_gaussians.yaml applies on ShapesWorld (and its Janus
     and mode-table experiments), not on SD nor with ~tuning/representation, and the command

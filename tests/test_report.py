@@ -168,23 +168,51 @@ def test_shapes_tables_per_method_modes_entropy_and_failed_runs(tmp_path):
 
 
 def test_shapes_tables_keeps_the_priors_apart(tmp_path):
-    """Runs under ShapesWorld's camera-aware prior (backbone.view_conditioning=camera, read from
-    the run's composed config, else its overrides) are their own rows, never averaged with the
-    view-prompt prior's; the markdown then shows a prior column."""
+    """Runs under ShapesWorld's view-prompt prior (backbone.view_conditioning=prompt, read from the
+    run's composed config, else its overrides; a config without the key predates it and is
+    view-prompt too) are their own rows, never averaged with the default camera prior's; the
+    markdown then shows a prior column and the JSON key a suffix."""
     sys.path.insert(0, str(REPO / "scripts"))
     import shapes_tables
 
     sweep = tmp_path / "shapes_modes"
-    fake_run(sweep, ["guidance=dsd", "seed=0"], {"status": "finished", "mode_id": -1, "precision": 0.0})
-    cam = fake_run(sweep, ["guidance=dsd", "seed=1"], {"status": "finished", "mode_id": 15, "precision": 1.0})
+    fake_run(sweep, ["guidance=dsd", "seed=0"], {"status": "finished", "mode_id": 15, "precision": 1.0})
+    old = fake_run(sweep, ["guidance=dsd", "seed=1"], {"status": "finished", "mode_id": -1, "precision": 0.0})
+    (old / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"backbone": {"smoothing": 0.02}}))
+    cam = fake_run(sweep, ["guidance=dsd", "seed=2"], {"status": "finished", "mode_id": 13, "precision": 0.5})
     (cam / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"backbone": {"view_conditioning": "camera"}}))
-    fake_run(sweep, ["guidance=dsd", "seed=2", "backbone.view_conditioning=camera"],
-             {"status": "finished", "mode_id": 13, "precision": 0.5})
+    fake_run(sweep, ["guidance=dsd", "seed=3", "backbone.view_conditioning=prompt"],
+             {"status": "finished", "mode_id": 14, "precision": 0.5})
     assert shapes_tables.main([str(sweep), "--out", str(tmp_path / "t")]) == 0
     data = json.loads((tmp_path / "t.json").read_text())
-    assert [(r["prior"], r["seed"]) for r in data["rows"]] == [("camera", 1), ("camera", 2), ("prompt", 0)]
-    assert data["table"]["dsd/nerf"]["mean_precision"] == 0.0
-    assert data["table"]["dsd/nerf/camera"]["mean_precision"] == pytest.approx(0.75)
+    assert [(r["prior"], r["seed"]) for r in data["rows"]] == [("camera", 0), ("camera", 2), ("prompt", 1), ("prompt", 3)]
+    assert data["table"]["dsd/nerf"]["mean_precision"] == pytest.approx(0.75)
+    assert data["table"]["dsd/nerf/prompt"]["mean_precision"] == pytest.approx(0.25)
     md = (tmp_path / "t.md").read_text()
     assert "| dsd | nerf | camera | 15 13 | 2 | 1.00 | 0.75 |  |" in md
-    assert "| dsd | nerf | prompt | -1 | 0 | - | 0.00 |  |" in md
+    assert "| dsd | nerf | prompt | -1 14 | 1 | 0.00 | 0.25 |  |" in md
+
+
+def test_shapes_tables_joins_an_earlier_table_with_new_runs_and_refuses_a_run_twice(tmp_path, capsys):
+    """A table assembled from two machines: the rows of an earlier table JSON (rows without a
+    prior are view-prompt, written before the field) plus a sweep dir; a seed present in both
+    would weigh double, so it is refused, naming it."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import shapes_tables
+
+    earlier = tmp_path / "nerf.json"
+    earlier.write_text(json.dumps({"rows": [
+        {"method": "sds", "representation": "nerf", "prior": "camera", "seed": 0, "mode_id": 15, "precision": 1.0},
+        {"method": "sds", "representation": "nerf", "seed": 1, "mode_id": -1, "precision": 0.0}]}))
+    sweep = tmp_path / "gs"
+    fake_run(sweep, ["guidance=sds", "representation=gaussians", "seed=0"],
+             {"status": "finished", "mode_id": 12, "precision": 0.5})
+    assert shapes_tables.main([str(earlier), str(sweep), "--out", str(tmp_path / "t")]) == 0
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert data["sweep"] == [str(earlier), str(sweep)]
+    assert data["table"]["sds/nerf"]["mode_ids"] == [15] and data["table"]["sds/nerf/prompt"]["mode_ids"] == [-1]
+    assert data["table"]["sds/gaussians"]["mean_precision"] == 0.5
+    fake_run(tmp_path / "again", ["guidance=sds", "seed=0"], {"status": "finished", "mode_id": 13, "precision": 1.0})
+    assert shapes_tables.main([str(earlier), str(tmp_path / "again"), "--out", str(tmp_path / "u")]) == 2
+    assert "runs in more than one source: [('camera', 'nerf', 'sds', 0)]" in capsys.readouterr().err
+    assert not (tmp_path / "u.json").exists()

@@ -238,11 +238,13 @@ def test_marker_radius_sets_the_face_size_and_the_cache_key():
 def test_camera_view_conditioning_is_the_exact_prior_of_the_camera_mixed_by_adherence():
     """view_conditioning=camera: at a camera of the world, a fully obeyed view prompt's prior is
     the one image seen from there; the back obeyed at a = 0.1 keeps 0.9 of its view prompt's
-    prior; view_conditioning=prompt (the default) leaves the view prompts' weights alone."""
+    prior; view_conditioning=prompt (SD's case, the Janus worlds') leaves the view prompts' weights
+    alone. camera is the default (conf/backbone/shapes.yaml and the class agree)."""
     from src.cameras import VIEW_NAMES, view_prompt_index
 
     kw = dict(resolution=8, **SMALL, view_adherence={"back": 0.1})
-    world = ShapesWorld(view_conditioning="camera", **kw)
+    world = ShapesWorld(**kw)
+    assert world.view_conditioning == "camera"
     az, el = torch.tensor([0.0, 180.0, 90.0]), torch.tensor([0.0, 0.0, 70.0])  # cameras of the world
     views = make_views(az, el, torch.full((3,), 2.0), torch.full((3,), 40.0), 8, 8)
     views.view_idx = view_prompt_index(az, el)
@@ -257,7 +259,7 @@ def test_camera_view_conditioning_is_the_exact_prior_of_the_camera_mixed_by_adhe
         a = 0.1 if VIEW_NAMES[int(views.view_idx[b])] == "back" else 1.0
         want = a * at.float() + (1 - a) * emb[b]
         torch.testing.assert_close(out[b], want)
-    assert torch.equal(ShapesWorld(**kw).condition_on_views(emb, views), emb)
+    assert torch.equal(ShapesWorld(view_conditioning="prompt", **kw).condition_on_views(emb, views), emb)
 
 
 def test_azimuth_window_is_a_collection_without_the_back():
@@ -354,3 +356,48 @@ def test_metrics_2d_compare_with_any_view():
     m = world.evaluate(imgs, views, "a blue cube")
     assert m["any_view"] == 1 and m["precision"] == 0.5
     assert m["mode_id"] in (world.prompt_classes("a blue cube")[0], world.prompt_classes("a red sphere")[0])
+
+
+def test_csd_classifier_score_on_the_exact_prior_never_chooses_a_colour():
+    """Why CSD reaches no cone on ShapesWorld (README, "What ShapesWorld shows"): on the exact
+    prior its classifier score h = e(x_t; "a cone") - e(x_t; "") is, with pi the posterior mass of
+    the cone images under the null prompt,
+
+        h = (sigma alpha / v) (1 - pi) (xbar_other - xbar_cone)
+
+    (eps = sigma (x_t - alpha xbar) / v; xbar under "" mixes the cone images' xbar and the rest's).
+    So h vanishes once the noisy render is unambiguously a cone, whatever its colour: for a cone
+    painted half red, half blue (no world colour) it is 0 in float64 from t = 400 down, where SDS pulls
+    (e(x_t; "a cone") - eps) toward a coloured cone; at t = 950 it acts, on the shape."""
+    from src.guidance.csd import classifier_score
+
+    world = ShapesWorld(resolution=16, shapes=("sphere", "cone"), colors=("red", "blue"), n_azimuths=8,
+                        n_elevations=2, elevation_range=(0.0, 70.0), smoothing=0.02, cache=False)
+    cone = world.embed("a cone").double()
+    null = world.embed("").double()
+    at = (world.azimuth_deg == 45.0) & (world.elevation_deg == 0.0)
+    red, blue = (world.data[at & (world.class_idx == world.prompt_classes(p)[0])] for p in ("a red cone", "a blue cone"))
+    x0 = (0.5 * (red + blue)).double()  # (1, D): the cone's silhouette and shading, no world colour
+    g = torch.Generator().manual_seed(0)
+    for step in (50, 200, 400, 950):
+        t = torch.full((4,), step)
+        alpha, sigma = alpha_sigma(world.alphas_cumprod, t)
+        eps = torch.randn((4, x0.shape[1]), generator=g, dtype=torch.float64)
+        x_t = (alpha[:, None] * x0 + sigma[:, None] * eps).reshape(4, 3, 16, 16)
+        h, e_c = classifier_score(world, x_t, t, cone.expand(4, -1), null.expand(4, -1))
+        h, e_c = h.reshape(4, -1), e_c.reshape(4, -1)
+        # the identity, from the posteriors over the data set
+        data = world.data.double()
+        v = alpha**2 * world.smoothing**2 + sigma**2
+        logits = -((x_t.reshape(4, 1, -1) - alpha[:, None, None] * data) ** 2).sum(-1) / (2 * v[:, None])
+        r_null = torch.softmax(logits + null.log()[None], dim=1)
+        r_cone = torch.softmax(logits + cone.log()[None], dim=1)
+        pi = r_null[:, cone > 0].sum(1)
+        other = (r_null * (cone == 0)) @ data  # (1 - pi) xbar_other
+        want = (sigma * alpha / v)[:, None] * (other - (1 - pi)[:, None] * (r_cone @ data))
+        torch.testing.assert_close(h, want, rtol=1e-6, atol=1e-9)
+        sds_pull = (e_c - eps).norm(dim=1)
+        if step <= 400:  # the render is unambiguously a cone: no force toward either colour
+            assert (h.norm(dim=1) < 1e-3 * sds_pull).all(), (step, h.norm(dim=1), sds_pull, 1 - pi)
+        else:  # at high noise it may still be a sphere: h acts, on the shape
+            assert (1 - pi > 1e-3).all() and (h.norm(dim=1) > 1e-3 * sds_pull).all(), (step, 1 - pi)

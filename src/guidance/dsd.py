@@ -16,11 +16,11 @@ as the grid step from tau): the trajectory then costs a UNet call only when it f
 grid state, not every step; because the cached and recomputed paths do the same arithmetic they
 agree exactly (tests/test_guidance.py). The fast path (``backbone.fast``) computes e_t and e_td,
 which both need e_d first, in one batched call.
-On ShapesWorld's "a cone" (NeRF, 8 seeds) DSD reaches no cone under the default view-prompt
-prior (a render at camera c is pulled toward the prompt's bin images, seen from other cameras;
-with a view prompt's trajectory too, seed 0); with a prior that knows the
-camera (``backbone.view_conditioning=camera``) Algorithm 3 as it stands reaches one on all 8
-(``benchmarks/shapes_modes_camera.md``; README "What ShapesWorld shows").
+On ShapesWorld's "a cone" (NeRF, 8 seeds) DSD reaches no cone under the view-prompt prior
+(``backbone.view_conditioning=prompt``: a render at camera c is pulled toward the prompt's bin
+images, seen from other cameras; with a view prompt's trajectory too, seed 0); under the default
+prior, which knows the camera, Algorithm 3 as it stands reaches one on all 8
+(``benchmarks/shapes_modes.md``; README "What ShapesWorld shows").
 ``scripts/dsd_view_consistency.py`` measures how far one eps*'s ODEs, conditioned on each data
 camera, agree on the colour.
 
