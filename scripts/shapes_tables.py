@@ -6,7 +6,7 @@
 Reads every run's metrics.json under each sweep dir (through src.report.find_runs), and the rows
 of any table JSON this script wrote before (a table assembled from runs made on two machines),
 and writes ``<out>.json`` = {"sweep": [sources], "rows": [{"method", "seed", "mode_id",
-"precision", "janus_rate", "prior", ...}], "table": {"method/representation[/prior]": summary}}
+"precision", "janus_rate", "prior", "device", "git", ...}], "table": {"method/representation[/prior]": summary}}
 and ``<out>.md``: per method, representation and prior (``backbone.view_conditioning`` of the
 run's composed config: ``camera``, the default, or ``prompt``, the view prompt's bin as Stable
 Diffusion knows it; a column and a key suffix only where a run did not use the default) the
@@ -43,6 +43,19 @@ def prior_of(run_dir: Path, overrides: dict) -> str:
     return overrides.get("backbone.view_conditioning", DEFAULT_PRIOR)
 
 
+def machine_of(run_dir: Path) -> dict:
+    """Where the run was made (its run_info.json): the GPU's name or "cpu", and the git revision;
+    nothing for runs recorded before the device was."""
+    path = run_dir / "run_info.json"
+    info = json.loads(path.read_text()) if path.exists() else {}
+    out = {}
+    if "device" in info:
+        out["device"] = info.get("gpu") or info["device"]
+    if (info.get("git") or {}).get("commit"):
+        out["git"] = info["git"]["commit"][:7] + ("+dirty" if info["git"].get("dirty") else "")
+    return out
+
+
 def row_order(r: dict) -> tuple:
     """(prior, representation, method, seed): rows sort by it, tables group by its first three."""
     return r["prior"], r["representation"], r["method"], r["seed"]
@@ -58,6 +71,7 @@ def collect(sweep_dir: Path) -> tuple[list[dict], list[str]]:
         row = {"method": ov.get("guidance", "?"), "representation": ov.get("representation", "nerf"),
                "prior": prior_of(run.dir, ov), "seed": int(ov.get("seed", 0))}
         row.update({k: run.metrics.get(k) for k in KEYS if k in run.metrics})
+        row.update(machine_of(run.dir))
         if row.get("mode_id") is not None:
             row["mode_id"] = int(row["mode_id"])
         rows.append(row)

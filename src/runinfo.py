@@ -1,4 +1,4 @@
-"""What is recorded with every run: seed, package versions, git revision, host, command, and
+"""What is recorded with every run: seed, package versions, git revision, host, device, command, and
 one entry per attempt (a run killed and resumed has several) in ``<run_dir>/run_info.json``."""
 
 from __future__ import annotations
@@ -57,6 +57,16 @@ def run_info(seed: int) -> dict:
         "git": git_revision(),
         "versions": package_versions(),
     }
+
+
+def device_info(device) -> dict:
+    """What the run computes on: a table assembled from several machines (a GPU's rows beside a
+    CPU's) says which is which. The CPU's thread count, or the GPU's name."""
+    import torch
+
+    if device.type == "cuda":
+        return {"device": str(device), "gpu": torch.cuda.get_device_name(device)}
+    return {"device": str(device), "threads": torch.get_num_threads()}
 
 
 def write_json_atomic(path: Path, obj) -> None:

@@ -48,7 +48,7 @@ from src.build import (
 from src.fileio import atomic_write, stale_temp_files
 from src.loggers import JSONLLogger, Loggers, Progress, WandbLogger
 from src.rundir import NON_IDENTITY_KEYS, RunDirError, identity
-from src.runinfo import RUN_INFO, RunRecord, write_json_atomic
+from src.runinfo import RUN_INFO, RunRecord, device_info, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +210,8 @@ class Trainer:
         if cfg.get("num_threads"):
             torch.set_num_threads(int(cfg.num_threads))
         set_determinism(bool(cfg.trainer.get("deterministic", True)))
+        if record is not None:
+            record.update(**device_info(self.device))
         self.c = build_components(cfg, self.device)
         rep = self.c.representation
         self.optimizer = OPTIMIZERS[str(cfg.trainer.optimizer)](rep.param_groups())

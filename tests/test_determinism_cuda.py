@@ -33,5 +33,7 @@ def test_same_seed_same_gpu_run(tmp_path):
                         "trainer.deterministic=true", f"hydra.run.dir={run}"],
                        cwd=REPO, check=True, capture_output=True)
         runs.append(json.loads((run / "metrics.json").read_text()))
+        info = json.loads((run / "run_info.json").read_text())
+        assert info["device"] == "cuda" and info["gpu"] == torch.cuda.get_device_name()  # recorded with the run
     for key in ("final_loss", "rmse", "precision"):
         assert runs[0][key] == runs[1][key], key

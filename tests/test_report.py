@@ -207,11 +207,15 @@ def test_shapes_tables_joins_an_earlier_table_with_new_runs_and_refuses_a_run_tw
     sweep = tmp_path / "gs"
     fake_run(sweep, ["guidance=sds", "representation=gaussians", "seed=0"],
              {"status": "finished", "mode_id": 12, "precision": 0.5})
+    (sweep / "guidance=sds,representation=gaussians,seed=0" / "run_info.json").write_text(json.dumps(
+        {"device": "cpu", "threads": 1, "git": {"commit": "0123456789abcdef", "dirty": False}}))
     assert shapes_tables.main([str(earlier), str(sweep), "--out", str(tmp_path / "t")]) == 0
     data = json.loads((tmp_path / "t.json").read_text())
     assert data["sweep"] == [str(earlier), str(sweep)]
     assert data["table"]["sds/nerf"]["mode_ids"] == [15] and data["table"]["sds/nerf/prompt"]["mode_ids"] == [-1]
     assert data["table"]["sds/gaussians"]["mean_precision"] == 0.5
+    gs = [r for r in data["rows"] if r["representation"] == "gaussians"]
+    assert gs[0]["device"] == "cpu" and gs[0]["git"] == "0123456"  # which machine, which revision
     fake_run(tmp_path / "again", ["guidance=sds", "seed=0"], {"status": "finished", "mode_id": 13, "precision": 1.0})
     assert shapes_tables.main([str(earlier), str(tmp_path / "again"), "--out", str(tmp_path / "u")]) == 2
     assert "runs in more than one source: [('camera', 'nerf', 'sds', 0)]" in capsys.readouterr().err

@@ -100,6 +100,7 @@ def test_run_records_and_checkpoint_atomicity(tmp_path):
     info = json.loads((tmp_path / "run_info.json").read_text())
     assert info["seed"] == 0 and info["versions"]["torch"] == torch.__version__.split("+")[0]
     assert "commit" in info["git"]
+    assert info["device"] == "cpu" and info["threads"] == torch.get_num_threads()  # which machine made it
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines][:4] == [10, 20, 30, 40]
     leftovers = [p.name for p in (tmp_path / "checkpoints").iterdir()]
