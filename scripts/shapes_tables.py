@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 from pathlib import Path
 
@@ -149,7 +150,7 @@ def main(argv=None) -> int:
     name = args.sources[0].stem if args.sources[0].suffix == ".json" else args.sources[0].name
     out = Path(args.out or Path("benchmarks") / name)
     table = summarize(rows)
-    command = "python scripts/shapes_tables.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python scripts/shapes_tables.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(
         {"sweep": [str(s) for s in args.sources], "rows": rows, "table": table, "unfinished": missing}, indent=1))
