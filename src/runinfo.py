@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from src.fileio import atomic_write, to_json
 
 PACKAGES = ("torch", "torchvision", "numpy", "diffusers", "transformers", "peft", "hydra-core",
@@ -62,8 +64,6 @@ def run_info(seed: int) -> dict:
 def device_info(device) -> dict:
     """What the run computes on: a table assembled from several machines (a GPU's rows beside a
     CPU's) says which is which. The CPU's thread count, or the GPU's name."""
-    import torch
-
     if device.type == "cuda":
         return {"device": str(device), "gpu": torch.cuda.get_device_name(device)}
     return {"device": str(device), "threads": torch.get_num_threads()}
