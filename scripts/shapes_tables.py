@@ -21,6 +21,7 @@ import json
 import math
 import shlex
 import sys
+from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -28,6 +29,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from src.metrics.modes import distinct_modes, mode_entropy  # noqa: E402
 from src.report import find_runs  # noqa: E402
+from src.runinfo import RunRecord  # noqa: E402
 
 DEFAULT_PRIOR = "camera"  # conf/backbone/shapes.yaml's view_conditioning
 # runs made before the knob existed (no view_conditioning in their config or row) knew the view by its bin
@@ -45,10 +47,9 @@ def prior_of(run_dir: Path, overrides: dict) -> str:
 
 
 def machine_of(run_dir: Path) -> dict:
-    """Where the run was made (its run_info.json): the GPU's name or "cpu", and the git revision;
-    nothing for runs recorded before the device was."""
-    path = run_dir / "run_info.json"
-    info = json.loads(path.read_text()) if path.exists() else {}
+    """Where the run's last attempt was made (its run_info.json): the GPU's name or "cpu", and the
+    git revision; nothing for runs recorded before the device was."""
+    info = (RunRecord(run_dir).read().attempts or [{}])[-1]
     out = {}
     if "device" in info:
         out["device"] = info.get("gpu") or info["device"]
@@ -138,8 +139,7 @@ def main(argv=None) -> int:
     for source in args.sources:
         more, lost = rows_of_table(source) if source.suffix == ".json" else collect(source)
         rows, missing = rows + more, missing + lost
-    seen = [row_order(r) for r in rows]
-    twice = sorted({k for k in seen if seen.count(k) > 1})
+    twice = sorted(k for k, n in Counter(map(row_order, rows)).items() if n > 1)
     if twice:  # one seed's run counted twice would weigh double in the means
         print(f"error: runs in more than one source: {twice}", file=sys.stderr)
         return 2

@@ -378,6 +378,7 @@ def test_csd_classifier_score_on_the_exact_prior_never_chooses_a_colour():
     at = (world.azimuth_deg == 45.0) & (world.elevation_deg == 0.0)
     red, blue = (world.data[at & (world.class_idx == world.prompt_classes(p)[0])] for p in ("a red cone", "a blue cone"))
     x0 = (0.5 * (red + blue)).double()  # (1, D): the cone's silhouette and shading, no world colour
+    data = world.data.double()
     g = torch.Generator().manual_seed(0)
     for step in (50, 200, 400, 950):
         t = torch.full((4,), step)
@@ -387,7 +388,6 @@ def test_csd_classifier_score_on_the_exact_prior_never_chooses_a_colour():
         h, e_c = classifier_score(world, x_t, t, cone.expand(4, -1), null.expand(4, -1))
         h, e_c = h.reshape(4, -1), e_c.reshape(4, -1)
         # the identity, from the posteriors over the data set
-        data = world.data.double()
         v = alpha**2 * world.smoothing**2 + sigma**2
         logits = -((x_t.reshape(4, 1, -1) - alpha[:, None, None] * data) ** 2).sum(-1) / (2 * v[:, None])
         r_null = torch.softmax(logits + null.log()[None], dim=1)
