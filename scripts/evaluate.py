@@ -5,8 +5,8 @@
     python scripts/evaluate.py multirun/x --metrics chamfer_d,lpips_d --wandb disabled
 
 Writes <sweep_dir>/evaluation.json (per-run CLIP distance, IQ/IV/IG; per setting LPIPS-D, CLIP-D,
-Chamfer-D, FID/KID; src/metrics/evaluate.py), then report.md/.csv/.png and grid.png
-(src/report.py), then logs a W&B run "<sweep>-evaluation" in the sweep's group (offline by
+Chamfer-D, FID/KID; src/studies/evaluate.py), then report.md/.csv/.png and grid.png
+(src/studies/report.py), then logs a W&B run "<sweep>-evaluation" in the sweep's group (offline by
 default: `wandb sync <sweep_dir>/wandb/offline-run-*`). Failed, diverged and unfinished runs
 are listed and left out. Weights are read from disk only: a metric whose weights are missing
 fails before anything is computed, naming the file and the command that fetches it.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from src.metrics import models  # noqa: E402
-from src.metrics.evaluate import log_summary  # noqa: E402
+from src.studies.evaluate import log_summary  # noqa: E402
 from src.weights import WeightsNotFound  # noqa: E402
 
 
@@ -40,7 +40,7 @@ def add_metric_args(p: argparse.ArgumentParser) -> None:
 
 def run_evaluation(args) -> int:
     """evaluate_sweep with the parsed options; 2 on a user error (printed)."""
-    from src.metrics.evaluate import evaluate_sweep, parse_metrics
+    from src.studies.evaluate import evaluate_sweep, parse_metrics
 
     try:
         evaluate_sweep(args.sweep_dir, parse_metrics(args.metrics), args.weights or "real", args.lpips_net,
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     rc = run_evaluation(args)
     if rc:
         return rc
-    from src.report import write_report
+    from src.studies.report import write_report
 
     csv_path, md_path = write_report(args.sweep_dir)
     print(md_path.read_text())

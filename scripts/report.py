@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scripts.evaluate import add_metric_args, run_evaluation  # noqa: E402
-from src.report import write_report  # noqa: E402
+from src.studies.report import write_report  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,12 +27,12 @@ from src.sweeps import (  # noqa: E402
     describe_invalid,
     invalid_points,
     load_sweep,
-    multirun_args,
+    multiruns,
     override_value,
     point_overrides,
     record_spec,
-    write_report,
 )
+from src.studies.report import write_report  # noqa: E402
 
 EXIT_INVALID = 2
 
@@ -71,13 +71,10 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as err:
                 p.error(str(err))
     sweep_dir = (args.sweep_dir or default_sweep_dir(sweep, args.toy)).resolve()
-    cmd = [
-        sys.executable,
-        "-m",
-        "src.train",
-        *multirun_args(sweep, args.launcher, sweep_dir, passthrough),
-    ]
-    print(f"sweep {sweep.name}: {sweep.size} runs -> {sweep_dir}\n{shlex.join(cmd)}", flush=True)
+    cmds = [[sys.executable, "-m", "src.train", *a] for a in multiruns(sweep, args.launcher, sweep_dir, passthrough)]
+    print(f"sweep {sweep.name}: {sweep.size} runs -> {sweep_dir}", flush=True)
+    for cmd in cmds:
+        print(shlex.join(cmd), flush=True)
     if args.dry_run:
         return 0
 
@@ -93,8 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         record_spec(sweep, sweep_dir, args.launcher, force=args.force)
     except ValueError as err:
         p.error(str(err))
-    t0 = time.time()
-    rc = subprocess.call(cmd, cwd=REPO_ROOT)
+    t0, rc = time.time(), 0
+    for cmd in cmds:  # one multirun per grid, one after the other
+        code = subprocess.call(cmd, cwd=REPO_ROOT)
+        rc = rc or code
+        if code >= 128 or code < 0:  # stopped by a signal: launch nothing more
+            break
     print(f"multirun exited with {rc} after {time.time() - t0:.0f}s", flush=True)
     try:
         csv_path, md_path = write_report(sweep_dir)

@@ -186,7 +186,7 @@ class Components:
 
 
 def build_components(cfg: DictConfig, device: torch.device | str = "cpu") -> Components:
-    """Instantiate every part from the composed config (trainer and src.export)."""
+    """Instantiate every part from the composed config (trainer and src.reexport)."""
     rng.seed_global(int(cfg.seed), rng.Stream.INIT)  # parameter inits (representation, psi)
     dtype = DTYPES[cfg.trainer.dtype]
     backbone = instantiate(cfg.backbone).to(device)

@@ -1,4 +1,4 @@
-"""Declarative sweeps (sweeps/*.yaml) -> one Hydra multirun command (the report: src/report.py).
+"""Declarative sweeps (sweeps/*.yaml) -> one Hydra multirun command (the report: src/studies/report.py).
 
 A sweep file::
 
@@ -30,12 +30,13 @@ from pathlib import Path
 import yaml
 
 from src.configs import options
-from src.report import SEED_KEY, SPEC_RECORD, write_report  # noqa: F401  (scripts/sweep.py)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SWEEPS_DIR = REPO_ROOT / "sweeps"
 CONFIG_YAML = REPO_ROOT / "conf" / "config.yaml"
 LAUNCHERS = ("basic", "submitit_local", "slurm_a100")
+SEED_KEY = "seed"  # the axis a study averages over
+SPEC_RECORD = "sweep.yaml"  # what a sweep dir was launched with (record_spec writes it)
 # Unquoted Hydra override values may use these characters; anything else is quoted.
 _PLAIN_VALUE = re.compile(r"^[A-Za-z0-9_./:@+\-]+$")
 _GLOB = re.compile(r"^glob\((.*)\)$")
@@ -46,18 +47,35 @@ _GLOB = re.compile(r"^glob\((.*)\)$")
 
 @dataclass
 class Sweep:
+    """A study's runs: ``overrides`` fixed for every run, and the product of each grid's values
+    (most sweeps have one grid; a file's ``grids:`` list runs the union of several products, e.g.
+    methods with different knobs)."""
+
     name: str
     overrides: dict = field(default_factory=dict)
-    grid: dict = field(default_factory=dict)
+    grids: list[dict] = field(default_factory=list)  # a single grid may be given as a dict
+
+    def __post_init__(self):
+        if isinstance(self.grids, dict):
+            self.grids = [self.grids]
+
+    @property
+    def grid(self) -> dict:
+        """Every swept key with its values over all the grids (the grid itself when there is one)."""
+        merged: dict = {}
+        for grid in self.grids:
+            for key, values in grid.items():
+                merged.setdefault(key, [])
+                merged[key] += [v for v in values if v not in merged[key]]
+        return merged
 
     @property
     def size(self) -> int:
-        return math.prod(len(v) for v in self.grid.values())
+        return sum(math.prod(len(v) for v in grid.values()) for grid in self.grids)
 
     def points(self) -> list[dict]:
-        """Every grid point as {key: value}, in the order Hydra's basic sweeper runs them."""
-        keys = list(self.grid)
-        return [dict(zip(keys, values)) for values in itertools.product(*self.grid.values())]
+        """Every grid point as {key: value}, grid by grid, in the order Hydra's basic sweeper runs them."""
+        return [dict(zip(grid, values)) for grid in self.grids for values in itertools.product(*grid.values())]
 
 
 def sweep_path(name_or_path: str) -> Path:
@@ -99,29 +117,41 @@ def _mapping(value, path: Path, key: str) -> dict:
     return dict(value)
 
 
+def _grid(value, path: Path, key: str, overrides: dict) -> dict:
+    grid = {k: expand_glob(k, v) for k, v in _mapping(value, path, key).items()}
+    for k, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{path}: {key}.{k} must be a non-empty list, got {values!r}")
+    both = set(overrides) & set(grid)
+    if both:
+        raise ValueError(f"{path}: {sorted(both)} both fixed and swept")
+    return grid
+
+
 def load_sweep(name_or_path: str, toy: bool = False) -> Sweep:
     path = sweep_path(name_or_path)
     spec = _mapping(_read_yaml(path), path, "the file")
-    unknown = set(spec) - {"name", "description", "overrides", "grid", "toy"}
+    allowed = ("name", "description", "overrides", "grid", "grids", "toy")
+    unknown = set(spec) - set(allowed)
     if unknown:
-        raise ValueError(
-            f"{path}: unknown keys {sorted(map(str, unknown))}; allowed: name, description, overrides, grid, toy"
-        )
-    overrides, grid = _mapping(spec.get("overrides"), path, "overrides"), _mapping(spec.get("grid"), path, "grid")
+        raise ValueError(f"{path}: unknown keys {sorted(map(str, unknown))}; allowed: {', '.join(allowed)}")
+    if "grid" in spec and "grids" in spec:
+        raise ValueError(f"{path}: give either grid (one product) or grids (a list of them), not both")
+    grids = spec.get("grids", [spec.get("grid")])
+    if not isinstance(grids, list) or not grids:
+        raise ValueError(f"{path}: grids must be a non-empty list of mappings, got {grids!r}")
+    overrides = _mapping(spec.get("overrides"), path, "overrides")
+    grids = [_mapping(g, path, "grids[]" if "grids" in spec else "grid") for g in grids]
     if toy:
         if "toy" not in spec:
             raise ValueError(f"{path} has no `toy:` section; run it without --toy")
         section = _mapping(spec["toy"], path, "toy")
         overrides = _mapping(section.get("overrides"), path, "toy.overrides")
-        grid.update(_mapping(section.get("grid"), path, "toy.grid"))
-    grid = {key: expand_glob(key, values) for key, values in grid.items()}
-    for key, values in grid.items():
-        if not isinstance(values, list) or not values:
-            raise ValueError(f"{path}: grid.{key} must be a non-empty list, got {values!r}")
-    both = set(overrides) & set(grid)
-    if both:
-        raise ValueError(f"{path}: {sorted(both)} both fixed and swept")
-    return Sweep(name=spec.get("name", path.stem), overrides=overrides, grid=grid)
+        for grid in grids:  # the toy's grid replaces the study's values key by key
+            grid.update(_mapping(section.get("grid"), path, "toy.grid"))
+    key = "grids[]" if "grids" in spec else "grid"
+    return Sweep(name=spec.get("name", path.stem), overrides=overrides,
+                 grids=[_grid(g, path, key, overrides) for g in grids])
 
 
 # -- the Hydra command -----------------------------------------------------------------------
@@ -175,24 +205,36 @@ def _base_exclude_keys() -> list[str]:
         return []
 
 
-def multirun_args(sweep: Sweep, launcher: str, sweep_dir: Path, extra: list[str] = ()) -> list[str]:
-    """Arguments after `python -m src.train` that run the whole sweep as one Hydra multirun."""
+def multirun_args(sweep: Sweep, launcher: str, sweep_dir: Path, extra: list[str] = (),
+                  grid: dict | None = None) -> list[str]:
+    """Arguments after `python -m src.train` that run one grid of the sweep (its only one when
+    ``grid`` is None) as one Hydra multirun; ``multiruns`` gives one per grid."""
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher {launcher!r}; valid: {', '.join(LAUNCHERS)}")
+    if grid is None:
+        if len(sweep.grids) != 1:
+            raise ValueError(f"sweep {sweep.name} has {len(sweep.grids)} grids: one multirun each (multiruns)")
+        grid = sweep.grids[0]
     fixed = dict(sweep.overrides)
     if fixed.get("logger") == "wandb":
         fixed["logger.wandb.group"] = sweep.name  # one W&B group per sweep
-    exclude = _base_exclude_keys() + [k for k in fixed if k not in sweep.grid]
+    exclude = _base_exclude_keys() + [k for k in fixed if k not in grid]
     exclude += [o.split("=", 1)[0].lstrip("+~") for o in extra]
     args = ["-m"]
     args += [f"{k}={hydra_value(v)}" for k, v in fixed.items()]
-    args += [f"{k}=" + ",".join(hydra_value(v) for v in values) for k, values in sweep.grid.items()]
+    args += [f"{k}=" + ",".join(hydra_value(v) for v in values) for k, values in grid.items()]
     args += [
         f"hydra/launcher={launcher}",
         f"hydra.sweep.dir={hydra_value(str(sweep_dir))}",
         f"hydra.job.config.override_dirname.exclude_keys={hydra_value(sorted(set(exclude)))}",
     ]
     return args + list(extra)
+
+
+def multiruns(sweep: Sweep, launcher: str, sweep_dir: Path, extra: list[str] = ()) -> list[list[str]]:
+    """One multirun's arguments per grid, all into ``sweep_dir`` (run dirs are named by the swept
+    values, so the grids' runs sit side by side)."""
+    return [multirun_args(sweep, launcher, sweep_dir, extra, grid) for grid in sweep.grids]
 
 
 def point_overrides(sweep: Sweep) -> list[list[str]]:
@@ -217,19 +259,13 @@ def record_spec(sweep: Sweep, sweep_dir: Path, launcher: str, force: bool = Fals
                     f"  now {sweep.overrides}\nuse another --sweep-dir (or --force to reuse it anyway)"
                 )
             old = {}  # no run of it ever started (e.g. it failed on a typo): the new file wins
-        sweep = Sweep(sweep.name, sweep.overrides, {**(old.get("grid") or {}), **sweep.grid})
+        if len(sweep.grids) == 1 and not old.get("grids"):
+            sweep = Sweep(sweep.name, sweep.overrides, {**(old.get("grid") or {}), **sweep.grid})
+    record = {"name": sweep.name, "launcher": launcher, "overrides": sweep.overrides, "grid": sweep.grid}
+    if len(sweep.grids) > 1:
+        record["grids"] = sweep.grids
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "name": sweep.name,
-                "launcher": launcher,
-                "overrides": sweep.overrides,
-                "grid": sweep.grid,
-            },
-            sort_keys=False,
-        )
-    )
+    path.write_text(yaml.safe_dump(record, sort_keys=False))
 
 
 # Files that show a run of a sweep dir started training (record_spec).

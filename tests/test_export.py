@@ -114,7 +114,7 @@ def test_nerf_export_bundle(tmp_path):
 
 @pytest.mark.slow
 def test_reexport_cli_from_a_run(tmp_path):
-    """Train 2 steps on a one-class ShapesWorld, then ``python -m src.export RUN_DIR``."""
+    """Train 2 steps on a one-class ShapesWorld, then ``python -m src.reexport RUN_DIR``."""
     run = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "DISTILLERY_CACHE": str(tmp_path / "cache"),
            "PYTHONPATH": str(ROOT)}
@@ -126,7 +126,7 @@ def test_reexport_cli_from_a_run(tmp_path):
     r = subprocess.run(train, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (run / "checkpoints" / "last.pt").exists()
-    r = subprocess.run([sys.executable, "-m", "src.export", str(run), "--n-frames", "4"],
+    r = subprocess.run([sys.executable, "-m", "src.reexport", str(run), "--n-frames", "4"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     out = run / "export"
@@ -140,6 +140,6 @@ def test_reexport_cli_from_a_run(tmp_path):
 
 
 def test_reexport_cli_errors_on_missing_run(tmp_path):
-    from src.export.__main__ import main
+    from src.reexport import main
 
     assert main([str(tmp_path / "nope")]) == 2

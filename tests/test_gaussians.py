@@ -560,10 +560,10 @@ def test_train_20_steps_through_the_api(tmp_path, monkeypatch):
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert logged[0]["n_gaussians"] == 1024 and logged[-2]["n_gaussians"] == n  # steps 5 and 20
     assert trainer.step == 20
-    # re-export from the checkpoint (python -m src.export): the densified set and the degree
+    # re-export from the checkpoint (python -m src.reexport): the densified set and the degree
     from omegaconf import OmegaConf
 
-    from src.export.__main__ import reexport
+    from src.reexport import reexport
 
     (run / ".hydra").mkdir(exist_ok=True)
     OmegaConf.save(cfg, run / ".hydra" / "config.yaml")

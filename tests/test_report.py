@@ -1,4 +1,4 @@
-"""The sweep report (src/report.py): settings x seeds -> report.csv / .md / .png, grid.png."""
+"""The sweep report (src/studies/report.py): settings x seeds -> report.csv / .md / .png, grid.png."""
 
 import csv
 import json
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import yaml
 
-from src import report
+from src.studies import report, shapes_tables
+from src.studies import runs as studies_runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,11 +60,11 @@ def test_report_uses_sweep_record_and_numeric_order(tmp_path):
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"grid": {"guidance.M": [0, 200, 1000], "seed": [0]}}))
     for m in (1000, 200, 0):
         fake_run(tmp_path, [f"guidance.M={m}", "seed=0"], {"loss": m / 10})
-    runs = report.find_runs(tmp_path)
+    runs = studies_runs.find_runs(tmp_path)
     _, rows = report.aggregate(runs, ["guidance.M"])
     assert [r["guidance.M"] for r in rows] == ["0", "200", "1000"]
     assert rows[0]["loss_std"] is None and rows[0]["loss_n"] == 1  # one seed: no spread
-    assert report.swept_keys(runs, tmp_path) == ["guidance.M", "seed"]
+    assert studies_runs.swept_keys(runs, tmp_path) == ["guidance.M", "seed"]
 
 
 def test_report_script_fails_cleanly_on_empty_dir(tmp_path):
@@ -146,11 +147,8 @@ def test_grid_png_has_a_cell_per_setting_and_seed(tmp_path):
 
 
 def test_shapes_tables_per_method_modes_entropy_and_failed_runs(tmp_path):
-    """scripts/shapes_tables.py: the issue's json rows, per-method distinct modes and entropy in
+    """src/studies/shapes_tables.py: the issue's json rows, per-method distinct modes and entropy in
     bits; a diverged run is listed, never averaged in."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    import shapes_tables
-
     sweep = tmp_path / "shapes_modes"
     fake_run(sweep, ["guidance=sds", "seed=0"], {"status": "finished", "mode_id": 15, "precision": 1.0, "janus_rate": 0.0})
     fake_run(sweep, ["guidance=sds", "seed=1"], {"status": "finished", "mode_id": 12, "precision": 0.5, "janus_rate": 0.5})
@@ -172,9 +170,6 @@ def test_shapes_tables_keeps_the_priors_apart(tmp_path):
     run's composed config, else its overrides; a config without the key predates it and is
     view-prompt too) are their own rows, never averaged with the default camera prior's; the
     markdown then shows a prior column and the JSON key a suffix."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    import shapes_tables
-
     sweep = tmp_path / "shapes_modes"
     fake_run(sweep, ["guidance=dsd", "seed=0"], {"status": "finished", "mode_id": 15, "precision": 1.0})
     old = fake_run(sweep, ["guidance=dsd", "seed=1"], {"status": "finished", "mode_id": -1, "precision": 0.0})
@@ -197,9 +192,6 @@ def test_shapes_tables_joins_an_earlier_table_with_new_runs_and_refuses_a_run_tw
     """A table assembled from two machines: the rows of an earlier table JSON (rows without a
     prior are view-prompt, written before the field) plus a sweep dir; a seed present in both
     would weigh double, so it is refused, naming it."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    import shapes_tables
-
     earlier = tmp_path / "nerf.json"
     earlier.write_text(json.dumps({"rows": [
         {"method": "sds", "representation": "nerf", "prior": "camera", "seed": 0, "mode_id": 15, "precision": 1.0},

@@ -179,11 +179,11 @@ def test_reward_term_pulls_toward_the_rewarded_mode(tmp_path):
 
 
 def test_profile_jacobian_error_against_the_point_mass():
-    """scripts/sim_weighting_profile.py's "psi Jacobian err": 0 for the renders' own score
+    """src/studies/diagnostics/sim_weighting_profile.py's "psi Jacobian err": 0 for the renders' own score
     e = (x_t - alpha x) / sigma, and |1 - sigma| for e = x_t (Jacobian I instead of I / sigma)."""
     from types import SimpleNamespace
 
-    from scripts.sim_weighting_profile import jacobian_error
+    from src.studies.diagnostics.sim_weighting_profile import jacobian_error
     from src.diffusion import sd_alphas_cumprod
 
     abar, x, t = sd_alphas_cumprod(), torch.randn(1, 3, 4, 4), torch.tensor([300])

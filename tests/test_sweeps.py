@@ -64,7 +64,11 @@ def test_bad_sweep_files_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="non-empty list"):
         load_sweep(write({"grid": {"seed": 3}}))
     with pytest.raises(ValueError, match="unknown keys"):
+        load_sweep(write({"gird": {}}))
+    with pytest.raises(ValueError, match="grids must be a non-empty list"):
         load_sweep(write({"grids": {}}))
+    with pytest.raises(ValueError, match="either grid .* or grids"):
+        load_sweep(write({"grid": {"seed": [0]}, "grids": [{"seed": [1]}]}))
     with pytest.raises(FileNotFoundError, match="esd_lambda"):  # lists the known sweeps
         load_sweep("no_such_sweep")
     bad = tmp_path / "bad.yaml"
@@ -437,3 +441,20 @@ def test_scontrol_requeue_killed_by_the_requeue_counts_as_requeued(tmp_path, sco
     assert out.stdout.strip().splitlines()[-1] == expected
     if scontrol.startswith("kill -TERM"):
         assert "stopped by SIGTERM, the job's own requeue" in out.stderr
+
+
+def test_a_sweep_of_several_grids_runs_their_union_as_one_multirun_each(tmp_path):
+    """sweeps/toy_claims.yaml: four grids (methods with different knobs) into one sweep dir; the
+    record lists every swept key (the report's columns) and each grid."""
+    s = load_sweep("toy_claims")
+    n_methods = len(sweeps.options("guidance"))
+    assert s.size == 2 * 2 + 4 * 2 + 2 * 2 + n_methods * 2 == len(s.points())
+    assert {"seed": 0, "experiment": "ssd_toy", "guidance": "ssd", "guidance.terms": "seeking"} in s.points()
+    runs = sweeps.multiruns(s, "basic", tmp_path)
+    assert len(runs) == 4 and all(f"hydra.sweep.dir={tmp_path}" in a for a in runs)
+    assert "guidance.lam=0.25,0.5,0.75,1.0" in runs[1] and not any(a.startswith("guidance.lam") for a in runs[0])
+    with pytest.raises(ValueError, match="4 grids"):
+        multirun_args(s, "basic", tmp_path)
+    sweeps.record_spec(s, tmp_path, "basic")
+    record = yaml.safe_load((tmp_path / "sweep.yaml").read_text())
+    assert len(record["grids"]) == 4 and record["grid"]["guidance"][:3] == ["sds", "vsd", "esd"]

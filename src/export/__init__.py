@@ -1,3 +1,3 @@
 """Exports of a run into ``<run_dir>/export/``: meshes (mesh.py), turntables and image
-grids (video.py), the NeRF bundle (nerf.py); ``python -m src.export RUN_DIR`` re-exports
-a finished or interrupted run from its checkpoint (__main__.py)."""
+grids (video.py), the NeRF bundle (nerf.py); ``python -m src.reexport RUN_DIR`` re-exports
+a finished or interrupted run from its checkpoint (src/reexport.py)."""

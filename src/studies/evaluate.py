@@ -2,7 +2,7 @@
 
 ``evaluate_sweep(sweep_dir, metrics, weights)`` reads each finished run's renders
 (src/metrics/frames.py) and exported shape, computes the asked metrics and writes them to
-``<sweep_dir>/evaluation.json``, which src/report.py joins into the report. Runs that failed,
+``<sweep_dir>/evaluation.json``, which src/studies/report.py joins into the report. Runs that failed,
 diverged or never finished are listed under ``skipped`` and left out of every group; a group
 metric over fewer than two runs is null. Weights are checked for every asked metric before
 anything is computed (src/metrics/models.py: a missing file fails naming it and its fetch
@@ -39,7 +39,8 @@ from src.metrics.clip import clip_d, clip_distance, clip_embeddings
 from src.metrics.frames import run_frames, same_cameras
 from src.metrics.inception import fid, inception_gain, inception_outputs, kid
 from src.metrics.perceptual import lpips_d
-from src.report import EVALUATION, find_runs, group_keys, group_runs, relative
+from src.studies.report import EVALUATION
+from src.studies.runs import find_runs, group_keys, group_runs, relative, run_config
 
 # metric -> (level, the network it needs or None)
 METRICS = {
@@ -65,11 +66,6 @@ def parse_metrics(text: str | list[str] | None) -> list[str]:
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; valid: all, {', '.join([*METRICS, *REPORT_METRICS])}")
     return [m for m in METRICS if m in names]
-
-
-def _run_config(run_dir: Path):
-    path = Path(run_dir) / ".hydra" / "config.yaml"
-    return OmegaConf.load(path) if path.exists() else None
 
 
 class Evaluator:
@@ -118,7 +114,7 @@ class Evaluator:
         """Prior samples of the run's prompt (cached in <sweep_dir>/prior_samples/)."""
         from hydra.utils import instantiate
 
-        cfg = _run_config(run.dir)
+        cfg = run_config(run.dir)
         prompt = str(cfg.prompt or "")
         res = int(self.frames[run.dir].rgb.shape[1])
         spec = {"backbone": OmegaConf.to_container(cfg.backbone, resolve=True), "prompt": prompt,
@@ -167,7 +163,7 @@ def evaluate_sweep(sweep_dir: Path, metrics: list[str] | None = None, weights: s
         from src.build import component_class
 
         for run in runs:
-            cfg = _run_config(run.dir) if run.finished else None
+            cfg = run_config(run.dir) if run.finished else None
             if cfg is not None:
                 component_class(cfg, "backbone").validate_config(cfg.backbone, "backbone")
     ev = Evaluator(sweep_dir, weights, lpips_net, lpips_trunk, clip, inception, prior_samples)
@@ -190,7 +186,7 @@ def evaluate_sweep(sweep_dir: Path, metrics: list[str] | None = None, weights: s
         for r in with_renders:  # per run
             row = {}
             if "clip_distance" in metrics:
-                cfg = _run_config(r.dir)
+                cfg = run_config(r.dir)
                 row["clip_distance"] = clip_distance(ev.net("clip"), ev.clip_embeddings(r), str(cfg.prompt or ""))
             if {"iq", "iv", "ig"} & set(metrics):
                 row.update({k: v for k, v in inception_gain(ev.inception(r)[1]).items() if k in metrics})
@@ -236,7 +232,8 @@ def log_summary(sweep_dir: Path, mode: str = "offline") -> str | None:
     import wandb
     import yaml
 
-    from src.report import GRID_PNG, REPORT_CSV, REPORT_PNG, SPEC_RECORD
+    from src.studies.report import GRID_PNG, REPORT_CSV, REPORT_PNG
+    from src.sweeps import SPEC_RECORD
 
     sweep_dir = Path(sweep_dir)
     record = sweep_dir / SPEC_RECORD

@@ -1,4 +1,4 @@
-"""The report's figures (src/report.py): report.png and grid.png, drawn with matplotlib (Agg).
+"""The report's figures (src/studies/report.py): report.png and grid.png, drawn with matplotlib (Agg).
 
 - report.png: one panel per science metric against the swept knob (the last numeric swept key,
   else the first swept key; the other keys are separate series): each seed's value as a dot,

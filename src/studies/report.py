@@ -20,126 +20,20 @@ import io
 import json
 import math
 import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from src.metrics.modes import CATEGORICAL, distinct_modes, mode_entropy
+from src.studies.runs import FINISHED, UNFINISHED, Run, find_runs, group_keys, group_runs, number, relative
+from src.studies.tables import fmt, markdown_table, write_text
 
-SEED_KEY = "seed"  # the axis the report averages over
 MODE_KEY = "mode_id"  # the categorical metric whose distinct values are the modes
-SPEC_RECORD = "sweep.yaml"  # what a sweep dir was launched with (src/sweeps.py writes it)
-EVALUATION = "evaluation.json"  # what src/metrics/evaluate.py writes
+EVALUATION = "evaluation.json"  # what src/studies/evaluate.py writes
 REPORT_CSV, REPORT_MD, REPORT_PNG, GRID_PNG = "report.csv", "report.md", "report.png", "grid.png"
 # Per-run values that describe how a run ran, not what it made: CSV only.
 CSV_ONLY = ("steps", "wall_time_s", "steps_per_s", "final_loss", "any_view", "failed_step",
             "last_good_step", "resumed_from_step")
-# Group metrics (src/metrics/evaluate.py), in report order; kid_std is KID's spread over subsets.
+# Group metrics (src/studies/evaluate.py), in report order; kid_std is KID's spread over subsets.
 GROUP_METRICS = ("lpips_d", "clip_d", "chamfer_d", "fid", "kid", "kid_std")
-FINISHED = "finished"
-UNFINISHED = "unfinished"  # no metrics.json
-
-
-@dataclass
-class Run:
-    dir: Path
-    overrides: dict[str, str]  # key -> value as written on the command line
-    metrics: dict[str, float | None] = field(default_factory=dict)  # None: null or NaN
-    status: str = UNFINISHED
-    error: str | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.status == FINISHED
-
-    @property
-    def seed(self) -> str:
-        return self.overrides.get(SEED_KEY, "")
-
-
-def _parse_override(text: str) -> tuple[str, str]:
-    key, _, value = text.partition("=")
-    return key.lstrip("+~"), value
-
-
-def _number(v) -> float | None:
-    """A finite float, or None for null / NaN / inf / non-numbers (strings, booleans)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
-
-
-def read_run(run_dir: Path, overrides: dict[str, str]) -> Run:
-    """A run directory: its metrics.json (strict JSON; older files may hold NaN) and status."""
-    path = Path(run_dir) / "metrics.json"
-    if not path.exists():
-        return Run(Path(run_dir), overrides)
-    try:
-        data = json.loads(path.read_text())  # python's json reads NaN / Infinity too
-    except (json.JSONDecodeError, OSError) as err:
-        return Run(Path(run_dir), overrides, status="failed", error=f"unreadable metrics.json: {err}")
-    status = str(data.get("status") or FINISHED)
-    metrics = {k: _number(v) for k, v in data.items()  # numbers and nulls; strings are notes
-               if k not in ("status", "error") and (v is None or isinstance(v, (int, float)))
-               and not isinstance(v, bool)}
-    error = data.get("error")
-    return Run(Path(run_dir), overrides, metrics, status, None if error is None else str(error))
-
-
-def find_runs(sweep_dir: Path) -> list[Run]:
-    runs = []
-    for overrides_file in sorted(Path(sweep_dir).rglob(".hydra/overrides.yaml")):
-        run_dir = overrides_file.parent.parent
-        if ".submitit" in run_dir.parts:
-            continue
-        overrides = dict(_parse_override(o) for o in yaml.safe_load(overrides_file.read_text()) or [])
-        runs.append(read_run(run_dir, overrides))
-    return runs
-
-
-def swept_keys(runs: list[Run], sweep_dir: Path) -> list[str]:
-    """Grid keys from sweep.yaml when present, else the override keys whose values differ."""
-    record = Path(sweep_dir) / SPEC_RECORD
-    if record.exists():
-        grid = (yaml.safe_load(record.read_text()) or {}).get("grid") or {}
-        if grid:
-            return list(grid)
-    keys = sorted({k for r in runs for k in r.overrides})
-    return [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
-
-
-def group_keys(runs: list[Run], sweep_dir: Path) -> list[str]:
-    return [k for k in swept_keys(runs, sweep_dir) if k != SEED_KEY]
-
-
-def _sort_key(value: str | None):
-    """Numbers in numeric order, then strings."""
-    try:
-        return (0, float(value), "")
-    except (TypeError, ValueError):
-        return (1, 0.0, str(value))
-
-
-def group_runs(runs: list[Run], keys: list[str]) -> list[tuple[dict[str, str], list[Run]]]:
-    """(setting, its runs sorted by seed) for every setting of ``keys``, settings in order."""
-    groups: dict[tuple, list[Run]] = {}
-    for run in runs:
-        groups.setdefault(tuple(run.overrides.get(k) for k in keys), []).append(run)
-    out = []
-    for values in sorted(groups, key=lambda vs: [_sort_key(v) for v in vs]):
-        members = sorted(groups[values], key=lambda r: _sort_key(r.seed))
-        out.append((dict(zip(keys, values)), members))
-    return out
-
-
-def relative(run: Run, sweep_dir: Path) -> str:
-    """A run's key in evaluation.json: its directory relative to the sweep directory."""
-    try:
-        return str(Path(run.dir).resolve().relative_to(Path(sweep_dir).resolve()))
-    except ValueError:
-        return str(run.dir)
 
 
 # -- statistics ------------------------------------------------------------------------------
@@ -175,7 +69,7 @@ def aggregate(runs: list[Run], keys: list[str], sweep_dir: Path | None = None,
         per_run = evaluation.get("runs", {})
     for run in runs:  # per-run metrics of the evaluation join the run's own
         if run.finished and sweep_dir is not None:
-            run.metrics.update({k: _number(v) for k, v in per_run.get(relative(run, sweep_dir), {}).items()})
+            run.metrics.update({k: number(v) for k, v in per_run.get(relative(run, sweep_dir), {}).items()})
     names = sorted({m for r in runs if r.finished for m in r.metrics})
     rows = []
     for setting, members in group_runs(runs, keys):
@@ -197,18 +91,12 @@ def aggregate(runs: list[Run], keys: list[str], sweep_dir: Path | None = None,
             row["evaluation"] = "stale" if entry and entry.get("stale") else ("" if entry else "missing")
             for g in GROUP_METRICS:
                 if g in evaluation.get("metrics", []) or g == "kid_std" and "kid" in evaluation.get("metrics", []):
-                    row[g] = None if not entry or entry.get("stale") else _number(entry.get(g))
+                    row[g] = None if not entry or entry.get("stale") else number(entry.get(g))
         rows.append(row)
     return names, rows
 
 
 # -- rendering -------------------------------------------------------------------------------
-
-
-def _fmt(x) -> str:
-    if x is None:
-        return ""
-    return f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
 def render_csv(rows: list[dict]) -> str:
@@ -243,11 +131,11 @@ def _cell(row: dict, col: str) -> str:
         mean, std, n = row[f"{col}_mean"], row[f"{col}_std"], row[f"{col}_n"]
         if mean is None:
             return ""
-        text = _fmt(mean) + (f" ± {_fmt(std)}" if std is not None else "")
+        text = fmt(mean) + (f" ± {fmt(std)}" if std is not None else "")
         return text + (f" (n={n})" if n != row["n_finished"] else "")
     if col == "kid" and row.get("kid_std") is not None and row.get("kid") is not None:
-        return f"{_fmt(row['kid'])} ± {_fmt(row['kid_std'])}"
-    return _fmt(row.get(col))
+        return f"{fmt(row['kid'])} ± {fmt(row['kid_std'])}"
+    return fmt(row.get(col))
 
 
 def render_markdown(title: str, keys: list[str], names: list[str], rows: list[dict], runs: list[Run],
@@ -263,10 +151,11 @@ def render_markdown(title: str, keys: list[str], names: list[str], rows: list[di
         lines += [f"Group metrics: `{EVALUATION}` (weights: **{w}**"
                   + ("; random test weights: numbers test the plumbing only" if w == "random" else "")
                   + f"; prior samples for FID/KID: {evaluation.get('prior_samples', {}).get('how', 'none')}).", ""]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    cells = []
     for row in rows:
         n = f"{row['n_finished']}" + ("" if row["n_finished"] == row["n"] else f"/{row['n']}")
-        lines.append("| " + " | ".join([str(row[k]) for k in keys] + [n] + [_cell(row, c) for c in cols]) + " |")
+        cells.append([str(row[k]) for k in keys] + [n] + [_cell(row, c) for c in cols])
+    lines += markdown_table(head, cells)
     stale = [row for row in rows if row.get("evaluation") in ("stale", "missing")]
     if stale:
         lines += ["", "Group metrics left blank for " + ", ".join(
@@ -300,7 +189,7 @@ def write_report(sweep_dir: Path, figures: bool = True) -> tuple[Path, Path]:
     names, rows = aggregate(runs, keys, sweep_dir, evaluation)
     made = []
     if figures:
-        from src.report_figures import write_grid_png, write_report_png
+        from src.studies.figures import write_grid_png, write_report_png
 
         groups = group_runs(runs, keys)
         made = [p.name for p in (write_report_png(sweep_dir / REPORT_PNG, keys, science_columns(names, rows),
@@ -311,6 +200,6 @@ def write_report(sweep_dir: Path, figures: bool = True) -> tuple[Path, Path]:
     md = render_markdown(sweep_dir.name, keys, names, rows, runs,
                          failed.read_text() if failed.exists() else "", evaluation, made)
     csv_path, md_path = sweep_dir / REPORT_CSV, sweep_dir / REPORT_MD
-    csv_path.write_text(render_csv(rows))
-    md_path.write_text(md)
+    write_text(csv_path, render_csv(rows))
+    write_text(md_path, md)
     return csv_path, md_path

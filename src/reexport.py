@@ -1,6 +1,6 @@
 """Re-export a run from its checkpoint:
 
-    python -m src.export RUN_DIR [--out DIR] [--n-frames N] [--video-resolution R] [--device cpu]
+    python -m src.reexport RUN_DIR [--out DIR] [--n-frames N] [--video-resolution R] [--device cpu]
 
 Reads ``RUN_DIR/.hydra/config.yaml`` (the composed config) and
 ``RUN_DIR/checkpoints/last.pt``, rebuilds the parts with ``src.build.build_components`` (as
@@ -39,7 +39,7 @@ def reexport(run_dir: Path, out_dir: Path | None = None, n_frames: int | None = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m src.export", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m src.reexport", description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/export")
     ap.add_argument("--n-frames", type=int, default=None, help="turntable frames (default: the camera's n_eval_views)")

@@ -1,0 +1,149 @@
+"""The exact ShapesWorld tables of finished sweeps (sweeps/shapes_modes.yaml, shapes_janus.yaml):
+
+    python scripts/shapes_tables.py multirun/shapes_modes [--out benchmarks/shapes_modes]
+    python scripts/shapes_tables.py benchmarks/shapes_modes_nerf.json multirun/gs --out ...
+
+Reads every run's metrics.json under each sweep dir (src/studies/runs.py), and the rows
+of any table JSON this script wrote before (a table assembled from runs made on two machines),
+and writes ``<out>.json`` = {"sweep": [sources], "rows": [{"method", "seed", "mode_id",
+"precision", "janus_rate", "prior", "device", "git", ...}], "table": {"method/representation[/prior]": summary}}
+and ``<out>.md``: per method, representation and prior (``backbone.view_conditioning`` of the
+run's composed config: ``camera``, the default, or ``prompt``, the view prompt's bin as Stable
+Diffusion knows it; a column and a key suffix only where a run did not use the default) the
+mode_id of each seed, the number of distinct modes, the mode entropy, the mean precision and the
+mean janus_rate. Unfinished or failed runs are listed, never averaged in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+from src.metrics.modes import distinct_modes, mode_entropy
+from src.studies.runs import find_runs, machine_of
+from src.studies.tables import markdown_table, write_study
+
+DEFAULT_PRIOR = "camera"  # conf/backbone/shapes.yaml's view_conditioning
+# runs made before the knob existed (no view_conditioning in their config or row) knew the view by its bin
+LEGACY_PRIOR = "prompt"
+KEYS = ("mode_id", "nearest_class", "precision", "rmse", "janus_rate", "steps_per_s", "wall_time_s")
+
+
+def prior_of(run_dir: Path, overrides: dict) -> str:
+    """The run's ShapesWorld view conditioning: its composed config, else its overrides."""
+    config = run_dir / ".hydra" / "config.yaml"
+    if config.exists():
+        backbone = (yaml.safe_load(config.read_text()) or {}).get("backbone") or {}
+        return str(backbone.get("view_conditioning", LEGACY_PRIOR))
+    return overrides.get("backbone.view_conditioning", DEFAULT_PRIOR)
+
+
+def row_order(r: dict) -> tuple:
+    """(prior, representation, method, seed): rows sort by it, tables group by its first three."""
+    return r["prior"], r["representation"], r["method"], r["seed"]
+
+
+def collect(sweep_dir: Path) -> tuple[list[dict], list[str]]:
+    rows, missing = [], []
+    for run in find_runs(sweep_dir):
+        ov = run.overrides
+        if not run.finished:
+            missing.append(f"{run.dir} ({run.status}{': ' + run.error if run.error else ''})")
+            continue
+        row = {"method": ov.get("guidance", "?"), "representation": ov.get("representation", "nerf"),
+               "prior": prior_of(run.dir, ov), "seed": int(ov.get("seed", 0))}
+        row.update({k: run.metrics.get(k) for k in KEYS if k in run.metrics})
+        row.update(machine_of(run.dir))
+        if row.get("mode_id") is not None:
+            row["mode_id"] = int(row["mode_id"])
+        rows.append(row)
+    return rows, missing
+
+
+def rows_of_table(path: Path) -> tuple[list[dict], list[str]]:
+    """The rows (and unfinished runs) of a table JSON written by this script."""
+    data = json.loads(path.read_text())
+    rows = [{**r, "prior": r.get("prior", LEGACY_PRIOR)} for r in data["rows"]]
+    return rows, list(data.get("unfinished", []))
+
+
+def summarize(rows: list[dict]) -> dict:
+    groups: dict[tuple, list[dict]] = {}
+    for r in sorted(rows, key=row_order):
+        groups.setdefault(row_order(r)[:3], []).append(r)
+    table = {}
+    for (prior, rep, method), rs in groups.items():
+        modes = [r["mode_id"] for r in rs]
+        entropy = mode_entropy(modes)
+        janus = [r["janus_rate"] for r in rs if r.get("janus_rate") is not None]
+        key = f"{method}/{rep}" + ("" if prior == DEFAULT_PRIOR else f"/{prior}")
+        table[key] = {
+            "method": method, "representation": rep, "prior": prior, "seeds": [r["seed"] for r in rs],
+            "mode_ids": modes,
+            "distinct_modes": distinct_modes(modes),
+            # NaN (no seed reached a mode) is written null: the JSON stays strict
+            "mode_entropy_bits": None if math.isnan(entropy) else entropy,
+            "mean_precision": sum(r.get("precision") or 0.0 for r in rs) / len(rs),  # null: no mode
+            "mean_janus_rate": sum(janus) / len(janus) if janus else None,
+        }
+    return table
+
+
+def markdown(title: str, table: dict, missing: list[str], command: str) -> str:
+    lines = [f"# {title}", "", f"`{command}`", "",
+             "mode_id: the world class reached (shape * n_colors + color, -1 = none within the precision "
+             "threshold); distinct modes and mode entropy (bits, over the seeds that reached a mode) "
+             "count diversity; precision and janus_rate are means over seeds.", ""]
+    with_prior = any(t["prior"] != DEFAULT_PRIOR for t in table.values())
+    numbers = ["distinct modes", "mode entropy (bits)", "mean precision", "mean janus_rate"]
+    head = ["method", "representation", *(["prior"] if with_prior else []), "mode_id per seed", *numbers]
+    cells = []
+    for t in table.values():
+        janus = "" if t["mean_janus_rate"] is None else f"{t['mean_janus_rate']:.2f}"
+        entropy = "-" if t["mode_entropy_bits"] is None else f"{t['mode_entropy_bits']:.2f}"
+        cells.append([t["method"], t["representation"], *([t["prior"]] if with_prior else []),
+                      " ".join(map(str, t["mode_ids"])), str(t["distinct_modes"]), entropy,
+                      f"{t['mean_precision']:.2f}", janus])
+    lines += markdown_table(head, cells, right=numbers)
+    if missing:
+        lines += ["", f"Unfinished or failed runs ({len(missing)}):", ""] + [f"- `{m}`" for m in missing]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sources", type=Path, nargs="+", help="sweep dirs, or table JSONs written by this script")
+    p.add_argument("--out", default=None, help="default: benchmarks/<first source's name>")
+    p.add_argument("--title", default=None)
+    args = p.parse_args(argv)
+    rows, missing = [], []
+    for source in args.sources:
+        more, lost = rows_of_table(source) if source.suffix == ".json" else collect(source)
+        rows, missing = rows + more, missing + lost
+    twice = sorted(k for k, n in Counter(map(row_order, rows)).items() if n > 1)
+    if twice:  # one seed's run counted twice would weigh double in the means
+        print(f"error: runs in more than one source: {twice}", file=sys.stderr)
+        return 2
+    if not rows:
+        print(f"no finished runs under {', '.join(map(str, args.sources))}", file=sys.stderr)
+        return 2
+    rows = sorted(rows, key=row_order)
+    name = args.sources[0].stem if args.sources[0].suffix == ".json" else args.sources[0].name
+    out = Path(args.out or Path("benchmarks") / name)
+    table = summarize(rows)
+    command = "python scripts/shapes_tables.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    md = markdown(args.title or f"ShapesWorld: {name}", table, missing, command)
+    write_study(out, {"sweep": [str(s) for s in args.sources], "rows": rows, "table": table, "unfinished": missing}, md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
