@@ -14,7 +14,6 @@ The numbers depend on the machine's load: the load average is recorded with them
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -28,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from src.configs import guidance_names  # noqa: E402
+from src.studies.tables import markdown_table, write_study  # noqa: E402
 
 METHODS = guidance_names()  # conf/guidance/: every estimator
 PROMPT = "a red cube"
@@ -107,23 +107,20 @@ def main() -> None:
             "torch": torch.__version__, "loadavg_start": load0, "loadavg_end": os.getloadavg(),
             "warmup": a.warmup, "steps": a.steps, "prompt": PROMPT, "overrides": a.overrides,
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.with_suffix(".json").write_text(json.dumps({"info": info, "render": render, "methods": rows}, indent=2))
     md = ["# NeRF CPU throughput (representation=nerf, backbone=shapes)", "",
           f"`python scripts/bench_nerf_cpu.py` — {info['time']}, {a.threads} threads, torch {info['torch']}, "
           f"load average {load0[0]:.1f} at start / {info['loadavg_end'][0]:.1f} at end "
           f"(other jobs share this machine: treat as lower bounds), mean of {a.steps} steps after {a.warmup} warm-up.",
-          "", "Training steps per second (batch 1, prompt \"a red cube\"):", "",
-          "| method | " + " | ".join(f"{r} px" for r in a.resolutions) + " |",
-          "|---|" + "---:|" * len(a.resolutions)]
-    for m in a.methods:
-        cells = [next(f"{r['steps_per_s']:.2f}" for r in rows if r["method"] == m and r["resolution"] == res)
-                 for res in a.resolutions]
-        md.append(f"| {m} | " + " | ".join(cells) + " |")
-    md += ["", f"NeRF render alone ({render[0]['samples_per_ray']} samples per ray, batch 1):", "",
-           "| resolution | render (s) | backward (s) |", "|---|---:|---:|"]
-    md += [f"| {r['resolution']} px | {r['render_s']:.3f} | {r['backward_s']:.3f} |" for r in render]
-    a.out.with_suffix(".md").write_text("\n".join(md) + "\n")
+          "", "Training steps per second (batch 1, prompt \"a red cube\"):", ""]
+    cols = [f"{r} px" for r in a.resolutions]
+    md += markdown_table(["method", *cols], [
+        [m, *[next(f"{r['steps_per_s']:.2f}" for r in rows if r["method"] == m and r["resolution"] == res)
+              for res in a.resolutions]] for m in a.methods], right=cols)
+    md += ["", f"NeRF render alone ({render[0]['samples_per_ray']} samples per ray, batch 1):", ""]
+    md += markdown_table(["resolution", "render (s)", "backward (s)"],
+                         [[f"{r['resolution']} px", f"{r['render_s']:.3f}", f"{r['backward_s']:.3f}"] for r in render],
+                         right=["render (s)", "backward (s)"])
+    write_study(a.out, {"info": info, "render": render, "methods": rows}, "\n".join(md) + "\n")
     print(f"wrote {a.out.with_suffix('.json')} and .md")
 
 

@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's src, also in the worker subprocess
 
 from src.configs import guidance_names  # noqa: E402
+from src.studies.tables import markdown_table  # noqa: E402
 
 METHODS = guidance_names()  # conf/guidance/: every estimator
 RESOLUTIONS = (64, 512)  # 256 px on request (--resolutions 64 256 512): the run must fit ~6 minutes
@@ -511,15 +512,14 @@ def markdown(result: dict) -> str:
         "G diff = ||G_fast - G_eager|| / ||G_eager|| at step 0 (same seed). 1st step: the fast path's "
         "first step (graph captures, and torch.compile's compilation where on), seconds.",
         "",
-        "| method | px | eager ms | fast ms | speed-up | eager GB | fast GB | G diff | 1st step s | target (fast) | |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
-    for ln in result["table"]:
-        lines.append(
-            f"| {ln['method']} | {ln['resolution']} | {_f(ln['eager_ms'], '.1f')} | {_f(ln['fast_ms'], '.1f')} | "
-            f"{_f(ln.get('speedup'), '.2f')}x | {_f(ln['eager_gb'], '.2f')} | {_f(ln['fast_gb'], '.2f')} | "
-            f"{_f(ln['g0_rel_diff'], '.1e')} | {_f(ln.get('fast_first_step_s'), '.1f')} | {ln['target']} | "
-            f"{_verdict(ln)} |")
+    head = ["method", "px", "eager ms", "fast ms", "speed-up", "eager GB", "fast GB", "G diff", "1st step s",
+            "target (fast)", ""]
+    lines += markdown_table(head, [
+        [ln["method"], str(ln["resolution"]), _f(ln["eager_ms"], ".1f"), _f(ln["fast_ms"], ".1f"),
+         f"{_f(ln.get('speedup'), '.2f')}x", _f(ln["eager_gb"], ".2f"), _f(ln["fast_gb"], ".2f"),
+         _f(ln["g0_rel_diff"], ".1e"), _f(ln.get("fast_first_step_s"), ".1f"), ln["target"], _verdict(ln)]
+        for ln in result["table"]], right=head[1:9])
     prim = {k: v for k, v in (result.get("primitives") or {}).items() if isinstance(v, (int, float))}
     if prim:
         lines += ["", "Primitives: " + ", ".join(f"{k} = {v:.2f}" for k, v in prim.items()) + "."]

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from src.studies.report import write_report  # noqa: E402
 from src.sweeps import (  # noqa: E402
     LAUNCHERS,
     REPO_ROOT,
@@ -32,7 +33,6 @@ from src.sweeps import (  # noqa: E402
     point_overrides,
     record_spec,
 )
-from src.studies.report import write_report  # noqa: E402
 
 EXIT_INVALID = 2
 

@@ -97,3 +97,81 @@ def test_no_import_cycle():
     for node in edges:
         if node not in state:
             visit(node)
+
+
+def room_of(path: Path) -> str:
+    """The room a file of src/ belongs to in the import picture: its top-level folder or itself."""
+    rel = path.relative_to(SRC)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.name
+
+
+def test_no_arrow_between_rooms_runs_back_up():
+    """Folders count as one room each (a reader sees `studies/`, `metrics/`, `export/`): the
+    graph of rooms has no cycle, so no arrow of the picture runs back up (a cycle of files is
+    caught above; this catches two folders importing each other through different files)."""
+    edges: dict[str, set[str]] = {}
+    for src, targets in graph().items():
+        edges.setdefault(room_of(src), set()).update(room_of(t) for t in targets if room_of(t) != room_of(src))
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                raise AssertionError("rooms import each other: " + " -> ".join(stack[stack.index(nxt):] + [nxt]))
+            if nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node)
+
+
+def test_studies_are_the_top_floor_below_the_entries():
+    """Nothing below the studies imports them (the trainer, the metrics, the parts)."""
+    table = floors()
+    studies = floor_of("studies/report.py", table)
+    assert all(floor_of(f, table) > studies for f in ("train.py", "reexport.py", "hooks.py"))
+    below = [f"{src.relative_to(ROOT)} imports {dst.relative_to(ROOT)}"
+             for src, targets in graph().items() if room_of(src) != "studies"
+             and floor_of(str(src.relative_to(SRC)), table) < studies
+             for dst in targets if room_of(dst) == "studies"]
+    assert not below, below
+
+
+def code_files() -> list[Path]:
+    return sorted([*SRC.rglob("*.py"), *(ROOT / "scripts").glob("*.py"), *(ROOT / "hydra_plugins").rglob("*.py")])
+
+
+def test_one_table_writer():
+    """Every Markdown table is written by src/studies/tables.py (a table rule `|---` nowhere else)."""
+    writer = SRC / "studies" / "tables.py"
+    others = [str(p.relative_to(ROOT)) for p in code_files() if p != writer and re.search(r"\|-{3}", p.read_text())]
+    assert not others, f"write Markdown tables with src/studies/tables.py: markdown_table, not in {others}"
+
+
+# The one way to run many jobs: the sweep machinery (scripts/sweep.py -> one Hydra multirun per
+# grid, src/sweeps.py) and its launchers. A study launches its runs through scripts/sweep.py.
+JOB_RUNNERS = {"scripts/sweep.py", "hydra_plugins/distillery_launchers/launchers.py"}
+POOLS = re.compile(r"ProcessPoolExecutor|ThreadPoolExecutor|multiprocessing|\bPool\(")
+STARTS_TRAINING = re.compile(r"""["']src\.train["']""")
+
+
+def test_one_job_runner():
+    """No process pool anywhere but the launchers, and only the sweep machinery starts
+    `python -m src.train` processes (tests start single runs to check their behaviour)."""
+    pools, starters = [], []
+    for p in code_files():
+        rel, text = str(p.relative_to(ROOT)), p.read_text()
+        if rel in JOB_RUNNERS:
+            continue
+        if POOLS.search(text):
+            pools.append(rel)
+        if STARTS_TRAINING.search(text) and "subprocess" in text:
+            starters.append(rel)
+    assert not pools, f"process pools outside the launchers: {pools}"
+    assert not starters, f"files starting src.train processes outside the sweep machinery: {starters}"

@@ -17,10 +17,10 @@ from omegaconf import OmegaConf
 from src.metrics import models
 from src.metrics.chamfer import chamfer_d, chamfer_distance, mesh_points, shape_points
 from src.metrics.clip import clip_d, clip_distance, clip_embeddings, cosine_distance
-from src.studies.evaluate import evaluate_sweep, parse_metrics
 from src.metrics.inception import fid, inception_gain, inception_outputs, kid
 from src.metrics.modes import distinct_modes, mode_entropy
 from src.metrics.perceptual import lpips_d, lpips_distance
+from src.studies.evaluate import evaluate_sweep, parse_metrics
 from src.weights import WeightsNotFound
 
 

@@ -183,8 +183,8 @@ def test_profile_jacobian_error_against_the_point_mass():
     e = (x_t - alpha x) / sigma, and |1 - sigma| for e = x_t (Jacobian I instead of I / sigma)."""
     from types import SimpleNamespace
 
-    from src.studies.diagnostics.sim_weighting_profile import jacobian_error
     from src.diffusion import sd_alphas_cumprod
+    from src.studies.diagnostics.sim_weighting_profile import jacobian_error
 
     abar, x, t = sd_alphas_cumprod(), torch.randn(1, 3, 4, 4), torch.tensor([300])
     _, sigma = alpha_sigma(abar, t)

@@ -23,7 +23,16 @@ import statistics
 from pathlib import Path
 
 from src.metrics.modes import CATEGORICAL, distinct_modes, mode_entropy
-from src.studies.runs import FINISHED, UNFINISHED, Run, find_runs, group_keys, group_runs, number, relative
+from src.studies.runs import (
+    FINISHED,
+    UNFINISHED,
+    Run,
+    find_runs,
+    group_keys,
+    group_runs,
+    number,
+    relative,
+)
 from src.studies.tables import fmt, markdown_table, write_text
 
 MODE_KEY = "mode_id"  # the categorical metric whose distinct values are the modes

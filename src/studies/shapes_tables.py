@@ -96,22 +96,28 @@ def summarize(rows: list[dict]) -> dict:
     return table
 
 
-def markdown(title: str, table: dict, missing: list[str], command: str) -> str:
-    lines = [f"# {title}", "", f"`{command}`", "",
-             "mode_id: the world class reached (shape * n_colors + color, -1 = none within the precision "
-             "threshold); distinct modes and mode entropy (bits, over the seeds that reached a mode) "
-             "count diversity; precision and janus_rate are means over seeds.", ""]
-    with_prior = any(t["prior"] != DEFAULT_PRIOR for t in table.values())
+LEGEND = ("mode_id: the world class reached (shape * n_colors + color, -1 = none within the precision "
+          "threshold); distinct modes and mode entropy (bits, over the seeds that reached a mode) "
+          "count diversity; precision and janus_rate are means over seeds.")
+
+
+def table_lines(table: dict) -> list[str]:
+    """The per-method table (a prior column only where some row is not the default prior)."""
+    with_prior = any(t.get("prior", LEGACY_PRIOR) != DEFAULT_PRIOR for t in table.values())
     numbers = ["distinct modes", "mode entropy (bits)", "mean precision", "mean janus_rate"]
     head = ["method", "representation", *(["prior"] if with_prior else []), "mode_id per seed", *numbers]
     cells = []
     for t in table.values():
         janus = "" if t["mean_janus_rate"] is None else f"{t['mean_janus_rate']:.2f}"
         entropy = "-" if t["mode_entropy_bits"] is None else f"{t['mode_entropy_bits']:.2f}"
-        cells.append([t["method"], t["representation"], *([t["prior"]] if with_prior else []),
+        cells.append([t["method"], t["representation"], *([t.get("prior", LEGACY_PRIOR)] if with_prior else []),
                       " ".join(map(str, t["mode_ids"])), str(t["distinct_modes"]), entropy,
                       f"{t['mean_precision']:.2f}", janus])
-    lines += markdown_table(head, cells, right=numbers)
+    return markdown_table(head, cells, right=numbers)
+
+
+def markdown(title: str, table: dict, missing: list[str], command: str) -> str:
+    lines = [f"# {title}", "", f"`{command}`", "", LEGEND, ""] + table_lines(table)
     if missing:
         lines += ["", f"Unfinished or failed runs ({len(missing)}):", ""] + [f"- `{m}`" for m in missing]
     return "\n".join(lines) + "\n"

@@ -33,6 +33,7 @@ SWEEP = "toy_claims"  # sweeps/toy_claims.yaml
 LOCAL_PARALLELISM_ENV = "DISTILLERY_LOCAL_PARALLELISM"  # hydra_plugins/distillery_launchers
 SSD_TRANSIENT = (1.5, 1.0)  # papers/ssd.txt Sec. 13: where mode seeking alone stops
 SSD_MODES = ((1.0, 1.0), (2.0, 1.0))  # the toy's conditional modes (conf/backbone/ssd_toy.yaml)
+COMMAND = "python scripts/toy_claims.py"
 ESD_RUNS = ["sds", "vsd"] + [f"esd lam={lam}" for lam in (0.25, 0.5, 0.75, 1.0)]
 
 
@@ -85,7 +86,7 @@ def markdown(rows: list[dict], seeds: list[int]) -> str:
         vals = [r[key] for s in seeds for r in rows if r["claim"] == claim and r["run"] == name and r["seed"] == s]
         return " / ".join(format(v, fmt) for v in vals)
 
-    lines = ["# Toy claims (`python scripts/toy_claims.py`, sweeps/toy_claims.yaml)", "",
+    lines = [f"# Toy claims (`{COMMAND}`, sweeps/toy_claims.yaml)", "",
              f"Values per seed ({' / '.join(map(str, seeds))}).", "", "## ESD App. B (experiment=esd_toy)", ""]
     lines += markdown_table(["run", "cov trace ratio", "cov rel. error"],
                             [[n, cell("esd_app_b", n, "cov_trace_ratio", ".3g"),
@@ -116,7 +117,8 @@ def main(argv=None) -> int:
     seeds = sorted(int(s) for s in load_sweep(SWEEP).grid["seed"])
     rows, missing = collect(args.sweep_dir, seeds)
     md = markdown(rows, seeds)
-    write_study(args.out, {"seeds": seeds, "rows": rows, **({"unfinished": missing} if missing else {})}, md)
+    data = {"command": COMMAND, "seeds": seeds, "rows": rows, **({"unfinished": missing} if missing else {})}
+    write_study(args.out, data, md)
     print(md)
     print(f"{len(rows)} runs in {time.time() - t0:.0f} s")
     return 0 if not missing else 1

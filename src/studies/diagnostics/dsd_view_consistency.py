@@ -26,7 +26,6 @@ from src.studies.tables import markdown_table, write_study
 from src.sweeps import REPO_ROOT
 
 
-
 def endpoints(guidance, cond: torch.Tensor) -> torch.Tensor:
     """x(0) of the DDIM ODE from the run's eps* for each conditioning row (V, N) -> (V, 3, H, W)."""
     guidance.traj_cond, guidance.n_views = cond, cond.shape[0]
