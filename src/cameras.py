@@ -1,7 +1,7 @@
 """Views: what the trainer samples each step and hands to render, guidance and psi.
 
 A ``ViewBatch`` carries, per sample, the index of the object rendered (particle /
-representation index), the view-prompt index (METHODS.md: front / side / back /
+representation index), the view-prompt index (docs/methods.md: front / side / back /
 overhead, from azimuth and elevation as threestudio assigns them), the camera
 features psi is conditioned on, and for 3D the camera itself.
 

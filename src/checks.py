@@ -1,4 +1,4 @@
-"""Config checks that run before anything is built or written (README: "Invalid values ...").
+"""Config checks that run before anything is built or written (docs/runs.md, "Invalid input").
 
 Every component class owns its checks in a ``validate_config(cls, cfg, key)`` classmethod
 (``Configurable`` below); the trainer's ``validate`` only calls them. The helpers here read a

@@ -1,4 +1,4 @@
-"""Noise-schedule math in the one convention of METHODS.md.
+"""Noise-schedule math in the one convention of docs/methods.md.
 
 Discrete VP diffusion with T steps: ``x_t = alpha_t * x + sigma_t * eps`` where
 ``alpha_t = sqrt(abar[t])`` and ``sigma_t = sqrt(1 - abar[t])``.
@@ -47,7 +47,7 @@ def add_noise(x: Tensor, eps: Tensor, abar: Tensor, t: Tensor) -> Tensor:
 
 
 def weighting(name: str, alpha: Tensor, sigma: Tensor) -> Tensor:
-    """w(t) of METHODS.md "Weighting"; (B,) -> (B,)."""
+    """w(t) of docs/methods.md "Weighting"; (B,) -> (B,)."""
     if name == "sds":
         return sigma**2
     if name == "uniform":
@@ -60,12 +60,12 @@ def weighting(name: str, alpha: Tensor, sigma: Tensor) -> Tensor:
         # sds with DreamFusion's dx_t/dx = alpha_t taken back out of w(t): DreamFusion absorbs it
         # into w(t) and SDS / VSD never apply it, but an estimator that differentiates through x_t
         # with autograd (SIM) carries alpha_t in dL/dx itself; sigma^2 / alpha puts the two on one
-        # footing. Not in METHODS.md's list; measured on ShapesWorld in the README (SIM, "a cone").
+        # footing. Not in docs/methods.md's list of the papers'; SIM on ShapesWorld: docs/findings.md.
         return sigma**2 / alpha
     if name == "sim_sds":
         # SIM with l2 at the ideal camera psi steps w * 2 alpha / sigma^3 * (e_p - eps)
         # (src/guidance/sim.py); sigma^5 / (2 alpha) makes that SDS's sigma^2 (e_p - eps) exactly,
-        # so what SIM then does beyond SDS is its learned psi's. A diagnostic, not in METHODS.md.
+        # so what SIM then does beyond SDS is its learned psi's. A diagnostic, not in docs/methods.md.
         return sigma**5 / (2.0 * alpha)
     raise ValueError(f"unknown weighting {name!r}; valid: {', '.join(WEIGHTINGS)}")
 
@@ -83,7 +83,7 @@ def x0_to_eps(x_t: Tensor, x0: Tensor, abar: Tensor, t: Tensor) -> Tensor:
 
 
 def v_to_eps(x_t: Tensor, v: Tensor, abar: Tensor, t: Tensor) -> Tensor:
-    """eps = sigma_t x_t + alpha_t v (v-prediction models, METHODS.md)."""
+    """eps = sigma_t x_t + alpha_t v (v-prediction models, docs/methods.md)."""
     alpha, sigma = alpha_sigma(abar, t)
     return bcast(sigma, x_t) * x_t + bcast(alpha, x_t) * v
 

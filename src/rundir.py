@@ -1,4 +1,4 @@
-"""A run directory holds one run and is owned by one live process (README "Run directories").
+"""A run directory holds one run and is owned by one live process (docs/runs.md, "One owner, resume, signals").
 
 - ``RunLock``: an exclusive ``flock`` on ``<run_dir>/.lock`` held for a whole attempt. The
   kernel drops it when the process ends, however it ends (SIGKILL, OOM, node reboot), so a

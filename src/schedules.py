@@ -1,4 +1,4 @@
-"""Timestep rules (the ``schedule`` config group; METHODS.md "Timestep sampling").
+"""Timestep rules (the ``schedule`` config group; docs/methods.md "Timestep sampling").
 
 Every rule maps (step, batch, generator) to integer timesteps ``t`` (B,) in
 [0, T-1]. Fractions ``t_min``/``t_max`` are of T. Stochastic rules draw i.i.d.

@@ -78,12 +78,11 @@ CUBLAS_WORKSPACE = ":4096:8"
 
 def set_determinism(on: bool) -> None:
     """``trainer.deterministic``: torch's deterministic kernels (warn_only: an op without one warns
-    instead of failing). Measured on the lent H200 (2026-12-04, "a cone", NeRF, VSD, seed 7): with
-    it two runs end bit for bit equal (rmse 0.08926 both); without it the same seed ended at
-    precision 0.13 / 0.00 / 0.63 in three runs and differs after 50 steps (rmse 0.253639 /
-    0.253641). The CPU path is deterministic either way (tests/test_trainer.py: test_same_seed_same_result).
-    Memory: the hash grid's backward chunks its deterministic index_add_ (src/representations/fields.py);
-    in one call it took 512 px VSD's peak from 13.4 GB to 17.3 GB (lent H200)."""
+    instead of failing). Without them one seed of a GPU run ends differently from run to run
+    (docs/runs.md, "Same seed, same run"; tests/test_determinism_cuda.py); the CPU path is
+    deterministic either way (tests/test_trainer.py: test_same_seed_same_result). Memory: the hash
+    grid's backward chunks its deterministic index_add_ (src/representations/fields.py), which in
+    one call raised a 512 px VSD step's peak past 16 GB."""
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     torch.use_deterministic_algorithms(on, warn_only=True)

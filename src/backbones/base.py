@@ -4,7 +4,7 @@ A backbone exposes its noise schedule (``alphas_cumprod``), a map between
 renders and backbone space (``encode`` / ``decode``), text conditioning
 (``embed`` one prompt, ``conditioning`` for a run) and the epsilon prediction
 ``predict_eps(x_t, t, emb)``. Classifier-free guidance in the diffusers
-convention (METHODS.md) is implemented once, here, as one batched call.
+convention (docs/methods.md) is implemented once, here, as one batched call.
 """
 
 from __future__ import annotations

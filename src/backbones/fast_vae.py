@@ -1,22 +1,20 @@
 """The fast path's VAE encoder: the same function as diffusers' modules, other kernels.
 
-Why: in a profile of a fast 64 px SDS step on the lent H200 (2026-12-03) the VAE encode +
-backward of the upsampled 512 px render was 26 of the step's 43 GPU ms, with two kernels that
-fit SD's shapes badly at batch 1:
+Why: in a profile of a fast 64 px SDS step the VAE encode + backward of the upsampled 512 px
+render was most of the step's GPU time (docs/stable_diffusion.md, "Where the 64 px step goes"),
+with two kernels that fit SD's shapes badly at batch 1:
 
 - the mid block's single-head attention (head dim 512, 4096 tokens): PyTorch's SDPA has no flash
-  kernel for head dim 512 and fell back to the memory-efficient kernel, whose backward took
-  5.8 ms; diffusers' ``AttnProcessor`` computes the plain ``softmax(q k^T) v`` instead;
+  kernel for head dim 512 and falls back to the memory-efficient kernel, whose backward is slow;
+  diffusers' ``AttnProcessor`` computes the plain ``softmax(q k^T) v`` instead;
 - GroupNorm's statistics: the native kernel reduces each (sample, group) row in one thread
-  block, 32 blocks for batch 1 on a 132-SM GPU (``RowwiseMoments``, ~6 ms a step with the
-  UNet's); ``group_norm`` below computes them with ``torch.var_mean``.
+  block, 32 blocks for batch 1 on a 132-SM GPU (``RowwiseMoments``); ``group_norm`` below
+  computes them with ``torch.var_mean``.
 
-Measured (same GPU, ``scripts/bench_sd_gpu.py`` primitives, SD 2.1-base VAE, fp16, encode +
-backward at 512 px, mean of 10): diffusers' modules 26.7 ms, these modules 24.6 ms
-(channels-last; 24.9 NCHW), these modules replayed as a CUDA graph 23.1 ms: 2 ms, not the 12 the
-profile suggested. ``group_norm`` is not everywhere faster: in the UNet's forward + backward at
-batch 1 it took 120.6 ms against the native kernel's 86.5, so the UNet keeps ``nn.GroupNorm``;
-which of the two VAE changes gives the 2 ms was not measured separately.
+The gain is smaller than the profile suggested (``scripts/bench_sd_gpu.py`` primitives
+``vae_encode_backward_512_*`` in benchmarks/sd_gpu.json). ``group_norm`` is not everywhere
+faster: in the UNet's forward + backward at batch 1 it is slower than the native kernel
+(primitives ``unet_b1_fwd_bwd_*``), so the UNet keeps ``nn.GroupNorm``.
 
 ``accelerate(vae)`` switches an ``AutoencoderKL`` to both (its weights untouched); the eager
 path keeps diffusers' modules and is the reference the tests compare with

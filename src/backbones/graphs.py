@@ -1,7 +1,7 @@
 """CUDA graphs of static-shape calls: the fast path's one tool (docs/stable_diffusion.md "Fast path").
 
-At batch 1-4 the SD 2.1 UNet is launch-bound: its CFG forward took 44-57 ms eager and 11.7 ms
-replayed as a CUDA graph on an H100 (DESIGN.md). ``GraphCache`` follows PyTorch's recipe
+At batch 1-4 the SD 2.1 UNet is launch-bound: replayed as a CUDA graph its CFG forward takes a
+fraction of its eager time (benchmarks/sd_gpu.json, primitives ``unet_cfg_b2_*``). ``GraphCache`` follows PyTorch's recipe
 (torch.cuda graph semantics, "whole network capture"): warm up on a side stream, capture once
 into a ``torch.cuda.CUDAGraph`` reading static input tensors, then per call copy the inputs into
 them and replay. Three kinds of call:

@@ -1,6 +1,6 @@
 """Stable Diffusion (any diffusers text-to-image UNet + VAE + CLIP) as a frozen latent prior.
 
-``backbone=sd21`` / ``sd15`` / ``diffusers backbone.path=<id or directory>``. METHODS.md
+``backbone=sd21`` / ``sd15`` / ``diffusers backbone.path=<id or directory>``. docs/methods.md
 conventions: ``x`` is the VAE latent times ``vae.config.scaling_factor``; ``predict_eps``
 returns an epsilon prediction (v-prediction models converted, ``eps = sigma x_t + alpha v``).
 
@@ -142,7 +142,7 @@ class StableDiffusion(Backbone):
         if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise ValueError(f"unsupported prediction_type {self.prediction_type!r} in {self.root}")
         self.register_buffer("alphas_cumprod", _alphas_cumprod64(scheduler), persistent=False)
-        if self.num_timesteps != 1000:  # METHODS.md fixes T = 1000 (every schedule assumes it)
+        if self.num_timesteps != 1000:  # docs/methods.md fixes T = 1000 (every schedule assumes it)
             raise ValueError(f"{path}: {self.num_timesteps} training timesteps, expected 1000")
 
         self.scaling_factor = float(vae.config.scaling_factor)
@@ -211,7 +211,7 @@ class StableDiffusion(Backbone):
             # a compiled backward may reuse ("donate") its saved activations' buffers, which
             # forbids retain_graph=True: GraphCache.with_input_grad captures the backward with it
             # (the forward's saved tensors must outlive the capture: other graphs share the pool).
-            # Found on the lent H200: the VAE encode's graph failed with the donated-buffer error.
+            # Found on an NVIDIA H200: the VAE encode's graph failed with the donated-buffer error.
             import torch._functorch.config as functorch_config
 
             functorch_config.donated_buffer = False

@@ -13,7 +13,7 @@ distribution of the images x_i that match y, with weights w_i(y) (sum 1):
     grad log p_t(x_t) = sum_i r_i (alpha_t x_i - x_t) / v_t,
     r_i = softmax_i( log w_i - ||x_t - alpha_t x_i||^2 / (2 v_t) )
 
-and with the convention score = -eps / sigma_t (METHODS.md) the exact epsilon is
+and with the convention score = -eps / sigma_t (docs/methods.md) the exact epsilon is
 
     eps(x_t) = sigma_t (x_t - alpha_t xbar) / v_t,    xbar = sum_i r_i x_i
 
@@ -42,8 +42,8 @@ second term); a = 1 is a perfectly obeyed view prompt, a = 0 ignores it. ``view_
 one a for every view prompt or a mapping from view names to a (unnamed views: 1), e.g. a rarely
 photographed back view obeyed less than the front: ``{back: 0.1}``. A collection photographed
 facing the face only (``azimuth_window=10``) with the view prompts ignored is the world where
-SDS paints faces where the truth has none (``experiment=shapes_janus_front``; README, "What
-ShapesWorld shows").
+SDS paints faces where the truth has none (``experiment=shapes_janus_front``;
+benchmarks/shapes_janus.md).
 
 View conditioning (``view_conditioning``): with ``camera`` (the default) the prior at camera c is
 
@@ -52,9 +52,10 @@ View conditioning (``view_conditioning``): with ``camera`` (the default) the pri
 (``condition_on_views``), the exact prior of the image seen from c where a = 1; with ``prompt``
 (SD's case) a view prompt knows the rendering camera only through its bin, and its prior mixes
 images seen from up to 45 degrees away. At low noise that mixture pulls a render toward the bin
-image nearest it, seen from another camera: under ``prompt`` DSD reaches no cone on 8 NeRF seeds
-of "a cone" and SIM 0.57, under ``camera`` both 1.00 (README, "What ShapesWorld shows"), so the
-modes study and the default job use ``camera``. The Janus worlds (``experiment=shapes_janus*``)
+image nearest it, seen from another camera: under ``prompt`` DSD and SIM miss "a cone" on seeds
+where under ``camera`` they reach it (benchmarks/shapes_modes_prompt.md against
+benchmarks/shapes_modes.md, rows dsd and sim), so the modes study and the default job use
+``camera``. The Janus worlds (``experiment=shapes_janus*``)
 keep ``prompt``: their face comes from view prompts that are only partly obeyed.
 """
 
@@ -96,8 +97,8 @@ ANY_SHAPE = "object"  # "a red object": every shape of that color
 CACHE_ENV = "DISTILLERY_CACHE"  # root of on-disk caches; default ~/.cache/distillery
 DEFAULT_CHUNK = 512  # images per chunk of the online softmax
 MIN_RESOLUTION = 8  # pixels: below this the shapes are a few pixels wide
-# pixels: the exact prior holds every image in memory (float32 and float64): the default 1024
-# images take 2.4 GB at 256 px and grow with its square
+# pixels: the exact prior holds every image in memory (float32 and float64), which grows with the
+# square of the resolution: the default 1024 images x 3 x 256^2 x 12 bytes are 2.4 GB
 MAX_RESOLUTION = 256
 
 

@@ -5,14 +5,11 @@ same camera** (same ``ViewBatch``, same resolution), never with a nearby data vi
 - distance: RMSE over H x W x 3 (pixels in [0, 1]) after a Gaussian blur of
   ``BLUR_PX_AT_32`` pixels (scaled with the resolution) of both images. The blur makes
   the distance tolerant to sub-pixel silhouette offsets (a NeRF edge half a pixel off
-  costs as much raw RMSE as a wrong color) while keeping class differences: measured
-  on the default world at 32 px over a 24-view turntable at 25 deg elevation, the
-  truth rotated by 5 deg is 0.093 raw / 0.046 blurred from itself, a 0.7 px blur
-  0.059 / 0.018, while the red cube's nearest other class stays 0.129 / 0.120 away
-  (closest pair in the world: red vs yellow cone, 0.080 / 0.076).
+  costs as much raw RMSE as a wrong color) while keeping class differences (the distances
+  measured when the blur was chosen: docs/findings.md, "Measurements that justified defaults").
 - ``precision``: fraction of eval views whose nearest class *of the prompt* (e.g. the
   four colors of "a cube") is within ``threshold`` (default the world's
-  ``precision_threshold``, 0.06: half the red cube's separation from every other class)
+  ``precision_threshold``: half the red cube's blurred separation from every other class)
   of the render.
 - ``mode_id``: the world class (shape * n_colors + color) the result renders as:
   per view the nearest class over the *whole* world if within ``threshold``, then
@@ -35,8 +32,8 @@ same camera** (same ``ViewBatch``, same resolution), never with a nearby data vi
   ``MARKER_SEEN_FRACTION`` of the face's frontal area, and around them (a band
   ``FACE_RING_PX_AT_32`` pixels wide, one pixel off the patch, inside the silhouette) mostly
   the object's own shaded colour (within ``BODY_TOL`` of the truth per channel). Without the
-  band test a uniformly dark object counted as a face on every side (2026-12-03: janus_rate
-  1.0 for SDS runs that painted the whole sphere black).
+  band test a uniformly dark object counted as a face on every side (SDS runs that painted
+  the whole sphere black: docs/findings.md, the Janus world).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Shared parts of every estimator (DESIGN.md "Interfaces", METHODS.md "Conventions").
+"""Shared parts of every estimator (DESIGN.md "Interfaces", docs/methods.md "Conventions").
 
 A ``Guidance`` maps a render in backbone space ``x`` (B, ...) to ``G`` shaped like
 ``x``; the trainer descends ``0.5 ||x - sg(x - G)||^2`` so that ``dL/dx = G``.

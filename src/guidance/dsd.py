@@ -1,11 +1,11 @@
-"""DSD (papers/dsd.txt Algorithm 3). METHODS.md:
+"""DSD (papers/dsd.txt Algorithm 3). docs/methods.md:
 t decreasing; t_d = min(t + delta, T-1); x(t_d) = DDIM from the run's fixed eps* (at most
 n_ddim steps from T); e_d = e_s(x(t_d); y'); xh(t) = alpha_t x + sigma_t e_d,
 xh(t_d) = alpha_{t_d} x + sigma_{t_d} e_d; G = w(t) (e_s(xh(t); y_c) - e_{s_d}(xh(t_d); y_c)).
 
 The trajectory's prompt y' (``trajectory_prompt``): ``plain`` (default) is the paper's
 Algorithm 3, DDIM-Forward(eps*, y): one ODE per object, whatever the camera. ``view`` runs one
-ODE per view prompt y_c (METHODS.md's wording); from the same eps* those can end at different
+ODE per view prompt y_c (docs/methods.md's wording); from the same eps* those can end at different
 objects (measured on ShapesWorld "a cone": seed 0's front / side / back / overhead ODEs end at
 a blue, green, green and yellow cone), and a 3D object cannot be all of them at once.
 
@@ -20,8 +20,8 @@ On ShapesWorld's "a cone" (NeRF, 8 seeds) DSD reaches no cone under the view-pro
 (``backbone.view_conditioning=prompt``: a render at camera c is pulled toward the prompt's bin
 images, seen from other cameras; with a view prompt's trajectory too, seed 0); under the default
 prior, which knows the camera, Algorithm 3 as it stands reaches one on all 8
-(``benchmarks/shapes_modes.md``; README "What ShapesWorld shows").
-``scripts/dsd_view_consistency.py`` measures how far one eps*'s ODEs, conditioned on each data
+(``benchmarks/shapes_modes.md``, row dsd; docs/findings.md, "DSD").
+``src/studies/diagnostics/dsd_view_consistency.py`` measures how far one eps*'s ODEs, conditioned on each data
 camera, agree on the colour.
 
 ``delta=previous`` sets t_d to the previous step's t: with the DDIM grid as schedule this

@@ -1,4 +1,4 @@
-"""ESD (papers/esd.txt Eq. 9, Algorithm 1). METHODS.md:
+"""ESD (papers/esd.txt Eq. 9, Algorithm 1). docs/methods.md:
 G = w(t) (e_s(x_t; y_c) - lam e_psi(x_t; y, null) - (1 - lam) e_psi(x_t; y, c)).
 lam = 0 is VSD exactly; psi is trained with camera dropout p_drop (paper 0.5)."""
 

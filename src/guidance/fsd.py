@@ -1,4 +1,4 @@
-"""FSD (papers/fsd.txt Eq. 14-16). METHODS.md: the SDS residual with noise that is a
+"""FSD (papers/fsd.txt Eq. 14-16). docs/methods.md: the SDS residual with noise that is a
 deterministic function of the camera, and a decreasing t(tau):
 x_t = alpha_t x + sigma_t eps(c), G = w(t) (e_s(x_t; y_c) - eps(c)),
 eps(c) = sqrt(beta) eps_fixed(c) + sqrt(1 - beta) eps_fresh.

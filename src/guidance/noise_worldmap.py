@@ -1,4 +1,4 @@
-"""FSD's world-map noise for 3D cameras (papers/fsd.txt Eq. 14-16; METHODS.md "FSD").
+"""FSD's world-map noise for 3D cameras (papers/fsd.txt Eq. 14-16; docs/methods.md "FSD").
 
     eps(c) = sqrt(beta) * ((1 - M) * eps_b + M * W(eps_p; azimuth, polar))
              + sqrt(1 - beta) * eps_fresh
@@ -30,7 +30,7 @@ from torch import Tensor
 from src import rng
 from src.cameras import ViewBatch
 
-# Consistent Flow Distillation defaults (METHODS.md "FSD")
+# Consistent Flow Distillation defaults (docs/methods.md "FSD")
 CFD_PATCH_ANGLE_DEG = 180.0
 DEFAULT_OPACITY_THRESHOLD = 0.5
 

@@ -1,4 +1,4 @@
-"""SDS (DreamFusion). METHODS.md: G = w(t) (e_s(x_t; y_c) - eps), fresh eps each step."""
+"""SDS (DreamFusion). docs/methods.md: G = w(t) (e_s(x_t; y_c) - eps), fresh eps each step."""
 
 from __future__ import annotations
 

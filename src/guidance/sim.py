@@ -1,10 +1,10 @@
-"""Score implicit matching / Dive3D (papers/dive3d_sim.txt Eq. 15-16, App. A; METHODS.md "SIM").
+"""Score implicit matching / Dive3D (papers/dive3d_sim.txt Eq. 15-16, App. A; docs/methods.md "SIM").
 
 Divergence D = int w(t) E_{x_t ~ q_t} d(s_p(x_t) - s_q(x_t)) dt, d = ||u||^2 (l2, Dive3D)
 or sqrt(||u||^2 + c^2) - c (pseudo-Huber, SIM paper); s = -e / sigma; s_q from psi.
 Dive3D's objective combines three such terms:
   (1 + gamma) D(s_p(.|y), s_q) - gamma D(s_p(.), s_q) + reward_weight D(grad_{x_t} r(y, x0hat), s_q).
-Dive3D's gamma is the CFG scale s = 1 + gamma of every other method (METHODS.md), so SIM's knob
+Dive3D's gamma is the CFG scale s = 1 + gamma of every other method (docs/methods.md), so SIM's knob
 is ``scale`` like theirs: one key, one convention (gamma = scale - 1).
 
 Estimator (per term, psi and the prior frozen):
@@ -16,9 +16,9 @@ e_psi = (x_t - alpha_t x) / sigma_t), s_q - grad log q_t(x_t | x) = 0, the term 
 vanishes, and G = -w alpha_t / sigma_t^2 d'(y), y = (eps - e_p) / sigma_t: SDS's direction
 e_p - eps weighted 2 alpha_t / sigma_t^3 (l2), which reaches x only through psi's input Jacobian
 -I / sigma_t^2 (tests/test_sim.py::test_sim_with_the_ideal_camera_psi_is_sds_reweighted). A
-learned psi's Jacobian error goes straight into the step (scripts/sim_weighting_profile.py).
+learned psi's Jacobian error goes straight into the step (src/studies/diagnostics/sim_weighting_profile.py).
 
-``vsd_after`` (official code's choice, METHODS.md): from this fraction of the run on, the step is
+``vsd_after`` (official code's choice, docs/methods.md): from this fraction of the run on, the step is
 VSD's G = w(t) (e_s(x_t; y_c) - e_psi(x_t; y, c)) with the same psi (Dive3D's code runs SIM for
 the first ~14k of 25k iterations, i.e. 0.56, and VSD after); null = SIM throughout (the paper).
 
@@ -28,12 +28,10 @@ wherever the camera is a viewpoint (images and 3D), with the method's camera dro
 On the toys (``Representation.kind == "vector"``) the "camera" is the generator's own code
 (affine) or particle index (particles): s_q(.|c) of a deterministic render makes the residual
 vanish identically, so there psi is camera-unconditional and always trained so (p_drop = 1).
-Measured on ShapesWorld ("a cone", NeRF, pseudo-Huber, CPU): camera-unconditional psi, seed 0:
-precision 0.00 (rmse 0.106, every view pulled toward the azimuth-averaged shading); camera-
-conditioned, seeds 0-3: 1.00 / 0.00 / 0.00 / 0.00 (the failing seeds under a grainy texture;
-with ``vsd_after`` 0.56, the ShapesWorld preset, mean 0.66 over seeds 0-7). Where in t the
-estimator puts its step, and how much of its noise comes through psi's input Jacobian:
-scripts/sim_weighting_profile.py (README, "What ShapesWorld shows").
+On ShapesWorld a camera-unconditional psi pulls every view toward the azimuth-averaged shading
+(docs/findings.md, "SIM needed two changes"). Where in t the estimator puts its step, and how
+much of its noise comes through psi's input Jacobian:
+src/studies/diagnostics/sim_weighting_profile.py.
 
 Which gradient path is unbiased (``grad_through``), settled on the affine-Gaussian toy
 where D is closed form (tests/test_sim.py):

@@ -1,4 +1,4 @@
-"""SSD (papers/ssd.txt Algorithm 1). METHODS.md:
+"""SSD (papers/ssd.txt Algorithm 1). docs/methods.md:
 h = e(x_t; y) - e(x_t; null) (mode-disengaging: CSD's classifier score, csd.py); E = h if
 t > M, else the variance-reduced mode-seeking term e~ = e(x_t; y) - r eps
 (r = <e, eps> / ||eps||^2 per sample) rescaled to ||h||. ``terms`` = seeking / disengaging

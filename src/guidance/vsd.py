@@ -1,4 +1,4 @@
-"""VSD (ProlificDreamer). METHODS.md: G = w(t) (e_s(x_t; y_c) - e_psi(x_t; y, c)),
+"""VSD (ProlificDreamer). docs/methods.md: G = w(t) (e_s(x_t; y_c) - e_psi(x_t; y, c)),
 then one denoising score-matching step on psi (ScoreModelGuidance.update)."""
 
 from __future__ import annotations

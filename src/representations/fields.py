@@ -118,11 +118,9 @@ class _WeightedGather(torch.autograd.Function):
 
     Forward on the CPU is ``F.embedding_bag`` (fused gather + weighted sum); on CUDA it is the
     plain gather and sum: embedding_bag's CUDA kernel spreads a bag's features over a warp and
-    the grid has 2 features a level (profile of a fast 64 px SDS step on an H200, 2026-12-03:
-    1.3 ms a call, about half of the NeRF's GPU time). The gather + sum's own time on the GPU
-    is not measured yet (the session's device time ran out): ``scripts/bench_sd_gpu.py``.
-    Backward is one ``index_add_``, ~7x faster on the CPU than embedding_bag's sort-based
-    backward (in chunks on CUDA under deterministic kernels: DETERMINISTIC_INDEX_ADD_CHUNK). The
+    the grid has 2 features a level, which made it about half of the NeRF's GPU time in a
+    profile (docs/stable_diffusion.md, "Where the 64 px step goes"). Backward is one
+    ``index_add_``, several times faster on the CPU than embedding_bag's sort-based backward (in chunks on CUDA under deterministic kernels: DETERMINISTIC_INDEX_ADD_CHUNK). The
     weights (trilinear, from the sample positions) need no gradient here.
     """
 
@@ -142,9 +140,9 @@ class _WeightedGather(torch.autograd.Function):
         return index_add(g.new_zeros(ctx.n_rows, g.shape[-1]), idx.reshape(-1), src, chunk), None, None
 
 
-# torch's deterministic index_add_ on CUDA sorts its indices (index_put_ with accumulate): measured
-# on the lent H200 (2026-12-04), 8.4 GB of a 512 px fast VSD step's 17.3 GB peak (13.4 GB with
-# trainer.deterministic=false). In chunks of this many entries it stays deterministic (the chunks
+# torch's deterministic index_add_ on CUDA sorts its indices (index_put_ with accumulate): at a
+# 512 px fast VSD step that sort was the largest part of the peak (docs/stable_diffusion.md,
+# "Compile"). In chunks of this many entries it stays deterministic (the chunks
 # add in a fixed order) and bounded; a 32 px ShapesWorld render (1024 rays x 512 samples x 8 levels
 # x 8 corners = 2^25 entries at most) stays one call, its results unchanged.
 DETERMINISTIC_INDEX_ADD_CHUNK = 2**26

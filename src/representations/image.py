@@ -1,6 +1,6 @@
 """``representation=image``: K learnable images in backbone space (the papers' 2D experiments).
 
-The parameter *is* ``x`` (METHODS.md "Conventions"): pixels in [-1, 1] for pixel
+The parameter *is* ``x`` (docs/methods.md "Conventions"): pixels in [-1, 1] for pixel
 backbones (ShapesWorld), VAE latents (times the scaling factor) for latent backbones
 (Stable Diffusion). Optimizing ``x`` itself, not an RGB image that is then encoded,
 keeps the 2D exactness results exact (FSD's Proposition 1, DSD*): one SGD step of

@@ -28,7 +28,7 @@ render x_0(c), flat in x_t (scripts/sim_weighting_profile.py measures the gap). 
 ShapesWorld, x0 and v are worse psis for VSD and SIM alike (conf/score_model/unet.yaml): the
 default stays eps, the other two are there for comparison.
 
-The fitting rule is VSD's (METHODS.md): after each
+The fitting rule is VSD's (docs/methods.md): after each
 generator step, one denoising score-matching step on fresh ``t' ~ U[t_min, t_max)`` and
 ``eps'``, ``|| e_psi(alpha_t' sg(x) + sigma_t' eps'; y, c~) - eps' ||^2`` with
 ``c~ = null`` with probability ``p_drop`` (the method's camera dropout, a guidance key).
@@ -63,7 +63,7 @@ JACOBIAN_TARGETS = ("second_order", "point_mass")
 class ScoreModel(checks.Configurable, nn.Module):
     """Subclasses implement ``eps`` and build their parameters in ``__init__``.
 
-    cam=None means camera-unconditional (the null camera, METHODS.md ``c = null``).
+    cam=None means camera-unconditional (the null camera, docs/methods.md ``c = null``).
     """
 
     #: networks embed the null camera as zeros, so null and real cameras batch together

@@ -10,7 +10,7 @@ normalizes the step per parameter, so what matters is how the signal is shared a
 high-noise steps set an object's size and silhouette (conf/tuning/shapes.yaml).
 
     python -m src.train experiment=shapes_modes guidance=sim seed=6 hydra.run.dir=outputs/sim6 \
-        backbone.view_conditioning=prompt    # the README's numbers: the view-prompt prior
+        backbone.view_conditioning=prompt    # docs/findings.md's numbers: the view-prompt prior
     python scripts/sim_weighting_profile.py outputs/sim6                   # its last.pt
     python scripts/sim_weighting_profile.py outputs/sim6 --checkpoint ck.pt  # another state
 """
