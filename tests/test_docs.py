@@ -34,3 +34,17 @@ def test_user_docs_say_the_machine_not_the_process():
     process = re.compile(r"\bissue \d+|\bthis (2-core )?CPU\b|\blent (H100|H200|NVIDIA)|\bthe lent\b", re.I)
     found = [f"{d.relative_to(ROOT)}: {m.group(0)}" for d in USER_DOCS for m in process.finditer(d.read_text())]
     assert not found, found
+
+
+# A measured result of a run: a precision / rmse / janus rate / entropy figure, a mean, a time
+# in ms or a memory in GB (the derivation of a constant, e.g. bytes of a data set, is not one).
+MEASURED = re.compile(r"\b(precision|rmse|janus_rate|entropy)\s+(of\s+)?\d\.\d|\bmean \d\.\d"
+                      r"|\b\d+(\.\d+)?\s?ms\b|\b\d+\.\d+\s?GB\b")
+
+
+def test_no_measured_result_in_code_or_config_comments():
+    """Numbers live in benchmarks/*.json; code and config say why and cite the study."""
+    files = [*(ROOT / "src").rglob("*.py"), *(ROOT / "conf").rglob("*.yaml")]
+    found = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}" for p in files
+             for i, line in enumerate(p.read_text().splitlines(), 1) if MEASURED.search(line)]
+    assert not found, "\n".join(found)

@@ -98,7 +98,7 @@ CACHE_ENV = "DISTILLERY_CACHE"  # root of on-disk caches; default ~/.cache/disti
 DEFAULT_CHUNK = 512  # images per chunk of the online softmax
 MIN_RESOLUTION = 8  # pixels: below this the shapes are a few pixels wide
 # pixels: the exact prior holds every image in memory (float32 and float64), which grows with the
-# square of the resolution: the default 1024 images x 3 x 256^2 x 12 bytes are 2.4 GB
+# square of the resolution: the default 1024 images x 3 x 256^2 values x 12 bytes at this bound
 MAX_RESOLUTION = 256
 
 
