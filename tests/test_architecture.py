@@ -97,3 +97,13 @@ def test_no_import_cycle():
     for node in edges:
         if node not in state:
             visit(node)
+
+
+def test_psi_imports_no_prior_and_no_representation():
+    """psi (src/scoremodels/) gets the prior and the representation it serves from its caller:
+    LoRA's UNet (``LoRAHost``) and the affine toy's closed form (``Representation.gaussian``)."""
+    below = [SRC / "backbones", SRC / "representations"]
+    bad = [f"{src.relative_to(ROOT)} imports {dst.relative_to(ROOT)}"
+           for src, targets in graph().items() if (SRC / "scoremodels") in src.parents
+           for dst in targets if any(d in dst.parents for d in below)]
+    assert not bad, "\n".join(bad)
