@@ -162,7 +162,8 @@ def test_fast_path_calls_the_unet_fewer_times(tiny_repo, tmp_path):
                 tr.c.guidance(x, views, step)
             hook.remove()
             counts[method, fast] = list(calls)  # batch of each call at the last step
-    assert counts["vsd", False] == [2, 1] and counts["vsd", True] == [3]
+    # eager: psi's call, then the prior's CFG pair (Backbone.eps_pair_with_psi)
+    assert counts["vsd", False] == [1, 2] and counts["vsd", True] == [3]
     assert counts["esd", False] == [2, 2] and counts["esd", True] == [4]
     # DSD: e_d, e_t, e_td (the scale_td = 1 call has no null row) -> e_d, [e_t | e_td]; before them
     # the trajectory's DDIM steps to grid states it had not reached yet (4 view prompts x CFG)
