@@ -25,11 +25,12 @@ do is overflow; a step whose loss or gradient norm is not finite is skipped (``p
 the logs), as a GradScaler would skip it, and the weights stay as they were. bf16 has float32's
 range and needs neither.
 
-Fast path (``backbone.fast``): ``joint_eps`` runs prior rows and psi rows in ONE UNet call. A row
-mask multiplies the output of every LoRA ``lora_B`` (a forward hook) and the camera embedding,
-so a prior row is ``base(x) + 0`` in every adapted layer: the pretrained UNet, exactly as with
-the adapters off (peft's own ``adapter_names`` mixed batch does the same with per-layer index
-lists, host-side tensors that a CUDA graph cannot capture). psi's forward and its DSM step
+Fast path (``backbone.fast``): ``joint_eps`` runs prior rows and psi rows in ONE UNet call (the
+estimators ask for it through ``Backbone.eps_pair_with_psi``). A row mask multiplies the output
+of every LoRA ``lora_B`` (a forward hook) and the camera embedding, so a prior row is
+``base(x) + 0`` in every adapted layer: the pretrained UNet, exactly as with the adapters off
+(peft's own ``adapter_names`` mixed batch does the same with per-layer index lists, host-side
+tensors that a CUDA graph cannot capture). psi's forward and its DSM step
 (forward + backward; AdamW stays eager) replay CUDA graphs from ``backbone.graphs``; AdamW and
 ``load_state_dict`` update the weights in place, so the graphs see every update and a resume.
 """
