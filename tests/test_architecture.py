@@ -175,3 +175,13 @@ def test_one_job_runner():
             starters.append(rel)
     assert not pools, f"process pools outside the launchers: {pools}"
     assert not starters, f"files starting src.train processes outside the sweep machinery: {starters}"
+
+
+def test_psi_imports_no_prior_and_no_representation():
+    """psi (src/scoremodels/) gets the prior and the representation it serves from its caller:
+    LoRA's UNet (``LoRAHost``) and the affine toy's closed form (``Representation.gaussian``)."""
+    below = [SRC / "backbones", SRC / "representations"]
+    bad = [f"{src.relative_to(ROOT)} imports {dst.relative_to(ROOT)}"
+           for src, targets in graph().items() if (SRC / "scoremodels") in src.parents
+           for dst in targets if any(d in dst.parents for d in below)]
+    assert not bad, "\n".join(bad)

@@ -181,3 +181,58 @@ def test_guidance_rejects_out_of_range():
         SSD.validate_config({**base, "terms": "both", "M": 200}, "guidance")
     with pytest.raises(ConfigError, match=r"guidance.scale=inf is invalid: must be finite"):
         SDS.validate_config({**base, "scale": float("inf")}, "guidance")
+
+
+@pytest.mark.parametrize("psi_kind", ["mlp", "analytic"])
+@pytest.mark.parametrize("lam", [0.0, 0.5, 1.0])  # lam = 0: VSD's [c]; 0.5: [c, null]; 1: [null]
+def test_prior_and_psi_call_equals_separate_calls_on_an_analytic_prior(mog, psi_kind, lam):
+    """``Backbone.eps_with_psi`` / ``eps_pair_with_psi``, the one call of VSD, ESD and SIM: on a
+    prior without a fast path, the separate calls themselves (psi's cameras batched where its null
+    camera is zeros; the closed form's null is its marginal, never the code c = 0)."""
+    from src.representations.toys import Affine
+    from src.scoremodels.analytic import AffineGaussianScore
+
+    B = 8
+    torch.manual_seed(4)
+    rep, score_model = ((Particles(n_particles=B).double(), MLPScore) if psi_kind == "mlp"
+                        else (Affine(dim=2).double(), AffineGaussianScore))
+    views = views_for(B)
+    if psi_kind == "analytic":
+        views = ViewBatch(index=views.index, view_idx=views.view_idx,
+                          cam=torch.randn(B, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    g = make_guidance(ESD, mog, representation=rep, score_model=score_model, lam=lam, scale=7.5)
+    psi, cams = g.psi, g.psi_cams(views)
+    gen = torch.Generator().manual_seed(2)
+    x_t = torch.randn(B, 2, generator=gen, dtype=torch.float64)
+    t = torch.randint(0, 1000, (B,), generator=gen)
+    emb, null = g.text(views)
+    psi_emb = g.psi_text(B)
+
+    e, e_psi = mog.eps_with_psi(x_t, t, emb, null, 7.5, psi, psi_emb, cams)
+    assert torch.equal(e, mog.eps(x_t, t, emb, null, 7.5))
+    separate = [psi.eps(x_t, t, c, psi_emb) for c in cams]
+    for got, ref in zip(e_psi, separate):
+        if len(cams) == 1:
+            assert torch.equal(got, ref)
+        else:  # one call of batch 2B: the MLP's float32 round-off (a few 1e-7 relative)
+            assert (got - ref).abs().max() <= 1e-6 * ref.abs().max()
+    if psi_kind == "analytic" and None in cams:  # the marginal q_t, not the code c = 0
+        assert not torch.allclose(e_psi[cams.index(None)], psi.eps(x_t, t, torch.zeros(B, 2, dtype=torch.float64)))
+
+    # SIM: the prior's pair and psi, differentiated through x_t
+    w = torch.randn(3, B, 2, generator=gen, dtype=torch.float64)
+    cam = cams[0]
+
+    def input_grad(pair_and_psi):
+        z = x_t.clone().requires_grad_(True)
+        e_c, e_u, e_q = pair_and_psi(z)
+        return torch.autograd.grad((w[0] * e_c + w[1] * e_u + w[2] * e_q).sum(), z)[0], (e_c, e_u, e_q)
+
+    g_one, one = input_grad(lambda z: (lambda c, u, q: (c, u, q[0]))(
+        *mog.eps_pair_with_psi(z, t, emb, null, psi, psi_emb, [cam])))
+    # psi's call first, as SIM's reference has always made them: autograd sums x_t's gradient in
+    # the order of the calls, so this order keeps every SIM run bit for bit what it was
+    g_sep, sep = input_grad(lambda z: (lambda q, pair: (*pair, q))(psi.eps(z, t, cam, psi_emb),
+                                                                   mog.eps_pair(z, t, emb, null)))
+    assert all(torch.equal(a, b) for a, b in zip(one, sep))
+    assert torch.equal(g_one, g_sep)

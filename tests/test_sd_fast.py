@@ -101,6 +101,67 @@ def test_joint_call_gradient_through_the_input_equals_separate_calls(tiny_repo):
     assert rel_diff(g_joint, g_sep) < FP32_RTOL
 
 
+@pytest.mark.parametrize("method,lam", [("vsd", None), ("esd", 0.0), ("esd", 0.5), ("esd", 1.0), ("sim", None)])
+def test_estimators_one_backbone_call_equals_separate_calls(method, lam, tiny_repo, tmp_path):
+    """The one call of VSD / ESD (``Backbone.eps_with_psi``) and SIM (``eps_pair_with_psi``,
+    differentiated through x_t): on the fast path ONE UNet call of (2 + len(cams)) B rows that
+    equals the separate calls; on the eager path the separate calls themselves, bit for bit (psi's
+    cameras in one call of its own where there are two, ESD at lam 0.5)."""
+    extra = [] if lam is None else [f"guidance.lam={lam}"]
+    tr = _trainer(tiny_repo, tmp_path, method, True, extra)
+    g, bb = tr.c.guidance, tr.c.backbone
+    _perturb_psi(g.psi, seed=2)
+    B = 2
+    x_t, views, t = _latents(bb, B, seed=5), _views(B, seed=5), torch.tensor([120, 640])
+    cams = {"vsd": lambda: [views.cam], "esd": lambda: g.psi_cams(views), "sim": lambda: [g.psi_cam(views)]}[method]()
+    assert len(cams) == (2 if lam == 0.5 else 1)
+    emb, null = g.text(views)
+    psi_emb = g.psi_text(B)
+    w = torch.randn(3, B, *x_t.shape[1:], generator=torch.Generator().manual_seed(6))
+    calls = []
+    hook = bb.unet.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+
+    def one_call(fast: bool):
+        """The estimator's call: ([e_s] or [e_c, e_u], [e_psi per camera], SIM's input gradient)."""
+        bb.fast = fast
+        calls.clear()
+        if method != "sim":
+            with torch.no_grad():
+                e, e_psi = bb.eps_with_psi(x_t, t, emb, null, g.scale, g.psi, psi_emb, cams)
+            return [e], e_psi, None
+        z = x_t.clone().requires_grad_(True)
+        e_c, e_u, e_psi = bb.eps_pair_with_psi(z, t, emb, null, g.psi, psi_emb, cams)
+        return [e_c, e_u], e_psi, torch.autograd.grad((w[0] * e_c + w[1] * e_u + w[2] * e_psi[0]).sum(), z)[0]
+
+    def separate():
+        """The calls as each formula is written, eager; psi's first (SIM's reference order)."""
+        bb.fast = False
+        if method != "sim":
+            with torch.no_grad():
+                e_psi = [g.psi.eps(x_t, t, c, psi_emb) for c in cams]
+                return [bb.eps(x_t, t, emb, null, g.scale)], e_psi, None
+        z = x_t.clone().requires_grad_(True)
+        e_q = g.psi.eps(z, t, cams[0], psi_emb)
+        e_c, e_u = bb.eps_pair(z, t, emb, null)
+        return [e_c, e_u], [e_q], torch.autograd.grad((w[0] * e_c + w[1] * e_u + w[2] * e_q).sum(), z)[0]
+
+    ref = separate()
+    fast = one_call(True)
+    assert calls == [(2 + len(cams)) * B]  # one UNet call: cond, null and psi's rows
+    eager = one_call(False)
+    hook.remove()
+    assert calls == [len(cams) * B, 2 * B]  # eager: psi's call (its cameras batched), the prior's pair
+    pairs = [*zip(fast[0], ref[0]), *zip(fast[1], ref[1])] + ([(fast[2], ref[2])] if method == "sim" else [])
+    diffs = [rel_diff(a, b) for a, b in pairs]
+    print(method, lam, "one call vs separate calls, relative:", ", ".join(f"{d:.2g}" for d in diffs))
+    assert max(diffs) < FP32_RTOL
+    assert rel_diff(ref[1][0], bb.predict_eps(x_t, t, psi_emb)) > 1e-2  # psi really differs from the prior
+    for a, b in [*zip(eager[0], ref[0])] + ([(eager[2], ref[2])] if method == "sim" else []):
+        assert torch.equal(a, b)
+    for a, b in zip(eager[1], ref[1]):  # ESD at lam 0.5: psi's two cameras in one call of 2B
+        assert torch.equal(a, b) if len(cams) == 1 else rel_diff(a, b) < FP32_RTOL
+
+
 # --- every method: fast (fused, graphs' eager twins on the CPU) vs the eager reference ----------
 def _trainer(repo, tmp_path, method: str, fast: bool, extra=()):
     from src.trainer import Trainer
@@ -162,7 +223,8 @@ def test_fast_path_calls_the_unet_fewer_times(tiny_repo, tmp_path):
                 tr.c.guidance(x, views, step)
             hook.remove()
             counts[method, fast] = list(calls)  # batch of each call at the last step
-    assert counts["vsd", False] == [2, 1] and counts["vsd", True] == [3]
+    # eager: psi's call, then the prior's CFG pair (Backbone.eps_pair_with_psi)
+    assert counts["vsd", False] == [1, 2] and counts["vsd", True] == [3]
     assert counts["esd", False] == [2, 2] and counts["esd", True] == [4]
     # DSD: e_d, e_t, e_td (the scale_td = 1 call has no null row) -> e_d, [e_t | e_td]; before them
     # the trajectory's DDIM steps to grid states it had not reached yet (4 view prompts x CFG)

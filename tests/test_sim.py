@@ -218,7 +218,7 @@ def test_sim_with_the_ideal_camera_psi_is_sds_reweighted(distance):
     sim = make_guidance(SIM, bb, t=[50, 300, 700, 950], representation=rep, score_model=MLPScore, scale=1.0,
                         seed=3, distance=distance, huber_c=0.5)
 
-    def point_mass_eps(z, t, cam):  # e = (x_t - alpha x) / sigma for the render x itself
+    def point_mass_eps(z, t, cam, emb=None):  # e = (x_t - alpha x) / sigma for the render x itself
         return x0_to_eps(z, x, sim.abar, t)
 
     drawn = {}
@@ -228,7 +228,7 @@ def test_sim_with_the_ideal_camera_psi_is_sds_reweighted(distance):
         drawn["x_t"] = x_t.detach()
         return out
 
-    sim.psi_eps, sim.perturb = point_mass_eps, perturb
+    sim.psi.eps, sim.perturb = point_mass_eps, perturb
     for step in range(4):  # one t of the grid per step
         G = sim(x, views, step).grad
         t, eps = drawn["t"], drawn["eps"]

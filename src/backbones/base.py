@@ -193,6 +193,42 @@ class Backbone(checks.Configurable, nn.Module):
                 i += 2
         return out
 
+    def eps_pair_with_psi(self, x_t: Tensor, t: Tensor, emb: Tensor, null: Tensor | None, psi,
+                          psi_emb: Tensor, cams: list[Tensor | None],
+                          graph: bool = True) -> tuple[Tensor, Tensor | None, list[Tensor]]:
+        """(e(x_t; y), e(x_t; null), [e_psi(x_t; y_psi, c) for c in cams]): the prior's predictions
+        and psi's at one x_t (VSD, ESD, SIM). Keeps x_t's graph when it requires grad (SIM).
+
+        x_t (B, ...), t (B,), emb / null / psi_emb (B, *E); null None: no null row (e(x_t; null) is
+        None); a camera None is psi's null camera. ``psi`` is the guidance's ScoreModel.
+        Eager reference (and any psi with a network of its own): psi's rows in one call
+        (``psi.eps_cams``), then the prior's in one (``eps_pair``). Fast path, where psi can share
+        the prior's network (``psi.supports_joint``: LoRA on SD's UNet): every row in ONE call,
+        rows [cond, null, psi(c_1), ...], batch (2 + len(cams)) B, through ``psi.joint_eps``;
+        graph=False keeps that call out of the CUDA graphs (a double backward: SIM's reward term)."""
+        if not (self.fast and psi.supports_joint):
+            e_psi = psi.eps_cams(x_t, t, cams, psi_emb)  # psi first: SIM's reference order (autograd
+            # sums x_t's gradient in the order of the calls; the order never changes a value without one)
+            e_c, e_u = (self.predict_eps(x_t, t, emb), None) if null is None else self.eps_pair(x_t, t, emb, null)
+            return e_c, e_u, e_psi
+        B = x_t.shape[0]
+        zero = torch.zeros(B, psi.cam_dim, device=x_t.device)
+        texts = [emb] + ([] if null is None else [null]) + [psi_emb.to(emb)] * len(cams)
+        n_prior = len(texts) - len(cams)
+        cam_rows = [zero] * n_prior + [zero if c is None else c.to(zero) for c in cams]
+        psi_rows = torch.cat([torch.zeros(n_prior * B), torch.ones(len(cams) * B)]).to(x_t.device)
+        n = len(texts)
+        e = psi.joint_eps(torch.cat([x_t] * n), torch.cat([t] * n), torch.cat(texts), torch.cat(cam_rows),
+                          psi_rows, graph=graph).split(B)
+        return e[0], (None if null is None else e[1]), list(e[n_prior:])
+
+    def eps_with_psi(self, x_t: Tensor, t: Tensor, emb: Tensor, null: Tensor | None, scale: float, psi,
+                     psi_emb: Tensor, cams: list[Tensor | None]) -> tuple[Tensor, list[Tensor]]:
+        """(e_s(x_t; y), [e_psi(x_t; y_psi, c) for c in cams]): the CFG prediction of ``eps`` and
+        psi's, in one network call where the fast path can (``eps_pair_with_psi``)."""
+        e_c, e_u, e_psi = self.eps_pair_with_psi(x_t, t, emb, null if scale != 1.0 else None, psi, psi_emb, cams)
+        return self.cfg(e_c, e_u, scale), e_psi
+
     # --- exact metrics ----------------------------------------------------------
     def evaluate(self, samples: Tensor, views, prompt: str) -> dict[str, float]:
         """Metrics an analytic prior can compute exactly for renders ``samples`` at ``views``

@@ -30,7 +30,7 @@ Latent-space rendering: a representation that renders latents directly returns t
 Fast path (``fast=true``; docs/stable_diffusion.md "Fast path"): the prior's calls and the VAE
 encode (+ its backward) replay CUDA graphs (src/backbones/graphs.py, ``self.graphs``), the VAE
 runs plain attention and a many-block GroupNorm (src/backbones/fast_vae.py), and psi (lora.py)
-shares the graphs and fuses its calls with the prior's. ``fast=false`` is the eager reference
+shares the graphs and its rows join the prior's in one UNet call (``Backbone.eps_pair_with_psi``). ``fast=false`` is the eager reference
 the ``-m cuda`` tests compare it with; off CUDA the graphs are off (logged) and only the fused
 calls remain. ``compile=vae|unet|all`` adds ``torch.compile`` of those modules inside the graphs,
 on a GPU only (``_compile_on``).

@@ -128,35 +128,22 @@ class ScoreModelGuidance(Guidance):
         super().check_config(cfg, key)
         checks.probability(cfg, "p_drop", f"{key}.p_drop")
 
+    def psi_text(self, batch: int) -> Tensor:
+        """(B, *E) copies of psi's text embedding (the plain prompt)."""
+        return self.psi_emb.unsqueeze(0).expand(batch, *self.psi_emb.shape)
+
     def psi_eps(self, x_t: Tensor, t: Tensor, cam: Tensor | None) -> Tensor:
-        emb = self.psi_emb.unsqueeze(0).expand(x_t.shape[0], *self.psi_emb.shape)
-        return self.psi.eps(x_t, t, cam, emb)
+        """e_psi(x_t; y, c) alone (diagnostics: scripts/sim_weighting_profile.py)."""
+        return self.psi.eps(x_t, t, cam, self.psi_text(x_t.shape[0]))
 
-    @property
-    def fused(self) -> bool:
-        """The fast path's one-call form is available: the backbone is in fast mode and psi can
-        share a network call with the prior (LoRA on the prior's UNet)."""
-        return bool(self.backbone.fast) and self.psi.supports_joint
-
-    def prior_psi_eps(self, x_t: Tensor, t: Tensor, emb: Tensor, null: Tensor | None,
-                      cams: list[Tensor | None], graph: bool = True) -> tuple[Tensor, Tensor | None, list[Tensor]]:
-        """(e(x_t; y), e(x_t; null), [e_psi(x_t; y, c) for c in cams]) in ONE network call.
-
-        x_t (B, ...), t (B,), emb / null (B, *E) (null=None: no null row); a camera None is the
-        null camera. Rows: [cond, null, psi(c_1), ...], batch (2 + len(cams)) B. Keeps x_t's
-        graph when it requires grad (SIM)."""
-        B = x_t.shape[0]
-        psi_emb = self.psi_emb.unsqueeze(0).expand(B, *self.psi_emb.shape).to(emb)
-        zero = torch.zeros(B, self.psi.cam_dim, device=x_t.device)
-        texts = [emb] + ([] if null is None else [null]) + [psi_emb] * len(cams)
-        n_prior = len(texts) - len(cams)
-        cam_rows = [zero] * n_prior + [zero if c is None else c.to(zero) for c in cams]
-        psi_rows = torch.cat([torch.zeros(n_prior * B), torch.ones(len(cams) * B)]).to(x_t.device)
-        n = len(texts)
-        e = self.psi.joint_eps(torch.cat([x_t] * n), torch.cat([t] * n), torch.cat(texts), torch.cat(cam_rows),
-                               psi_rows, graph=graph).split(B)
-        return e[0], (None if null is None else e[1]), list(e[n_prior:])
+    def prior_and_psi(self, x_t: Tensor, t: Tensor, views: ViewBatch,
+                      cams: list[Tensor | None]) -> tuple[Tensor, list[Tensor]]:
+        """(e_s(x_t; y_c), [e_psi(x_t; y, c) for c in cams]): the prior's CFG prediction on the
+        views' prompts and psi's on the plain prompt, in one backbone call (``eps_with_psi``: one
+        network call where the prior and psi can share it)."""
+        emb, null = self.text(views)
+        return self.backbone.eps_with_psi(x_t, t, emb, null, self.scale, self.psi, self.psi_text(x_t.shape[0]), cams)
 
     def update(self, x: Tensor, views: ViewBatch, step: int) -> dict[str, float]:
-        emb = self.psi_emb.unsqueeze(0).expand(x.shape[0], *self.psi_emb.shape)
-        return self.psi.fit_step(x.detach(), views, self.rng(step, rng.Stream.PSI), emb, self.p_drop)
+        return self.psi.fit_step(x.detach(), views, self.rng(step, rng.Stream.PSI), self.psi_text(x.shape[0]),
+                                 self.p_drop)

@@ -100,7 +100,7 @@ class SIM(ScoreModelGuidance):
     def prior_scores(self, x_t: Tensor, t: Tensor, views,
                      pair: tuple[Tensor, Tensor] | None = None) -> list[tuple[float, Tensor]]:
         """[(coefficient, s_p^i(x_t))] of the objective's terms, differentiable in x_t.
-        pair: (e(x_t; y), e(x_t; null)) when already computed (the fast path's joint call)."""
+        pair: (e(x_t; y), e(x_t; null)) when already computed (``forward``'s one call with psi)."""
         emb, null = self.text(views)
         _, sigma = alpha_sigma(self.abar, t)
         sig = bcast(sigma, x_t)
@@ -129,7 +129,8 @@ class SIM(ScoreModelGuidance):
     @torch.no_grad()
     def vsd_residual(self, x_t: Tensor, t: Tensor, views) -> Tensor:
         """e_s(x_t; y_c) - e_psi(x_t; y, c): the VSD step of ``vsd_after``, before w(t)."""
-        return self.backbone.eps(x_t, t, *self.text(views), self.scale) - self.psi_eps(x_t, t, self.psi_cam(views))
+        e, (e_psi,) = self.prior_and_psi(x_t, t, views, [self.psi_cam(views)])
+        return e - e_psi
 
     def surrogate(self, x_t: Tensor, t: Tensor, eps: Tensor, views, e_psi: Tensor,
                   pair: tuple[Tensor, Tensor] | None = None) -> Tensor:
@@ -155,13 +156,10 @@ class SIM(ScoreModelGuidance):
         with torch.enable_grad():
             x_ = x.detach().requires_grad_(True)
             t, eps, x_t = self.perturb(x_, step)
-            pair = None
-            if self.fused:  # fast path: prior pair and psi in one UNet call (batch 3B), both
-                # differentiated through x_t; a reward term needs a double backward: eager then
-                e_c, e_u, (e_psi,) = self.prior_psi_eps(x_t, t, *self.text(views), [cam],
-                                                        graph=self.reward_weight == 0.0)
-                pair = (e_c, e_u)
-            else:
-                e_psi = self.psi_eps(x_t, t, cam)
-            grad = torch.autograd.grad(self.surrogate(x_t, t, eps, views, e_psi, pair), x_)[0]
+            # the prior's pair and psi, both differentiated through x_t (one UNet call where the
+            # backbone can); a reward term needs a double backward, so its call stays out of graphs
+            e_c, e_u, (e_psi,) = self.backbone.eps_pair_with_psi(
+                x_t, t, *self.text(views), self.psi, self.psi_text(x_t.shape[0]), [cam],
+                graph=self.reward_weight == 0.0)
+            grad = torch.autograd.grad(self.surrogate(x_t, t, eps, views, e_psi, (e_c, e_u)), x_)[0]
         return GuidanceOutput(grad=self.w(t, x) * grad.detach(), t=t)

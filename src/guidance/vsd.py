@@ -12,13 +12,6 @@ class VSD(ScoreModelGuidance):
     def forward(self, x, views, step, out=None):
         x = x.detach()
         t, eps, x_t = self.perturb(x, step)
-        emb, null = self.text(views)
         with torch.no_grad():
-            if self.fused:  # fast path: prior (CFG) and psi in one UNet call of batch 3B
-                e_c, e_u, (e_psi,) = self.prior_psi_eps(x_t, t, emb, null if self.scale != 1.0 else None,
-                                                        [views.cam])
-                e = self.backbone.cfg(e_c, e_u, self.scale)
-            else:
-                e = self.backbone.eps(x_t, t, emb, null, self.scale)
-                e_psi = self.psi_eps(x_t, t, views.cam)
+            e, (e_psi,) = self.prior_and_psi(x_t, t, views, [views.cam])
         return GuidanceOutput(grad=self.w(t, x) * (e - e_psi), t=t)

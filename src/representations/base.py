@@ -89,6 +89,12 @@ class Representation(checks.Configurable, nn.Module):
         """Write the result (points, mesh, video...) under out_dir; return the paths."""
         return []
 
+    def gaussian(self) -> tuple[Tensor, Tensor] | None:
+        """(b (D,), A (D, k)) when the renders are x = b + A c of codes c ~ N(0, I_k), i.e. the
+        rendered distribution is N(b, A A^T) and psi has a closed form (score_model=analytic,
+        which reads it here, detached, at every call); None for every other representation."""
+        return None
+
     @torch.no_grad()
     def samples(self, views: ViewBatch) -> Tensor:
         """Renders used by metrics (no graph)."""

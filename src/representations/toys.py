@@ -2,7 +2,7 @@
 
 - ``Particles``: K free points; the "camera" of particle k is k (IndexSampler).
 - ``Affine``: x = b + A c with c ~ N(0, I) (ESD App. B); the rendered distribution is
-  exactly N(b, A A^T), so psi is closed form (src/scoremodels/analytic.py).
+  exactly N(b, A A^T) (``gaussian``), so psi is closed form (src/scoremodels/analytic.py).
 """
 
 from __future__ import annotations
@@ -68,6 +68,9 @@ class Affine(Representation):
     def render(self, views: ViewBatch) -> RenderOutput:
         c = views.cam.to(self.A.device, self.A.dtype)
         return RenderOutput(rgb=self.b + c @ self.A.T)
+
+    def gaussian(self) -> tuple[Tensor, Tensor]:
+        return self.b, self.A
 
     @property
     def covariance(self) -> Tensor:

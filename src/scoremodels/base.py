@@ -68,7 +68,8 @@ class ScoreModel(checks.Configurable, nn.Module):
 
     #: networks embed the null camera as zeros, so null and real cameras batch together
     null_camera_is_zeros = True
-    #: ``joint_eps`` exists: prior rows and psi rows in one network call (LoRA on the prior's UNet)
+    #: ``joint_eps`` exists: prior rows and psi rows in one network call (LoRA on the prior's UNet),
+    #: which ``Backbone.eps_pair_with_psi`` uses on the fast path
     supports_joint = False
     injected = ("backbone", "representation")
 
@@ -130,6 +131,18 @@ class ScoreModel(checks.Configurable, nn.Module):
     # --- prediction -----------------------------------------------------------
     def eps(self, x_t: Tensor, t: Tensor, cam: Tensor | None, emb: Tensor | None = None) -> Tensor:
         raise NotImplementedError
+
+    def eps_cams(self, x_t: Tensor, t: Tensor, cams: list[Tensor | None], emb: Tensor | None = None) -> list[Tensor]:
+        """[e_psi(x_t; y, c) for c in cams] (a camera None: the null camera): one call over every
+        camera where the null camera is zeros (a network), one call per camera otherwise (the
+        closed form's null is its marginal)."""
+        real = [c for c in cams if c is not None]
+        if len(cams) == 1 or not real or not self.null_camera_is_zeros:
+            return [self.eps(x_t, t, c, emb) for c in cams]
+        n = len(cams)
+        rows = torch.cat([torch.zeros_like(real[0]) if c is None else c for c in cams])
+        e = self.eps(torch.cat([x_t] * n), torch.cat([t] * n), rows, None if emb is None else torch.cat([emb] * n))
+        return list(e.split(x_t.shape[0]))
 
     def joint_eps(self, x_t: Tensor, t: Tensor, emb: Tensor, cam: Tensor, psi_rows: Tensor,
                   graph: bool = True) -> Tensor:

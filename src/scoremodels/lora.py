@@ -2,6 +2,9 @@
 
 One UNet sits in memory: peft adapters are added to ``backbone.unet`` and switched on only
 inside ``LoRAScore.eps``; the pretrained prior (``backbone.predict_eps``) runs with them off.
+The guidance hands psi that backbone: ``LoRAHost`` lists what psi reads of it (the UNet, its
+adapter switch, the fast path's graphs), so psi imports no backbone
+(src/backbones/sd.py's ``StableDiffusion`` is one).
 The camera enters as in threestudio's VSD: the flattened 4x4 camera-to-world matrix (16
 numbers) through Linear-SiLU-Linear, added to the UNet's timestep embedding (a forward hook
 on ``unet.time_embedding``, active on the LoRA branch only). The null camera (``cam=None``,
@@ -22,18 +25,21 @@ do is overflow; a step whose loss or gradient norm is not finite is skipped (``p
 the logs), as a GradScaler would skip it, and the weights stay as they were. bf16 has float32's
 range and needs neither.
 
-Fast path (``backbone.fast``): ``joint_eps`` runs prior rows and psi rows in ONE UNet call. A row
-mask multiplies the output of every LoRA ``lora_B`` (a forward hook) and the camera embedding,
-so a prior row is ``base(x) + 0`` in every adapted layer: the pretrained UNet, exactly as with
-the adapters off (peft's own ``adapter_names`` mixed batch does the same with per-layer index
-lists, host-side tensors that a CUDA graph cannot capture). psi's forward and its DSM step
+Fast path (``backbone.fast``): ``joint_eps`` runs prior rows and psi rows in ONE UNet call (the
+estimators ask for it through ``Backbone.eps_pair_with_psi``). A row mask multiplies the output
+of every LoRA ``lora_B`` (a forward hook) and the camera embedding, so a prior row is
+``base(x) + 0`` in every adapted layer: the pretrained UNet, exactly as with the adapters off
+(peft's own ``adapter_names`` mixed batch does the same with per-layer index lists, host-side
+tensors that a CUDA graph cannot capture). psi's forward and its DSM step
 (forward + backward; AdamW stays eager) replay CUDA graphs from ``backbone.graphs``; AdamW and
 ``load_state_dict`` update the weights in place, so the graphs see every update and a resume.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -49,12 +55,33 @@ DEFAULT_RANK = 4
 DEFAULT_LR = 1e-4
 
 
+@runtime_checkable
+class LoRAHost(Protocol):
+    """What LoRA's psi needs of the prior it adapts (the ``backbone`` its guidance passes)."""
+
+    unet: nn.Module  # the diffusers UNet psi's adapters are added to, in place
+    fast: bool  # the fast path: psi's calls replay CUDA graphs from ``graphs``
+    graphs: object  # the prior's GraphCache (src/backbones/graphs.py), shared with psi
+    adapter_parameters: list  # psi's LoRA weights, kept trainable while adapters toggle
+    alphas_cumprod: Tensor
+    device: torch.device
+
+    def adapters(self, enabled: bool) -> contextlib.AbstractContextManager:
+        """Run ``unet`` with the peft adapters on (psi) or off (the pretrained prior)."""
+
+    def tuner_layers(self) -> list:
+        """peft's adapter-carrying layers of ``unet``."""
+
+    def unet_forward(self, x_t: Tensor, t: Tensor, emb: Tensor) -> Tensor:
+        """The UNet's epsilon, float32, with whatever adapter state is set."""
+
+
 class LoRAScore(ScoreModel):
     supports_joint = True
 
     def __init__(
         self,
-        backbone,
+        backbone: LoRAHost,
         representation,
         rank: int = DEFAULT_RANK,
         alpha: float | None = None,
@@ -69,9 +96,7 @@ class LoRAScore(ScoreModel):
                              "(its DSM step has no Jacobian term)")
         from peft import LoraConfig
 
-        from src.backbones.sd import StableDiffusion
-
-        if not isinstance(backbone, StableDiffusion):
+        if not isinstance(backbone, LoRAHost):
             raise ValueError(f"score_model=lora needs a Stable Diffusion backbone (backbone=sd21|sd15|"
                              f"diffusers), not {type(backbone).__name__}")
         hold(self, "backbone", backbone)  # a reference, not a submodule (see docstring)
