@@ -4,8 +4,8 @@ Hydra composes a run from an ordered defaults list (conf/config.yaml, each group
 files those choose, the tuning files, the experiment preset) and then applies the command
 line's key overrides; it does not record which of them set a key. ``sources`` replays that
 order: Hydra's own defaults list for the overrides (``ConfigLoader.compute_defaults_list``, the
-list ``--info defaults`` prints), each file's keys at the package Hydra puts them, later files
-over earlier ones, the command line last. A leaf gets the last of them that set it or a node
+list ``--info defaults`` prints), each file as Hydra reads it (its config repository) with its
+keys at the package Hydra puts them, later files over earlier ones, the command line last. A leaf gets the last of them that set it or a node
 above it (a file's ``key: null`` replaced by a dict below is the later file's).
 
 A run writes the result to ``<run_dir>/.hydra/provenance.yaml`` (src/train.py), and
@@ -16,6 +16,7 @@ value's source beside it (``annotate``).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import yaml
 from hydra import initialize_config_dir
@@ -26,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.configs import CONF_DIR
 
 COMMAND_LINE = "command line"
+ROOT = CONF_DIR.parent  # sources are named relative to the project
 # Keys of the composed config that are Hydra's own, not the run's.
 _HYDRA = "hydra"
 
@@ -48,19 +50,26 @@ def _layers(overrides: list[str], config_name: str) -> list[tuple[str, dict]]:
     for d in defaults.defaults:
         if d.config_path is None or (d.package or "").split(".")[0] == _HYDRA:
             continue
-        path = CONF_DIR / f"{d.config_path}.yaml"
-        content = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
-        content.pop("defaults", None)
+        loaded = loader.repository.load_config(d.config_path)  # Hydra's own read: no defaults list
+        content = OmegaConf.to_container(loaded.config, resolve=False) or {}
         if not d.package:
             content.pop(_HYDRA, None)
         sets = _leaves(content, f"{d.package}." if d.package else "")
-        layers.append((path.relative_to(CONF_DIR.parent).as_posix(), sets))
+        layers.append((_where(loaded.path, d.config_path), sets))
     for o in defaults.config_overrides:
         if o.is_delete():
             layers.append((None, {o.key_or_group: None}))
         elif o.key_or_group.split(".")[0] != _HYDRA:
             layers.append((COMMAND_LINE, {o.key_or_group: None}))
     return layers
+
+
+def _where(source_root: str, config_path: str) -> str:
+    """The file's path relative to the project (conf/tuning/shapes.yaml) when it lies in it."""
+    if not source_root.startswith("file://"):
+        return f"{source_root}/{config_path}.yaml"  # e.g. a pkg:// search path
+    path = Path(source_root[len("file://"):]) / f"{config_path}.yaml"
+    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
 
 
 def sources(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = (), config_name: str = "config") -> dict[str, str]:

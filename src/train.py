@@ -66,7 +66,8 @@ def hydra_files(hc, cfg: DictConfig) -> dict[str, str]:
     key of ``cfg`` (src/provenance.py)."""
     return {".hydra/hydra.yaml": OmegaConf.to_yaml(HydraConfig.instance().cfg),
             ".hydra/overrides.yaml": OmegaConf.to_yaml(hc.overrides.task),
-            ".hydra/provenance.yaml": provenance.to_yaml(provenance.sources(cfg, list(hc.overrides.task)))}
+            ".hydra/provenance.yaml": provenance.to_yaml(
+                provenance.sources(cfg, list(hc.overrides.task), hc.job.config_name))}
 
 
 def fail(run_dir: Path, err: BaseException, code: int, multirun: bool):
