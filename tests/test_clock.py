@@ -44,7 +44,7 @@ def test_built_parts_read_the_run_length_exactly_when_their_steps_depend_on_it(o
 def test_raising_max_steps_on_a_finished_sim_run_is_refused_naming_vsd_after(tmp_path):
     """Issue 26 item 5: SIM's switch to VSD sits at a fraction of the run (the ShapesWorld preset's
     vsd_after), so a longer run would have switched later; the run is refused, the dir untouched."""
-    sim = ["experiment=shapes_modes", "guidance=sim"]
+    sim = ["experiment=shapes_modes", "guidance=sim", "camera.n_eval_views=4"]
     train(compose(sim + SHORT), tmp_path)
     info = json.loads((tmp_path / "run_info.json").read_text())
     assert info["run_length_readers"] == ["guidance.vsd_after"]
@@ -57,7 +57,7 @@ def test_raising_max_steps_on_a_finished_sim_run_is_refused_naming_vsd_after(tmp
 
 
 def test_raising_max_steps_on_a_finished_run_with_a_resolution_schedule_is_refused(tmp_path):
-    nerf = ["experiment=shapes_modes", "guidance=sds", RESOLUTIONS]
+    nerf = ["experiment=shapes_modes", "guidance=sds", "camera.n_eval_views=4", RESOLUTIONS]
     train(compose(nerf + SHORT), tmp_path)
     with pytest.raises(ConfigError, match=r"because representation.resolution_schedule depend\(s\) on"):
         train(compose(nerf + SHORT + ["trainer.max_steps=2"]), tmp_path)
@@ -79,3 +79,25 @@ def test_a_record_that_does_not_say_who_read_the_length_continues_only_if_no_ste
         check_same_run("run", old, new, None, lambda: 10)
     check_same_run("run", old, new, None, lambda: None)  # killed while building: nothing kept
     check_same_run("run", old, new, [], lambda: 10)  # nobody read it: the run continues
+
+
+def test_a_part_that_reads_the_length_only_while_training_is_recorded_by_the_next_checkpoint(tmp_path, monkeypatch):
+    """A read at step 5 (a part's handle, held since it was built) reaches run_info.json and the
+    checkpoint, so the longer run is refused although nothing read it at build time."""
+    from src.trainer import Trainer
+
+    original = Trainer.train_step
+
+    def step(self, k):
+        if k == 5:
+            self.clock.run_length("guidance", "SDS").steps("late_schedule")
+        return original(self, k)
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+    sds = TOY + ["guidance=sds", "trainer.export=false", "device=cpu", "num_threads=1", "trainer.checkpoint_every=4"]
+    train(compose(sds + ["trainer.max_steps=12"]), tmp_path)
+    assert json.loads((tmp_path / "run_info.json").read_text())["run_length_readers"] == ["guidance.late_schedule"]
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=False)["run_length_readers"] == ["guidance.late_schedule"]
+    monkeypatch.setattr(Trainer, "train_step", original)
+    with pytest.raises(ConfigError, match=r"because guidance.late_schedule depend\(s\) on trainer.max_steps"):
+        train(compose(sds + ["trainer.max_steps=20"]), tmp_path)
