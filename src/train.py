@@ -64,10 +64,15 @@ def _discard_empty_run_dir(run_dir: Path) -> None:
 def hydra_files(hc, cfg: DictConfig) -> dict[str, str]:
     """What Hydra writes into <run_dir>/.hydra when output_subdir is set, and the source of each
     key of ``cfg`` (src/provenance.py)."""
-    return {".hydra/hydra.yaml": OmegaConf.to_yaml(HydraConfig.instance().cfg),
-            ".hydra/overrides.yaml": OmegaConf.to_yaml(hc.overrides.task),
-            ".hydra/provenance.yaml": provenance.to_yaml(
-                provenance.sources(cfg, list(hc.overrides.task), hc.job.config_name))}
+    files = {".hydra/hydra.yaml": OmegaConf.to_yaml(HydraConfig.instance().cfg),
+             ".hydra/overrides.yaml": OmegaConf.to_yaml(hc.overrides.task)}
+    try:
+        where = provenance.sources(cfg, list(hc.overrides.task), hc.job.config_name)
+    except Exception as err:  # a record about the run must never stop the run
+        log.warning("could not trace the config's sources (.hydra/provenance.yaml not written): %s", err)
+    else:
+        files[".hydra/provenance.yaml"] = provenance.to_yaml(where)
+    return files
 
 
 def fail(run_dir: Path, err: BaseException, code: int, multirun: bool):
