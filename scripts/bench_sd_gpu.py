@@ -311,7 +311,7 @@ def _nerf_primitives(args) -> dict:
     for ckpt in (False, True):
         torch.manual_seed(0)
         nerf = instantiate(cfg.representation, backbone=None, checkpoint_chunks=ckpt).to(dev)
-        nerf.update_step(0, 1000)
+        nerf.update_step(0)
 
         def render_backward(nerf=nerf):
             nerf.render(views).rgb.square().sum().backward()

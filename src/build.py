@@ -19,7 +19,8 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src import checks, rng
-from src.checks import ConfigError
+from src.checks import RUN_LENGTH, ConfigError
+from src.clock import Clock
 from src.configs import CONF_DIR, options
 from src.fileio import atomic_write
 from src.loggers import WandbLogger
@@ -36,7 +37,7 @@ _CUDA = re.compile(r"cuda(?::(\d+))?")
 _NOT_RUN_KEYS = ("defaults", "hydra")
 
 __all__ = ["CHECKPOINT", "Components", "ConfigError", "build_components", "load_checkpoint",
-           "max_steps_readers", "save_checkpoint", "validate"]
+           "save_checkpoint", "validate"]
 
 
 # --- validation ---------------------------------------------------------------------------
@@ -163,17 +164,6 @@ def validate(cfg: DictConfig) -> None:
                               "dependency of this project), or trainer.export=false")
 
 
-def max_steps_readers(cfg: DictConfig) -> list[str]:
-    """The parts whose steps depend on trainer.max_steps (``reads_max_steps``), e.g.
-    ['schedule=LinearDecreasing']: a run using none of them can be extended in place."""
-    readers = []
-    for group in GROUPS:
-        cls = component_class(cfg, group)
-        if cls is not None and cls.reads_max_steps(cfg[group]):
-            readers.append(f"{group}={cls.__name__}")
-    return readers
-
-
 # --- building -------------------------------------------------------------------------------
 @dataclass
 class Components:
@@ -183,31 +173,40 @@ class Components:
     schedule: object
     guidance: object
     reward: object | None
+    clock: Clock  # the run's length, and which parts read it (src/clock.py)
 
 
 def build_components(cfg: DictConfig, device: torch.device | str = "cpu") -> Components:
-    """Instantiate every part from the composed config (trainer and src.reexport)."""
+    """Instantiate every part from the composed config (trainer and src.reexport). A part whose
+    constructor names ``run_length`` gets its handle on the run's clock (src/clock.py)."""
     rng.seed_global(int(cfg.seed), rng.Stream.INIT)  # parameter inits (representation, psi)
     dtype = DTYPES[cfg.trainer.dtype]
-    backbone = instantiate(cfg.backbone).to(device)
+    clock = Clock(int(cfg.trainer.max_steps))
+
+    def build(group: str, **injected):
+        cls = get_class(str(cfg[group]._target_))
+        if RUN_LENGTH in checks.accepted_arguments(cls)[0]:
+            injected[RUN_LENGTH] = clock.run_length(group, cls.__name__)
+        return instantiate(cfg[group], **injected)
+
+    backbone = build("backbone").to(device)
     backbone.requires_grad_(False)
     prompt = str(cfg.prompt or "")
     backbone.validate_prompt(prompt)
-    representation = instantiate(cfg.representation, backbone=backbone).to(device=device, dtype=dtype)
-    cameras = instantiate(cfg.camera)
-    schedule = instantiate(cfg.schedule, num_timesteps=backbone.num_timesteps,
-                           max_steps=int(cfg.trainer.max_steps))
-    reward = instantiate(cfg.reward, backbone=backbone) if cfg.reward.get("_target_") else None
+    representation = build("representation", backbone=backbone).to(device=device, dtype=dtype)
+    cameras = build("camera")
+    schedule = build("schedule", num_timesteps=backbone.num_timesteps)
+    reward = build("reward", backbone=backbone) if cfg.reward.get("_target_") else None
     uses_psi = get_class(cfg.guidance._target_).uses_score_model
-    score_model = instantiate(cfg.score_model) if uses_psi else None
-    guidance = instantiate(cfg.guidance, backbone=backbone, schedule=schedule, prompt=prompt,
-                           negative_prompt=str(cfg.negative_prompt or ""), seed=int(cfg.seed),
-                           representation=representation, reward=reward, score_model=score_model,
-                           _convert_="all")
+    score_model = build("score_model") if uses_psi else None
+    guidance = build("guidance", backbone=backbone, schedule=schedule, prompt=prompt,
+                     negative_prompt=str(cfg.negative_prompt or ""), seed=int(cfg.seed),
+                     representation=representation, reward=reward, score_model=score_model,
+                     _convert_="all")
     guidance.to(device=device)
     if uses_psi and guidance.psi.trainable_parameters():
         guidance.psi.to(dtype=dtype)
-    return Components(backbone, representation, cameras, schedule, guidance, reward)
+    return Components(backbone, representation, cameras, schedule, guidance, reward, clock)
 
 
 # --- checkpoints ----------------------------------------------------------------------------

@@ -94,17 +94,22 @@ def accepted_arguments(cls: type) -> tuple[set[str], bool]:
     return names, True
 
 
+# The constructor argument through which a part gets the run's length (src/clock.py).
+RUN_LENGTH = "run_length"
+
+
 class Configurable:
     """Mixin: ``validate_config`` refuses keys the constructor does not take, then runs the
     class's own ``check_config``. ``injected`` names arguments the builder passes at run time
-    (the backbone, the schedule...), which a config must not set."""
+    (the backbone, the schedule...), which a config must not set; ``run_length`` (src/clock.py)
+    is passed to every part that names it."""
 
     injected: tuple[str, ...] = ()
 
     @classmethod
     def validate_config(cls, cfg: Mapping, key: str) -> None:
         names, open_ended = accepted_arguments(cls)
-        names -= set(cls.injected)
+        names -= {*cls.injected, RUN_LENGTH}
         given = [k for k in cfg if not str(k).startswith("_")]
         unknown = sorted(k for k in given if k not in names)
         if unknown and not open_ended:
@@ -117,13 +122,6 @@ class Configurable:
     @classmethod
     def check_config(cls, cfg: Mapping, key: str) -> None:
         """Value checks of this class (subclasses extend and call super)."""
-
-    @classmethod
-    def reads_max_steps(cls, cfg: Mapping) -> bool:
-        """Whether what this part does at a step depends on ``trainer.max_steps`` (a schedule
-        over the fraction of the run done): a finished run cannot then be continued by raising
-        ``trainer.max_steps`` (src/build.py: max_steps_readers)."""
-        return False
 
     @classmethod
     def check_composition(cls, cfg: Mapping, key: str, root: Mapping) -> None:

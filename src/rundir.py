@@ -8,8 +8,10 @@
   before anything in the dir changes, whether or not a checkpoint exists yet, naming the keys
   that differ (``check_same_run``).
 - The one difference that continues a run: a higher ``trainer.max_steps``, unless some part of
-  the run reads ``max_steps`` (a decreasing timestep schedule, a resolution schedule): then
-  the steps already taken would differ, and the message names the key and those parts.
+  the run read the run's length (a decreasing timestep schedule, SIM's switch to VSD, a
+  resolution schedule): then the steps already taken would differ, and the message names the
+  key and those parts. Who read it is what the run's clock recorded (src/clock.py), kept in
+  run_info.json and in every checkpoint.
 """
 
 from __future__ import annotations
@@ -116,26 +118,32 @@ def describe(diffs: list[tuple[str, Any, Any]]) -> str:
     return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
 
 
-def check_same_run(where: Path | str, recorded: dict, current: dict, max_steps_readers: list[str],
+def check_same_run(where: Path | str, recorded: dict, current: dict, readers: list[str] | None,
                    saved_step: Callable[[], int | None] = lambda: None) -> None:
     """Refuse ``current`` unless it is the run ``recorded`` in ``where``, or that run with a
-    higher ``trainer.max_steps`` that nothing depends on. ``saved_step()``: the step the run
-    has reached (asked only when max_steps is lowered)."""
+    higher ``trainer.max_steps`` that nothing read. ``readers``: the parts that read the
+    recorded run's length (``Clock.readers``; None: a record from before clocks were kept).
+    ``saved_step()``: the step the run has reached (None: no step kept)."""
     diffs = differences(recorded, current)
     if not diffs:
         return
     if [k for k, _, _ in diffs] == [EXTENDABLE_KEY]:
         _, old, new = diffs[0]
-        if max_steps_readers:
+        if readers:
             raise RunDirError(
                 f"{where} holds this run with {EXTENDABLE_KEY}={old}; it cannot be continued to "
-                f"{EXTENDABLE_KEY}={new} because {', '.join(max_steps_readers)} depend(s) on "
+                f"{EXTENDABLE_KEY}={new} because {', '.join(readers)} depend(s) on "
                 f"{EXTENDABLE_KEY} (the steps taken so far would differ): use a fresh hydra.run.dir")
-        if isinstance(new, int) and isinstance(old, int) and new < old:
-            step = saved_step()
-            if step is not None and step > new:
-                raise RunDirError(f"{where} holds this run at step {step}, past {EXTENDABLE_KEY}={new}: "
-                                  "use a fresh hydra.run.dir for a shorter run")
+        lowered = isinstance(new, int) and isinstance(old, int) and new < old
+        step = saved_step() if readers is None or lowered else None
+        if readers is None and step is not None:
+            raise RunDirError(
+                f"{where} holds this run with {EXTENDABLE_KEY}={old} but does not record which of its "
+                f"parts read {EXTENDABLE_KEY} (a record older than src/clock.py), so it cannot be "
+                f"continued to {EXTENDABLE_KEY}={new}: use a fresh hydra.run.dir")
+        if lowered and step is not None and step > new:
+            raise RunDirError(f"{where} holds this run at step {step}, past {EXTENDABLE_KEY}={new}: "
+                              "use a fresh hydra.run.dir for a shorter run")
         return
     raise RunDirError(f"{where} holds a different run; the keys that differ (recorded -> now): "
                       f"{describe(diffs)}. Use a fresh hydra.run.dir, or delete that directory")

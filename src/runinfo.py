@@ -80,14 +80,16 @@ def now() -> str:
 
 
 class RunRecord:
-    """``<run_dir>/run_info.json``: the run's ``identity`` (src/rundir.py), ``attempts`` (one
-    entry per process that ran it: start, end, status, host, command, versions, the step it
-    resumed from), and the latest attempt's fields again at the top level. Written only by the
-    process holding the run dir's lock."""
+    """``<run_dir>/run_info.json``: the run's ``identity`` (src/rundir.py), the parts that read
+    its length (``run_length_readers``, src/clock.py; null until its parts are built),
+    ``attempts`` (one entry per process that ran it: start, end, status, host, command,
+    versions, the step it resumed from), and the latest attempt's fields again at the top level.
+    Written only by the process holding the run dir's lock."""
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / RUN_INFO
         self.identity: dict | None = None
+        self.run_length_readers: list[str] | None = None
         self.attempts: list[dict] = []
 
     def read(self) -> RunRecord:
@@ -98,6 +100,7 @@ class RunRecord:
                 raise ValueError(f"{self.path} is not valid JSON ({err}); move it away to reuse "
                                  "this run directory") from None
             self.identity = info.get("identity")
+            self.run_length_readers = info.get("run_length_readers")
             self.attempts = info.get("attempts") or [
                 # a record written before attempts were kept: its one attempt
                 {k: v for k, v in info.items() if k != "identity"} | {"status": "unknown"}]
@@ -115,6 +118,14 @@ class RunRecord:
         self.write()
         return self.attempts[-1]
 
+    def add_run_length_readers(self, readers: list[str]) -> None:
+        """Record that ``readers`` read the run's length (kept over attempts)."""
+        known = list(self.run_length_readers or [])
+        merged = known + [r for r in readers if r not in known]
+        if self.run_length_readers is None or merged != known:
+            self.run_length_readers = merged
+            self.write()
+
     def update(self, **fields) -> None:
         self.attempts[-1].update(fields)
         self.write()
@@ -124,4 +135,5 @@ class RunRecord:
 
     def write(self) -> None:
         write_json_atomic(self.path, {**self.attempts[-1], "identity": self.identity,
+                                      "run_length_readers": self.run_length_readers,
                                       "attempts": self.attempts})

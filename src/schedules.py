@@ -14,13 +14,14 @@ import torch
 from torch import Tensor
 
 from src import checks
+from src.clock import RunLength
 
 
 class TimestepSchedule(checks.Configurable):
-    injected = ("num_timesteps", "max_steps")
+    injected = ("num_timesteps",)
 
-    def __init__(self, num_timesteps: int, max_steps: int, t_min: float = 0.02, t_max: float = 0.98):
-        self.T, self.max_steps = num_timesteps, max(int(max_steps), 1)
+    def __init__(self, num_timesteps: int, t_min: float = 0.02, t_max: float = 0.98):
+        self.T = num_timesteps
         self.t_min, self.t_max = t_min, t_max
 
     def _int(self, frac: Tensor | float) -> Tensor:
@@ -53,8 +54,8 @@ class Anneal(Uniform):
     """Uniform with t_max dropped to ``t_max_end`` at ``anneal_step``
     (ProlificDreamer: 0.98 -> 0.5 at step 5000; SSD: [20, 980] -> [20, 500] at 5000)."""
 
-    def __init__(self, num_timesteps, max_steps, t_min=0.02, t_max=0.98, t_max_end=0.5, anneal_step=5000):
-        super().__init__(num_timesteps, max_steps, t_min, t_max)
+    def __init__(self, num_timesteps, t_min=0.02, t_max=0.98, t_max_end=0.5, anneal_step=5000):
+        super().__init__(num_timesteps, t_min, t_max)
         self.t_max_end, self.anneal_step = t_max_end, anneal_step
 
     @classmethod
@@ -68,11 +69,12 @@ class Anneal(Uniform):
 
 
 class Deterministic(TimestepSchedule):
-    """t(tau) decreasing from t_max to t_min over the run; tau = step / (max_steps - 1)."""
+    """t(tau) decreasing from t_max to t_min over the run; tau = step / (max_steps - 1): the rule
+    reads the run's length (src/clock.py)."""
 
-    @classmethod
-    def reads_max_steps(cls, cfg):
-        return True
+    def __init__(self, num_timesteps: int, run_length: RunLength, t_min: float = 0.02, t_max: float = 0.98):
+        super().__init__(num_timesteps, t_min, t_max)
+        self.max_steps = max(run_length.steps(), 1)
 
     def frac(self, tau: float) -> float:
         raise NotImplementedError
@@ -107,8 +109,8 @@ DREAMTIME_S1, DREAMTIME_S2 = 300, 100
 class DreamTime(Deterministic):
     """Time-prioritized schedule: t(tau) = argmin_t |sum_{t'>=t} p(t') - tau|."""
 
-    def __init__(self, num_timesteps, max_steps, t_min=0.02, t_max=0.98, m1=DREAMTIME_M1, m2=DREAMTIME_M2, s1=DREAMTIME_S1, s2=DREAMTIME_S2):
-        super().__init__(num_timesteps, max_steps, t_min, t_max)
+    def __init__(self, num_timesteps, run_length, t_min=0.02, t_max=0.98, m1=DREAMTIME_M1, m2=DREAMTIME_M2, s1=DREAMTIME_S1, s2=DREAMTIME_S2):
+        super().__init__(num_timesteps, run_length, t_min, t_max)
         t = torch.arange(num_timesteps, dtype=torch.float64)
         p = torch.ones_like(t)
         p = torch.where(t > m1, torch.exp(-((t - m1) ** 2) / (2 * s1**2)), p)
@@ -131,8 +133,8 @@ class DreamTime(Deterministic):
 class Grid(TimestepSchedule):
     """An explicit list of integer timesteps, one per step (DDIM grids for FSD / DSD* tests)."""
 
-    def __init__(self, num_timesteps, max_steps, timesteps: list[int]):
-        super().__init__(num_timesteps, max_steps, 0.0, 1.0)
+    def __init__(self, num_timesteps, timesteps: list[int]):
+        super().__init__(num_timesteps, 0.0, 1.0)
         self.grid = [int(t) for t in timesteps]
         if any(not 0 <= t < num_timesteps for t in self.grid):
             raise ValueError(f"schedule.timesteps must lie in [0, {num_timesteps - 1}]")

@@ -41,7 +41,6 @@ from src.build import (
     ConfigError,
     build_components,
     load_checkpoint,
-    max_steps_readers,
     save_checkpoint,
     validate,
 )
@@ -192,12 +191,12 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
-def validation_every(cfg: DictConfig, kind: str) -> int:
+def validation_every(cfg: DictConfig, kind: str, max_steps: int) -> int:
     """Steps between validation grids: ``trainer.val_every``, or for ``auto`` VAL_FRACTION of
-    the run for 3D representations (off for the others); 0 = off."""
+    the run (``max_steps``) for 3D representations (off for the others); 0 = off."""
     every = cfg.trainer.get("val_every", 0)
     if every == "auto":
-        return max(1, round(VAL_FRACTION * int(cfg.trainer.max_steps))) if kind == "3d" else 0
+        return max(1, round(VAL_FRACTION * max_steps)) if kind == "3d" else 0
     return int(every or 0)
 
 
@@ -212,6 +211,8 @@ class Trainer:
         if record is not None:
             record.update(**device_info(self.device))
         self.c = build_components(cfg, self.device)
+        self.clock = self.c.clock  # the run's length; the parts that read it are recorded with the run
+        self._record_run_length_readers()
         rep = self.c.representation
         self.optimizer = OPTIMIZERS[str(cfg.trainer.optimizer)](rep.param_groups())
         warm = int(cfg.trainer.warmup_steps)
@@ -230,11 +231,17 @@ class Trainer:
         return {"step": self.step, "representation": self.c.representation.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict(),
                 "guidance": self.c.guidance.state_dict(), "identity": identity(self.cfg),
-                "logs": self.last_logs, "train_seconds": self.train_seconds}
+                "run_length_readers": self.clock.readers, "logs": self.last_logs,
+                "train_seconds": self.train_seconds}
+
+    def _record_run_length_readers(self) -> None:
+        """run_info.json names every part that has read the run's length (src/clock.py)."""
+        if self.record is not None:
+            self.record.add_run_length_readers(self.clock.readers)
 
     def load(self, state: dict) -> None:
         rundir.check_same_run(f"{self.run_dir}'s checkpoint", state.get("identity") or {},
-                              identity(self.cfg), max_steps_readers(self.cfg), lambda: int(state["step"]))
+                              identity(self.cfg), state.get("run_length_readers"), lambda: int(state["step"]))
         self.c.representation.load_state_dict(state["representation"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
@@ -253,6 +260,7 @@ class Trainer:
             raise NonFinite(f"state at the checkpoint ({bad})", self.step)
         save_checkpoint(self.run_dir / CHECKPOINT, state)
         self.checkpoint_step = self.step
+        self._record_run_length_readers()  # a part may read the run's length only while training
 
     def resume(self) -> None:
         """Load checkpoints/last.pt when the run dir holds one."""
@@ -271,7 +279,7 @@ class Trainer:
         c, dtype, seed = self.c, DTYPES[self.cfg.trainer.dtype], int(self.cfg.seed)
         # anything that draws from the global RNG (e.g. stratified ray samples) is step-seeded
         rng.seed_global(seed, rng.Stream.GLOBAL, step)
-        c.representation.update_step(step, int(self.cfg.trainer.max_steps))
+        c.representation.update_step(step)
         views = c.cameras.sample(step, rng.generator(seed, rng.Stream.CAMERA, step)).to(self.device)
         out = c.representation.render(views)
         x = out.x if out.x is not None else c.backbone.encode(out.rgb)
@@ -315,7 +323,7 @@ class Trainer:
         """Train to trainer.max_steps (resuming from the checkpoint), evaluate, export, write
         metrics.json; returns the metrics. Raises Diverged, Interrupted, or what failed (then
         metrics.json says "failed")."""
-        max_steps = int(self.cfg.trainer.max_steps)
+        max_steps = self.clock.max_steps
         self.resume()
         if self.step >= max_steps:
             done = read_metrics(self.run_dir)
@@ -344,9 +352,9 @@ class Trainer:
                 raise
 
     def loop(self, loggers: Loggers) -> None:
-        cfg, max_steps = self.cfg, int(self.cfg.trainer.max_steps)
+        cfg, max_steps = self.cfg, self.clock.max_steps
         sleep = float(cfg.trainer.get("step_sleep", 0) or 0)
-        val_every = validation_every(cfg, self.c.representation.kind)
+        val_every = validation_every(cfg, self.c.representation.kind, max_steps)
         t0, seconds0 = time.monotonic(), self.train_seconds
         bar = self._progress(max_steps) if self.step < max_steps else None
         while self.step < max_steps:
@@ -463,12 +471,13 @@ def run(cfg: DictConfig, run_dir: Path, files: dict[str, str] | None = None) -> 
     """
     validate(cfg)
     run_dir = rundir.make(run_dir)
-    ident, readers = identity(cfg), max_steps_readers(cfg)
+    ident = identity(cfg)
 
     def check() -> None:
-        recorded = RunRecord(run_dir).read().identity
-        if recorded is not None:
-            rundir.check_same_run(run_dir, recorded, ident, readers, lambda: _saved_step(run_dir))
+        recorded = RunRecord(run_dir).read()
+        if recorded.identity is not None:  # the readers of its length that its clock recorded
+            rundir.check_same_run(run_dir, recorded.identity, ident, recorded.run_length_readers,
+                                  lambda: _saved_step(run_dir))
 
     check()  # refuse a different run without touching the dir, even the lock file
     with rundir.RunLock(run_dir):

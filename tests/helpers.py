@@ -12,10 +12,10 @@ def make_guidance(cls, backbone, t: int | list[int] | None = None, representatio
     """A guidance object on ``backbone`` whose schedule returns fixed timesteps."""
     T = backbone.num_timesteps
     if t is None:
-        schedule = Uniform(T, 1000)
+        schedule = Uniform(T)
     else:
         grid = [t] if isinstance(t, int) else list(t)
-        schedule = Grid(T, len(grid), grid)
+        schedule = Grid(T, grid)
     kw.setdefault("prompt", backbone.default_prompt)
     return cls(backbone=backbone, schedule=schedule, representation=representation, **kw)
 

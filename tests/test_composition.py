@@ -114,6 +114,8 @@ def translate_gaussians(old: dict, new: dict) -> None:
     for key in GAUSSIANS_ADDED:
         rep[key] = now[key]
     for key, value in GAUSSIANS_SHAPES_PRESET.items():
+        if key == "background":  # the world's background, moved here from an oc.select (issue 26): unchanged
+            continue
         rep[key] = {**rep[key], **value} if isinstance(value, dict) else value
 
 
@@ -128,3 +130,27 @@ def test_composes_the_same_values_as_before(overrides):
         assert sm["_target_"].split(".")[-1] == psi["class"]
         assert sm.get("lr") == psi["lr"]
     assert new == old
+
+
+# Issue 26: the camera group's values tuned by a world moved from `oc.select` reads of the
+# backbone in conf/camera/*.yaml to conf/tuning/camera/<backbone>_<camera>.yaml (and the
+# representations' background colour to conf/tuning/representation/).
+# tests/data/composed_before_issue26.json: compose(overrides) of conf/ at 13e70db, resolved.
+BEFORE_CAMERA_TUNING = json.loads((Path(__file__).parent / "data" / "composed_before_issue26.json").read_text())
+
+
+@pytest.mark.parametrize("overrides", sorted(BEFORE_CAMERA_TUNING))
+def test_camera_tuning_files_compose_the_same_values_as_the_camera_groups_selects(overrides):
+    new = OmegaConf.to_container(compose(overrides.split()), resolve=True)
+    before = json.loads(json.dumps(BEFORE_CAMERA_TUNING[overrides]))
+    before["trainer"]["progress"] = False  # src.api.compose turns the bar off
+    assert new == before
+
+
+def test_no_group_reads_a_world_with_a_fallback():
+    """One way a world tunes its parts: conf/tuning/, chosen by name; no `oc.select` in conf/."""
+    conf = Path(__file__).parents[1] / "conf"
+    assert [str(p.relative_to(conf)) for p in conf.rglob("*.yaml") if "oc.select" in p.read_text()] == []
+    # without the world's tuning the cameras are threestudio's (conf/camera/orbit.yaml)
+    untuned = compose(["~tuning/camera"]).camera
+    assert (untuned.height, list(untuned.elevation_range), untuned.eval_elevation_deg) == (64, [-10.0, 90.0], 15.0)

@@ -272,7 +272,7 @@ def test_tiles_equal_one_big_tile():
 def test_gradients_reach_every_parameter():
     gs = Gaussians(n_gaussians=128, background={"kind": "learned", "color": [1.0, 1.0, 1.0]},
                    lambda_opacity=0.1, lambda_scales=0.1, lambda_position=0.1, sh_degree=1)
-    gs.update_step(1000, 2000)  # SH degree 1 from step 1000 (3DGS's schedule): shN is used
+    gs.update_step(1000)  # SH degree 1 from step 1000 (3DGS's schedule): shN is used
     assert gs.active_sh_degree == 1
     with torch.no_grad():  # anisotropic, else the rotation has no effect (zero gradient)
         gs.splats[0]["scales"].add_(torch.randn_like(gs.splats[0]["scales"]) * 0.3)
@@ -337,12 +337,12 @@ def test_sh_degree_raises_view_dependence_on_schedule():
     flat = Gaussians(n_gaussians=64, sh_degree=0)
     with torch.no_grad():
         flat.load_state_dict({k: v for k, v in gs.state_dict().items() if "shN" not in k}, strict=False)
-        gs.update_step(99, 1000)
+        gs.update_step(99)
         torch.testing.assert_close(gs.render(v).rgb, flat.render(v).rgb, atol=0, rtol=0)
-        gs.update_step(100, 1000)
+        gs.update_step(100)
         assert gs.active_sh_degree == 1 and gs.sh_coeffs(0).shape == (64, 4, 3)
         assert float((gs.render(v).rgb - flat.render(v).rgb).abs().max()) > 0.05
-        gs.update_step(200, 1000)
+        gs.update_step(200)
         assert gs.active_sh_degree == 2 and gs.sh_coeffs(0).shape == (64, 9, 3)
 
 
@@ -444,7 +444,7 @@ def test_objects_densify_independently_and_checkpoint_round_trip():
     opt = torch.optim.Adam(gs.param_groups())
     v = views(2, res=16)  # both views of object 0
     for step in range(4):
-        gs.update_step(step, 10)
+        gs.update_step(step)
         out = gs.render(v)
         assert gs._infos[0]["n_cameras"] == 2 and 1 not in gs._infos
         opt.zero_grad(set_to_none=True)
@@ -499,7 +499,7 @@ def test_export_ply_round_trip_count_and_degree(tmp_path):
     with torch.no_grad():
         gs.splats[0]["shN"].normal_()
         gs.splats[0]["sh0"].uniform_(-1, 1)
-    gs.update_step(15, 100)  # degree 1 reached (of 2)
+    gs.update_step(15)  # degree 1 reached (of 2)
     paths = gs.export(tmp_path, views(4, res=16))
     assert {p.name for p in paths} == {"gaussians.ply", "turntable.mp4", "views.png", "turntable_frames.npz"}
     ply = read_gaussians_ply(tmp_path / "gaussians.ply")

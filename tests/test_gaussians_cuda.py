@@ -176,7 +176,7 @@ def densify_once(gs: Gaussians, v, weights: tuple, threshold: float, device: str
     v = v.to(device)
     gs.strategy.grow_grad2d = threshold
     opt = torch.optim.Adam(gs.param_groups())  # no step: both paths keep identical parameters
-    gs.update_step(100, 1000)
+    gs.update_step(100)
     out = gs.render(v)
     loss = (out.rgb * weights[0].to(device)).sum() + (out.opacity * weights[1].to(device)).sum()
     loss.backward()

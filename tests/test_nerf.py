@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from src.clock import run_length
 from src.representations import volume
 from src.representations.base import RenderOutput
 from src.representations.fields import (
@@ -180,18 +181,18 @@ def test_stratified_jitter_differs_and_is_seedable():
 
 
 def test_resolution_schedule():
-    nerf = tiny_nerf(resolution_schedule={"resolutions": [4, 8], "milestones": [0.5]})
+    nerf = tiny_nerf(resolution_schedule={"resolutions": [4, 8], "milestones": [0.5]}, run_length=run_length(10))
     v = views(1, res=6)
-    nerf.update_step(0, 10)
+    nerf.update_step(0)
     assert nerf.render(v).rgb.shape[1:3] == (4, 4)
-    nerf.update_step(5, 10)
+    nerf.update_step(5)
     assert nerf.render(v).rgb.shape[1:3] == (8, 8)
     assert nerf.samples(v).shape[1:3] == (6, 6)  # metrics: the cameras' own resolution
     assert nerf.training
     nerf.eval()  # validation / export render at the cameras' own resolution
     assert nerf.render(v).rgb.shape[1:3] == (6, 6)
     with pytest.raises(ValueError):
-        tiny_nerf(resolution_schedule={"resolutions": [4, 8], "milestones": []}).update_step(0, 10)
+        tiny_nerf(resolution_schedule={"resolutions": [4, 8], "milestones": []}, run_length=run_length(10)).update_step(0)
 
 
 def test_n_objects_select_fields():

@@ -99,7 +99,7 @@ def test_occgrid_after_pruning_close_to_dense():
     nerf = structured_nerf().cuda()
     nerf.train()
     for step in range(0, 49, 16):  # warm-up updates: every cell evaluated
-        nerf.update_step(step, 1000)
+        nerf.update_step(step)
     occ = nerf.estimator.binaries.float().mean().item()
     nerf.eval()
     o, d = _rays()
@@ -123,7 +123,7 @@ def test_cuda_step_time():
             if i == 3:
                 torch.cuda.synchronize()
                 t = time.perf_counter()
-            nerf.update_step(i, 1000)
+            nerf.update_step(i)
             out = nerf.render(v)
             out.rgb.sum().backward()
         torch.cuda.synchronize()

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from src.checks import ConfigError
+from src.clock import run_length
 from src.schedules import Anneal, DreamTime, Grid, LinearDecreasing, Sqrt, Uniform
 
 T, STEPS = 1000, 200
@@ -14,16 +15,16 @@ def draw(s, step, n=512):
 
 
 def test_uniform_range_and_anneal_switch():
-    u = Uniform(T, STEPS, 0.02, 0.98)
+    u = Uniform(T, 0.02, 0.98)
     t = draw(u, 0)
     assert t.min() >= 20 and t.max() <= 980 and t.float().std() > 200
-    a = Anneal(T, STEPS, 0.02, 0.98, t_max_end=0.5, anneal_step=100)
+    a = Anneal(T, 0.02, 0.98, t_max_end=0.5, anneal_step=100)
     assert draw(a, 99).max() > 900 and draw(a, 100).max() <= 500
 
 
 @pytest.mark.parametrize("cls", [LinearDecreasing, Sqrt])
 def test_deterministic_schedules_decrease_from_t_max_to_t_min(cls):
-    s = cls(T, STEPS, 0.02, 0.98)
+    s = cls(T, run_length(STEPS), 0.02, 0.98)
     ts = [int(draw(s, k, 4)[0]) for k in range(STEPS)]
     assert ts[0] == 980 and ts[-1] == 20
     assert all(a >= b for a, b in zip(ts, ts[1:]))
@@ -31,13 +32,13 @@ def test_deterministic_schedules_decrease_from_t_max_to_t_min(cls):
 
 
 def test_sqrt_spends_less_time_at_high_t_than_linear():
-    lin, sq = LinearDecreasing(T, STEPS), Sqrt(T, STEPS)
+    lin, sq = LinearDecreasing(T, run_length(STEPS)), Sqrt(T, run_length(STEPS))
     k = STEPS // 4
     assert int(draw(sq, k, 1)[0]) < int(draw(lin, k, 1)[0])
 
 
 def test_dreamtime_is_monotone_and_spends_most_steps_mid_range():
-    d = DreamTime(T, STEPS)
+    d = DreamTime(T, run_length(STEPS))
     ts = torch.tensor([int(draw(d, k, 1)[0]) for k in range(STEPS)])
     assert (ts[1:] <= ts[:-1]).all() and ts[0] <= 980 and ts[-1] >= 20
     mid = ((ts >= 450) & (ts <= 820)).float().mean()
@@ -50,4 +51,4 @@ def test_bad_ranges_are_rejected():
     with pytest.raises(ConfigError, match=r"schedule.t_max_end=0.01 is invalid"):
         Anneal.validate_config({"t_min": 0.02, "t_max": 0.98, "t_max_end": 0.01, "anneal_step": 10}, "schedule")
     with pytest.raises(ValueError, match=r"\[0, 999\]"):
-        Grid(T, 2, [1000])
+        Grid(T, [1000])

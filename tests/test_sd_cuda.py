@@ -332,7 +332,7 @@ def test_checkpointed_render_equals_plain_on_cuda():
 
         nerf = NeRF(grid=TINY_GRID, hidden=16, num_samples_per_ray=128, chunk_rays=300,
                     checkpoint_chunks=ckpt).cuda()  # 2048 rays: 7 chunks
-        nerf.update_step(0, 1000)
+        nerf.update_step(0)
         torch.manual_seed(1)  # stratified marching draws on the GPU
         r = nerf.render(v)
         w = torch.linspace(-1.0, 1.0, r.rgb.numel(), device="cuda").view_as(r.rgb)

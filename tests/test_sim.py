@@ -8,6 +8,7 @@ import torch
 from src.backbones.mog import GaussianMixture
 from src.cameras import ViewBatch
 from src.checks import ConfigError
+from src.clock import run_length
 from src.diffusion import alpha_sigma, bcast, weighting, x0_to_eps
 from src.guidance.sim import SIM
 from src.representations.toys import Affine
@@ -128,12 +129,12 @@ def test_vsd_after_switches_to_the_vsd_step_with_the_same_psi():
         g = make_guidance(cls, bb, representation=rep, score_model=MLPScore, scale=1.0, seed=3, **kw)
         return g(x, views, step).grad
 
-    switch = 0.5 * 1000  # make_guidance's schedule runs 1000 steps
+    switch = 0.5 * 1000  # a run of 1000 steps
     for step in (0, int(switch) - 1):
-        assert torch.equal(grad(SIM, step, vsd_after=0.5), grad(SIM, step))
-        assert not torch.equal(grad(SIM, step, vsd_after=0.5), grad(ESD, step, lam=1.0))
+        assert torch.equal(grad(SIM, step, vsd_after=0.5, run_length=run_length(1000)), grad(SIM, step))
+        assert not torch.equal(grad(SIM, step, vsd_after=0.5, run_length=run_length(1000)), grad(ESD, step, lam=1.0))
     for step in (int(switch), 999):
-        assert torch.equal(grad(SIM, step, vsd_after=0.5), grad(ESD, step, lam=1.0))
+        assert torch.equal(grad(SIM, step, vsd_after=0.5, run_length=run_length(1000)), grad(ESD, step, lam=1.0))
 
 
 def test_sim_rejects_bad_options():

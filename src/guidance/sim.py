@@ -49,6 +49,7 @@ import torch
 from torch import Tensor
 
 from src import checks
+from src.clock import RunLength
 from src.diffusion import alpha_sigma, bcast, x0_from_eps
 from src.guidance.base import GuidanceOutput, ScoreModelGuidance
 
@@ -67,7 +68,7 @@ def distance_grad(u: Tensor, kind: str, c: float) -> Tensor:
 class SIM(ScoreModelGuidance):
     def __init__(self, *args, distance: str = "l2", huber_c: float = 1.0, reward_weight: float = 0.0,
                  grad_through: str = "inputs", psi_camera: bool | str = "auto",
-                 vsd_after: float | None = None, **kwargs):
+                 vsd_after: float | None = None, run_length: RunLength | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if psi_camera == "auto":
             rep = kwargs.get("representation")
@@ -75,6 +76,8 @@ class SIM(ScoreModelGuidance):
         if not psi_camera:
             self.p_drop = 1.0  # s_q is only ever asked without a camera: train it that way
         self.vsd_after = None if vsd_after is None else float(vsd_after)
+        # the step from which the step is VSD's: a fraction of the run's length (src/clock.py)
+        self.vsd_from = None if vsd_after is None else self.vsd_after * run_length.steps("vsd_after")
         self.gamma = self.scale - 1.0  # Dive3D's gamma (s = 1 + gamma)
         self.distance, self.huber_c = distance, float(huber_c)
         self.reward_weight, self.grad_through, self.psi_camera = float(reward_weight), grad_through, bool(psi_camera)
@@ -121,7 +124,7 @@ class SIM(ScoreModelGuidance):
         return terms
 
     def vsd_step(self, step: int) -> bool:
-        return self.vsd_after is not None and step >= self.vsd_after * self.schedule.max_steps
+        return self.vsd_from is not None and step >= self.vsd_from
 
     def psi_cam(self, views) -> Tensor | None:
         return views.cam if self.psi_camera else None

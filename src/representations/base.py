@@ -69,8 +69,9 @@ class Representation(checks.Configurable, nn.Module):
         """Weighted regularization losses added to the distillation loss."""
         return {}
 
-    def update_step(self, step: int, max_steps: int) -> None:
-        """Per-step schedules of the representation (resolution, occupancy grid...)."""
+    def update_step(self, step: int) -> None:
+        """Per-step schedules of the representation (resolution, occupancy grid...); one over
+        the fraction of the run done takes a ``run_length`` argument (src/clock.py)."""
 
     def lr_scale(self, name: str, step: int) -> float:
         """Factor on the lr of param group ``name`` at ``step`` (a per-group schedule, e.g. the

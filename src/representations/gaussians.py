@@ -329,7 +329,7 @@ class Gaussians(Representation):
             return 1.0
         return expon_lr(step, self.lr, self.lr_final, self.lr_decay_steps) / self.lr
 
-    def update_step(self, step: int, max_steps: int) -> None:
+    def update_step(self, step: int) -> None:
         self._step = int(step)
         self.active_sh_degree = sh_degree_at(step, self.sh_degree, self.sh_degree_interval)
 

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from src import checks
 from src.cameras import ViewBatch
 from src.cameras_orbit import get_rays
+from src.clock import RunLength
 from src.representations import volume
 from src.representations.base import RenderOutput, Representation
 from src.representations.fields import (
@@ -123,6 +124,7 @@ class NeRF(Representation):
         lr_net: float = 1e-3,
         lr_background: float = 1e-3,
         export: dict | None = None,
+        run_length: RunLength | None = None,
     ):
         super().__init__(lr=lr)
         self.radius, self.n_objects = float(radius), int(n_objects)
@@ -149,6 +151,8 @@ class NeRF(Representation):
         self.estimator.binaries.fill_(True)
         self.lambda_sparsity, self.lambda_opaque = float(lambda_sparsity), float(lambda_opaque)
         self.resolution_schedule = dict(resolution_schedule) if resolution_schedule else None
+        # its milestones are fractions of the run's length (src/clock.py)
+        self.max_steps = run_length.steps("resolution_schedule") if self.resolution_schedule else None
         self.render_hw: tuple[int, int] | None = None
         self.chunk_rays = int(chunk_rays)
         self.checkpoint_chunks = bool(checkpoint_chunks)
@@ -207,11 +211,7 @@ class NeRF(Representation):
             regs["opaque"] = self.lambda_opaque * F.binary_cross_entropy(oc, oc)
         return regs
 
-    @classmethod
-    def reads_max_steps(cls, cfg):
-        return bool(cfg.get("resolution_schedule"))  # milestones are fractions of max_steps
-
-    def scheduled_resolution(self, step: int, max_steps: int) -> int | None:
+    def scheduled_resolution(self, step: int) -> int | None:
         """``resolution_schedule = {resolutions: [r0, r1, ...], milestones: [f1, ...]}``,
         milestones as fractions of max_steps (f_i in (0, 1]): r_i from f_i * max_steps on."""
         if not self.resolution_schedule:
@@ -220,11 +220,11 @@ class NeRF(Representation):
         ms = list(self.resolution_schedule.get("milestones", []))
         if len(ms) != len(res) - 1:
             raise ValueError("resolution_schedule needs len(milestones) == len(resolutions) - 1")
-        i = sum(step >= f * max_steps for f in ms)
+        i = sum(step >= f * self.max_steps for f in ms)
         return int(res[i])
 
-    def update_step(self, step: int, max_steps: int) -> None:
-        r = self.scheduled_resolution(step, max_steps)
+    def update_step(self, step: int) -> None:
+        r = self.scheduled_resolution(step)
         self.render_hw = None if r is None else (r, r)
         if self._use_occgrid() and self.occ_grid_prune and self.training:
             self.estimator.update_every_n_steps(
