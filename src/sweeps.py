@@ -150,8 +150,15 @@ def load_sweep(name_or_path: str, toy: bool = False) -> Sweep:
         for grid in grids:  # the toy's grid replaces the study's values key by key
             grid.update(_mapping(section.get("grid"), path, "toy.grid"))
     key = "grids[]" if "grids" in spec else "grid"
-    return Sweep(name=spec.get("name", path.stem), overrides=overrides,
-                 grids=[_grid(g, path, key, overrides) for g in grids])
+    sweep = Sweep(name=spec.get("name", path.stem), overrides=overrides,
+                  grids=[_grid(g, path, key, overrides) for g in grids])
+    seen: set = set()
+    for point in sweep.points():  # run dirs are named by the swept values: two equal points share one
+        items = frozenset((k, str(v)) for k, v in point.items())
+        if items in seen:
+            raise ValueError(f"{path}: the point {point} occurs twice (grids overlap): one run dir for two runs")
+        seen.add(items)
+    return sweep
 
 
 # -- the Hydra command -----------------------------------------------------------------------
@@ -218,7 +225,9 @@ def multirun_args(sweep: Sweep, launcher: str, sweep_dir: Path, extra: list[str]
     fixed = dict(sweep.overrides)
     if fixed.get("logger") == "wandb":
         fixed["logger.wandb.group"] = sweep.name  # one W&B group per sweep
-    exclude = _base_exclude_keys() + [k for k in fixed if k not in grid]
+    # a run dir is named by its swept values: a key swept anywhere in the sweep is never left out
+    # (conf/config.yaml leaves `experiment` out of plain multiruns' names)
+    exclude = [k for k in _base_exclude_keys() if k not in sweep.grid] + [k for k in fixed if k not in grid]
     exclude += [o.split("=", 1)[0].lstrip("+~") for o in extra]
     args = ["-m"]
     args += [f"{k}={hydra_value(v)}" for k, v in fixed.items()]

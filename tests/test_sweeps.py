@@ -69,6 +69,8 @@ def test_bad_sweep_files_are_rejected(tmp_path):
         load_sweep(write({"grids": {}}))
     with pytest.raises(ValueError, match="either grid .* or grids"):
         load_sweep(write({"grid": {"seed": [0]}, "grids": [{"seed": [1]}]}))
+    with pytest.raises(ValueError, match="occurs twice"):
+        load_sweep(write({"grids": [{"seed": [0, 1]}, {"seed": [1, 2]}]}))
     with pytest.raises(FileNotFoundError, match="esd_lambda"):  # lists the known sweeps
         load_sweep("no_such_sweep")
     bad = tmp_path / "bad.yaml"
@@ -453,6 +455,8 @@ def test_a_sweep_of_several_grids_runs_their_union_as_one_multirun_each(tmp_path
     runs = sweeps.multiruns(s, "basic", tmp_path)
     assert len(runs) == 4 and all(f"hydra.sweep.dir={tmp_path}" in a for a in runs)
     assert "guidance.lam=0.25,0.5,0.75,1.0" in runs[1] and not any(a.startswith("guidance.lam") for a in runs[0])
+    # the experiment is swept, so it names the run dirs: SDS on esd_toy and on mog_diversity differ
+    assert all("experiment" not in a for r in runs for a in r if "exclude_keys" in a)
     with pytest.raises(ValueError, match="4 grids"):
         multirun_args(s, "basic", tmp_path)
     sweeps.record_spec(s, tmp_path, "basic")
