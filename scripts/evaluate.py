@@ -6,7 +6,7 @@
     python scripts/evaluate.py multirun/x --device cpu                     # default: cuda if there is one
 
 Writes <sweep_dir>/evaluation.json (per-run CLIP distance, IQ/IV/IG; per setting LPIPS-D, CLIP-D,
-Chamfer-D, FID/KID; src/studies/evaluate.py), then report.md/.csv/.png and grid.png
+Chamfer-D, FID/KID; src/studies/evaluate.py), then report.md/.csv/.html and its figures
 (src/studies/report.py), then logs a W&B run "<sweep>-evaluation" in the sweep's group (offline by
 default: `wandb sync <sweep_dir>/wandb/offline-run-*`). Failed, diverged and unfinished runs
 are listed and left out. Weights are read from disk only: a metric whose weights are missing
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     csv_path, md_path = write_report(args.sweep_dir)
     print(md_path.read_text())
-    print(f"report: {md_path}, {csv_path}, evaluation: {args.sweep_dir / 'evaluation.json'}")
+    print(f"report: {md_path.with_suffix('.html')}, {md_path}, {csv_path}, evaluation: {args.sweep_dir / 'evaluation.json'}")
     run_dir = log_summary(args.sweep_dir, args.wandb)
     if run_dir:
         print(f"W&B summary run ({args.wandb}): {run_dir}")

@@ -236,9 +236,9 @@ def evaluate_sweep(sweep_dir: Path, metrics: list[str] | None = None, weights: s
 
 
 def log_summary(sweep_dir: Path, mode: str = "offline") -> str | None:
-    """One W&B run in the sweep's group (job_type "evaluation"): the report's table, report.png,
-    grid.png and the group metrics as its summary. Returns the run's directory (or None when
-    ``mode`` is "disabled")."""
+    """One W&B run in the sweep's group (job_type "evaluation"): the report's table, its figures
+    (report.png, grid.png, tradeoff.png, modes.png) and the group metrics as its summary. Returns
+    the run's directory (or None when ``mode`` is "disabled")."""
     if mode == "disabled":
         return None
     import csv
@@ -246,7 +246,7 @@ def log_summary(sweep_dir: Path, mode: str = "offline") -> str | None:
     import wandb
     import yaml
 
-    from src.studies.report import GRID_PNG, REPORT_CSV, REPORT_PNG
+    from src.studies.report import GRID_PNG, MODES_PNG, REPORT_CSV, REPORT_PNG, TRADEOFF_PNG
     from src.sweeps import SPEC_RECORD
 
     sweep_dir = Path(sweep_dir)
@@ -261,7 +261,8 @@ def log_summary(sweep_dir: Path, mode: str = "offline") -> str | None:
     rows = list(csv.DictReader((sweep_dir / REPORT_CSV).open()))
     if rows:
         run.log({"report": wandb.Table(columns=list(rows[0]), data=[list(r.values()) for r in rows])})
-    for key, fname in (("report_png", REPORT_PNG), ("grid_png", GRID_PNG)):
+    for key, fname in (("report_png", REPORT_PNG), ("grid_png", GRID_PNG), ("tradeoff_png", TRADEOFF_PNG),
+                       ("modes_png", MODES_PNG)):
         if (sweep_dir / fname).exists():
             run.log({key: wandb.Image(str(sweep_dir / fname))})
     evaluation = json.loads((sweep_dir / EVALUATION).read_text()) if (sweep_dir / EVALUATION).exists() else {}
