@@ -374,3 +374,18 @@ def test_report_html_opens_in_a_browser_with_the_table_and_the_answer_figures(tm
     # the setting colours are on screen: the blue (fsd, C0) and orange (sds, C1) of the plots
     for rgb in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)):
         assert (np.abs(img - rgb).sum(-1) == 0).sum() > 200, rgb
+
+
+def test_a_setting_that_reached_no_mode_sits_at_zero_diversity(tmp_path, monkeypatch):
+    """Its mode entropy is undefined (blank in the table), its diversity in tradeoff.png is 0."""
+    from src.studies import figures_modes
+
+    for g, modes in (("sds", [-1, -1]), ("fsd", [12, 13])):
+        for seed, m in enumerate(modes):
+            fake_run(tmp_path, [f"guidance={g}", f"seed={seed}"], {"mode_id": m, "precision": float(m >= 0)})
+    drawn = {}
+    monkeypatch.setattr(figures_modes, "write_tradeoff_png", lambda path, points, *a: drawn.update(
+        {p["label"]: (p["x"], p["y"]) for p in points}))
+    md = report.write_report(tmp_path)[1].read_text()
+    assert "| sds | 2 | -1 -1 | 0 |  | 0 ± 0 |" in md
+    assert drawn == {"fsd": (1.0, 1.0), "sds (no seed reached a mode)": (0.0, 0.0)}

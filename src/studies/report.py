@@ -283,7 +283,8 @@ def report_blocks(keys: list[str], names: list[str], rows: list[dict], runs: lis
 
 def _axis(rows: list[dict], axes, hidden: set[str]) -> tuple[str, str] | None:
     for name, label in axes:
-        if name not in hidden and any(r.get(f"{name}_mean", r.get(name)) is not None for r in rows):
+        if name not in hidden and any(r.get(f"{name}_mean", r.get(name)) is not None
+                                      or name == "mode_entropy" and r.get("distinct_modes") is not None for r in rows):
             return name, label
     return None
 
@@ -299,9 +300,13 @@ def write_figures(sweep_dir: Path, keys: list[str], names: list[str], rows: list
     made = []
     div, qual = _axis(rows, DIVERSITY_AXES, hidden), _axis(rows, QUALITY_AXES, hidden)
     if div and qual:
-        points = [{"label": lab, "color": col, "x": row.get(f"{qual[0]}_mean"), "x_std": row.get(f"{qual[0]}_std"),
-                   "y": row.get(f"{div[0]}_mean", row.get(div[0])), "y_std": row.get(f"{div[0]}_std")}
-                  for lab, col, row in zip(labels, colors, rows)]
+        points = []
+        for lab, col, row in zip(labels, colors, rows):
+            y = row.get(f"{div[0]}_mean", row.get(div[0]))
+            if y is None and div[0] == "mode_entropy" and row.get("distinct_modes") == 0:
+                y, lab = 0.0, f"{lab} (no seed reached a mode)"  # no diversity, though no entropy either
+            points.append({"label": lab, "color": col, "x": row.get(f"{qual[0]}_mean"),
+                           "x_std": row.get(f"{qual[0]}_std"), "y": y, "y_std": row.get(f"{div[0]}_std")})
         n_seeds = max((row["n_finished"] for row in rows), default=0)
         if figures_modes.write_tradeoff_png(sweep_dir / TRADEOFF_PNG, points, qual[1], div[1], world, n_seeds):
             made.append((TRADEOFF_PNG, f"Diversity against quality: {div[0]} against {qual[0]}, one point per setting."))
