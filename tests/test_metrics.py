@@ -327,7 +327,10 @@ def _evaluate_recording_devices(sweep, device, monkeypatch):
     pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
 def test_evaluation_computes_on_the_named_device(tmp_path, monkeypatch, device):
     """LPIPS, CLIP and Inception (their weights and every input) and the prior run on the device;
-    on a GPU the numbers are the CPU's (random test weights, float32: to 1e-4)."""
+    on a GPU the numbers are the CPU's (random test weights, float32): LPIPS-D and CLIP-D to 1e-4,
+    FID / KID and the per-run metrics to 1e-2, as cuDNN's convolutions use TF32 by default and
+    the FID of 8 renders amplifies the features' differences (measured on an H100: FID 6.6e-4
+    relative)."""
     g = np.random.default_rng(0)
     frames = [(g.random((4, 32, 32, 3)) * 255).astype(np.uint8) for _ in range(2)]
     out, seen = _evaluate_recording_devices(_sweep(tmp_path / "a", frames), device, monkeypatch)
@@ -336,10 +339,10 @@ def test_evaluation_computes_on_the_named_device(tmp_path, monkeypatch, device):
     assert out["device"] == want and json.loads((tmp_path / "a" / "evaluation.json").read_text())["device"] == want
     if device != "cpu":
         cpu, _ = _evaluate_recording_devices(_sweep(tmp_path / "b", frames), "cpu", monkeypatch)
-        for key in ("lpips_d", "clip_d", "fid", "kid"):
-            assert out["groups"][0][key] == pytest.approx(cpu["groups"][0][key], rel=1e-4, abs=1e-6), key
+        for key, rel in (("lpips_d", 1e-4), ("clip_d", 1e-4), ("fid", 1e-2), ("kid", 1e-2)):
+            assert out["groups"][0][key] == pytest.approx(cpu["groups"][0][key], rel=rel, abs=1e-6), key
         run = "guidance=sds,seed=0"
-        assert out["runs"][run] == pytest.approx(cpu["runs"][run], rel=1e-4, abs=1e-6)
+        assert out["runs"][run] == pytest.approx(cpu["runs"][run], rel=1e-2, abs=1e-6)
 
 
 def test_evaluate_script_refuses_an_unknown_or_absent_device_before_anything(tmp_path, capsys):
