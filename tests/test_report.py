@@ -389,3 +389,14 @@ def test_a_setting_that_reached_no_mode_sits_at_zero_diversity(tmp_path, monkeyp
     md = report.write_report(tmp_path)[1].read_text()
     assert "| sds | 2 | -1 -1 | 0 |  | 0 ± 0 |" in md
     assert drawn == {"fsd": (1.0, 1.0), "sds (no seed reached a mode)": (0.0, 0.0)}
+
+
+def test_only_repeats_are_shown_once_never_two_constants(tmp_path):
+    """janus_rate 0 on every run is no repeat of an rmse that happens to be 0 too; mode_frac equal
+    to precision is (src/studies/report.py: REPEATS), and a varying column equal to another."""
+    for seed in (0, 1):
+        fake_run(tmp_path, [f"seed={seed}"], {"precision": 1.0, "mode_frac": 1.0, "rmse": 0.0, "janus_rate": 0.0,
+                                              "a": float(seed), "b": float(seed)})
+    runs = studies_runs.find_runs(tmp_path)
+    assert report.duplicates(["precision", "mode_frac", "rmse", "janus_rate", "a", "b"], runs) == {
+        "mode_frac": "precision", "b": "a"}

@@ -73,6 +73,9 @@ DIVERSITY_AXES = (("mode_entropy", "mode entropy of the seeds' modes (bits)"),
 QUALITY_AXES = (("precision", "precision (mean over seeds)"),
                 ("clip_distance", "CLIP distance to the prompt (mean over seeds; lower: closer)"))
 RANDOM_MARK = "†"
+# (metric, the metric it repeats by construction where they are equal): shown once even when
+# constant (src/backbones/shapes_metrics.py: both count the views that match the mode's class).
+REPEATS = {("mode_frac", "precision")}
 # Group metrics (src/studies/evaluate.py), in report order; kid_std is KID's spread over subsets.
 GROUP_METRICS = ("lpips_d", "clip_d", "chamfer_d", "fid", "kid", "kid_std")
 
@@ -183,7 +186,9 @@ def science_columns(names: list[str], rows: list[dict]) -> list[str]:
 
 def duplicates(columns: list[str], runs: list[Run]) -> dict[str, str]:
     """{column: the earlier column it equals}: continuous per-run metrics whose value is the same
-    on every finished run (at least one value), e.g. mode_frac and precision."""
+    on every finished run (at least one value), e.g. mode_frac and precision. Two columns that
+    are both one constant (janus_rate and precision both 0 on every run) are a coincidence, not a
+    repeat, unless ``REPEATS`` names the pair."""
     done = [r for r in runs if r.finished]
     out: dict[str, str] = {}
     for i, c in enumerate(columns):
@@ -191,7 +196,8 @@ def duplicates(columns: list[str], runs: list[Run]) -> dict[str, str]:
         if c in CATEGORICAL or all(v is None for v in vals):
             continue
         for earlier in columns[:i]:
-            if earlier not in out and [r.metrics.get(earlier) for r in done] == vals:
+            if earlier not in out and [r.metrics.get(earlier) for r in done] == vals \
+                    and (len(set(vals)) > 1 or (c, earlier) in REPEATS):
                 out[c] = earlier
                 break
     return out
