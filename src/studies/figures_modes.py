@@ -38,17 +38,23 @@ def setting_label(setting: dict[str, str]) -> str:
 
 
 def write_tradeoff_png(path: Path, points: list[dict], xlabel: str, ylabel: str,
-                       truth: ClassWorld | None = None, n_seeds: int | None = None) -> Path | None:
-    """``points``: per setting {label, color, x, x_std, y, y_std} (stds may be None)."""
+                       truth: ClassWorld | None = None, n_seeds: int | None = None,
+                       x_range: tuple[float, float] | None = None) -> Path | None:
+    """``points``: per setting {label, color, x, x_std, y, y_std} (stds may be None); ``x_range``:
+    the quality's whole range where it has one (precision: 0 to 1)."""
     points = [p for p in points if p["x"] is not None and p["y"] is not None]
     if not points:
         return None
     plt = plt_agg()
     fig, ax = plt.subplots(figsize=TRADEOFF_INCHES)
+    placed: Counter = Counter()
     for p in points:
         ax.errorbar([p["x"]], [p["y"]], xerr=[p["x_std"] or 0.0], yerr=[p.get("y_std") or 0.0], fmt="o", ms=8,
                     capsize=4, color=p["color"], label=p["label"])
-        ax.annotate(p["label"], (p["x"], p["y"]), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        at = (round(p["x"], 3), round(p["y"], 3))  # labels of points at one place stack upwards
+        ax.annotate(p["label"], (p["x"], p["y"]), textcoords="offset points", xytext=(6, 6 + 11 * placed[at]),
+                    fontsize=8, color=p["color"])
+        placed[at] += 1
     if truth is not None and truth.truth:
         ax.axhline(truth.truth_entropy, ls="--", color=TRUTH_COLOR, lw=1,
                    label=f"truth: {truth.truth_entropy:.3g} bits ({len(truth.truth)} modes)")
@@ -62,6 +68,9 @@ def write_tradeoff_png(path: Path, points: list[dict], xlabel: str, ylabel: str,
     ax.set_title("diversity against quality (one point per setting; bars: std over seeds)", fontsize=9)
     ax.tick_params(labelsize=8)
     ax.margins(0.15)
+    if x_range is not None:
+        pad = 0.05 * (x_range[1] - x_range[0])
+        ax.set_xlim(x_range[0] - pad, x_range[1] + pad)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)

@@ -72,6 +72,7 @@ DIVERSITY_AXES = (("mode_entropy", "mode entropy of the seeds' modes (bits)"),
                   ("clip_d", "CLIP-D"), ("chamfer_d", "Chamfer-D"))
 QUALITY_AXES = (("precision", "precision (mean over seeds)"),
                 ("clip_distance", "CLIP distance to the prompt (mean over seeds; lower: closer)"))
+QUALITY_RANGE = {"precision": (0.0, 1.0)}  # a fraction of views: the plot shows all of it
 RANDOM_MARK = "†"
 # (metric, the metric it repeats by construction where they are equal): shown once even when
 # constant (src/backbones/shapes_metrics.py: both count the views that match the mode's class).
@@ -314,7 +315,8 @@ def write_figures(sweep_dir: Path, keys: list[str], names: list[str], rows: list
             points.append({"label": lab, "color": col, "x": row.get(f"{qual[0]}_mean"),
                            "x_std": row.get(f"{qual[0]}_std"), "y": y, "y_std": row.get(f"{div[0]}_std")})
         n_seeds = max((row["n_finished"] for row in rows), default=0)
-        if figures_modes.write_tradeoff_png(sweep_dir / TRADEOFF_PNG, points, qual[1], div[1], world, n_seeds):
+        if figures_modes.write_tradeoff_png(sweep_dir / TRADEOFF_PNG, points, qual[1], div[1], world, n_seeds,
+                                            QUALITY_RANGE.get(qual[0])):
             made.append((TRADEOFF_PNG, f"Diversity against quality: {div[0]} against {qual[0]}, one point per setting."))
     panels = [{"label": lab, "color": col, "mode_ids": [r.metrics.get(MODE_KEY) for r in m if r.finished
                                                         and MODE_KEY in r.metrics]}
@@ -329,7 +331,7 @@ def write_figures(sweep_dir: Path, keys: list[str], names: list[str], rows: list
         file = VIEWS_PREFIX + (re.sub(r"[^A-Za-z0-9.=-]+", "_", ",".join(f"{k}={v}" for k, v in setting.items()))
                                or "all") + ".png"
         if figures.write_views_png(sweep_dir / file, lab, members, notes):
-            made.append((file, f"{lab}: every seed from {figures.VIEWS_PER_RUN} sides."))
+            made.append((file, f"{lab}: every seed, views evenly spaced around its turntable."))
     plotted = [c for c in science_columns(names, rows) if c.removesuffix("_per_seed") not in hidden
                and c not in hidden and c not in duplicates(science_columns(names, rows), runs)]
     if figures.write_report_png(sweep_dir / REPORT_PNG, keys, plotted, rows, groups):
