@@ -54,7 +54,9 @@ def test_report_groups_by_swept_values_mean_and_std_over_seeds(tmp_path):
     assert rows[2]["n_finished"] == "0" and rows[2]["precision_mean"] == ""
     md = md_path.read_text()
     assert "| guidance.lam | n | precision |" in md and "0.3 ± 0.1414" in md
-    assert str(unfinished) in md and "note" not in md  # non-numbers are skipped
+    assert str(unfinished) in md and "| note" not in md  # non-numbers are skipped
+    # no sweep.yaml: the fixed settings are the overrides every run shares
+    assert "**Fixed in every run**: `guidance=esd`, `trainer.max_steps=10`, `seeds=0 1 2`." in md
     assert (tmp_path / "report.png").stat().st_size > 0 and (tmp_path / "grid.png").exists()
 
 
@@ -400,3 +402,28 @@ def test_only_repeats_are_shown_once_never_two_constants(tmp_path):
     runs = studies_runs.find_runs(tmp_path)
     assert report.duplicates(["precision", "mode_frac", "rmse", "janus_rate", "a", "b"], runs) == {
         "mode_frac": "precision", "b": "a"}
+
+
+def test_class_names_only_from_a_backbone_that_has_them_and_never_by_building_sd(tmp_path, monkeypatch):
+    import hydra.utils
+
+    from src.studies.context import class_world
+
+    runs = []
+    for seed in (0, 1):
+        run = fake_run(tmp_path, [f"seed={seed}"], {"mode_id": 3})
+        (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(
+            {"prompt": "a lion", "backbone": {"_target_": "src.backbones.sd.StableDiffusion", "path": "nowhere"}}))
+        runs.append(studies_runs.read_run(run, {"seed": str(seed)}))
+    monkeypatch.setattr(hydra.utils, "instantiate", lambda *a, **k: pytest.fail("built the backbone"))
+    assert class_world(runs) is None  # SD has no classes: its ids stay ids
+    monkeypatch.undo()
+    for run in runs:  # ShapesWorld, but two prompts: no one truth
+        (run.dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(
+            {"prompt": f"a {'red' if run.seed == '0' else 'blue'} cone",
+             "backbone": {"_target_": "src.backbones.shapes.ShapesWorld"}}))
+    assert class_world(runs) is None
+    (runs[1].dir / ".hydra" / "config.yaml").write_text((runs[0].dir / ".hydra" / "config.yaml").read_text())
+    world = class_world(runs)
+    assert world.truth == {12: 1.0} and world.name(12) == "red cone" and world.name(-1) == "none"
+    assert world.truth_entropy == 0.0
