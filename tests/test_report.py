@@ -427,3 +427,13 @@ def test_class_names_only_from_a_backbone_that_has_them_and_never_by_building_sd
     world = class_world(runs)
     assert world.truth == {12: 1.0} and world.name(12) == "red cone" and world.name(-1) == "none"
     assert world.truth_entropy == 0.0
+
+
+def test_a_backbone_that_no_longer_builds_leaves_the_ids_and_the_report(tmp_path, caplog):
+    for seed in (0, 1):
+        run = fake_run(tmp_path, [f"seed={seed}"], {"mode_id": 12})
+        (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(
+            {"prompt": "a cone", "backbone": {"_target_": "src.backbones.shapes.ShapesWorld", "gone_option": 1}}))
+    md = report.write_report(tmp_path, figures=False)[1].read_text()
+    assert "| 2 | 12 12 | 1 | 0 |" in md  # ids, not names
+    assert "class names left out of the report" in caplog.text and "gone_option" in caplog.text

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from omegaconf import OmegaConf
 from src.metrics.modes import NO_MODE
 from src.studies.runs import Run, machine_of, run_config
 from src.sweeps import SEED_KEY, SPEC_RECORD
+
+log = logging.getLogger(__name__)
 
 # (label, config key): the composed values shown in the header when every run has the same one.
 SHOWN = (("prompt", "prompt"), ("steps", "trainer.max_steps"), ("backbone", "backbone._target_"),
@@ -87,7 +90,17 @@ class ClassWorld:
 
 def class_world(runs: list[Run]) -> ClassWorld | None:
     """The ClassWorld of the runs' backbone and prompt, or None when the backbone names no
-    classes, the runs differ in backbone or prompt, or they have no composed config."""
+    classes, the runs differ in backbone or prompt, or they have no composed config. A config
+    that no longer builds (a run of an older revision) leaves the ids as they are, with a
+    warning: the names are a help to the reader, never a reason to lose the report."""
+    try:
+        return _class_world(runs)
+    except Exception as err:  # noqa: BLE001 - any failure to build the world: ids, not names
+        log.warning("class names left out of the report: the runs' backbone does not build here (%s)", err)
+        return None
+
+
+def _class_world(runs: list[Run]) -> ClassWorld | None:
     from hydra.utils import instantiate
 
     from src.build import component_class
