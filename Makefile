@@ -54,7 +54,8 @@ ARGS     ?=
 # weights (real: from disk; random: test weights, numbers that only test the plumbing).
 METRICS  ?=
 WEIGHTS  ?=
-METRIC_ARGS = $(if $(METRICS),--metrics $(METRICS)) $(if $(WEIGHTS),--weights $(WEIGHTS))
+DEVICE   ?=
+METRIC_ARGS = $(if $(METRICS),--metrics $(METRICS)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(DEVICE),--device $(DEVICE))
 
 sweep: install ## make sweep SWEEP=esd_lambda LAUNCHER=basic|submitit_local|slurm_a100 [TOY=0|1] [ARGS=...]
 	$(PY) scripts/sweep.py $(SWEEP) --launcher $(LAUNCHER) $(if $(filter 1,$(TOY)),--toy) $(ARGS)
@@ -66,7 +67,7 @@ SWEEP_DIR ?= multirun/$(SWEEP)$(if $(filter 1,$(TOY)),_toy)
 report: install ## make report SWEEP_DIR=multirun/esd_lambda_toy [WEIGHTS=random] [METRICS=...] -> report.md/.csv/.png + grid.png there (default dir: what `make sweep` with the same SWEEP/TOY writes)
 	$(PY) scripts/report.py $(SWEEP_DIR) $(METRIC_ARGS)
 
-evaluate: install ## make evaluate SWEEP_DIR=multirun/<sweep> [WEIGHTS=random] [METRICS=...] -> evaluation.json, the report, a W&B summary run
+evaluate: install ## make evaluate SWEEP_DIR=multirun/<sweep> [WEIGHTS=random] [METRICS=...] [DEVICE=cpu|cuda:N] -> evaluation.json, the report, a W&B summary run
 	$(PY) scripts/evaluate.py $(SWEEP_DIR) $(METRIC_ARGS)
 
 # The session fixture of tests/test_slurm.py installs slurm-wlm + munge if missing (root,

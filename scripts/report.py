@@ -1,11 +1,11 @@
-"""Collect a sweep directory's runs into report.md, report.csv, report.png and grid.png.
+"""Collect a sweep directory's runs into report.md, report.csv, report.html and the figures.
 
     python scripts/report.py multirun/esd_lambda
     python scripts/report.py multirun/shapes_modes_toy --weights random   # evaluate first
 
 Rows are the settings of the swept keys (from <sweep_dir>/sweep.yaml, else every override that
 differs between runs) without the seed: continuous metrics as mean ± sample std over seeds,
-mode_id as the per-seed list with its distinct count and entropy, the group metrics of
+mode_id as the class each seed reached with their distinct count and entropy, the group metrics of
 <sweep_dir>/evaluation.json (`make evaluate`). With --metrics or --weights the metrics are
 computed first (as scripts/evaluate.py does, without its W&B run). Failed, diverged and
 unfinished runs are listed below the table.
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(md_path.read_text())
-    print(f"report: {md_path}, {csv_path}, {md_path.with_suffix('.png')}, {md_path.parent / 'grid.png'}")
+    print(f"report: {md_path.with_suffix('.html')} (one file, figures inline), {md_path}, {csv_path}")
     return 0
 
 

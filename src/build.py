@@ -65,18 +65,26 @@ def _unknown(given, known: set[str], prefix: str) -> None:
                           f"known: {', '.join(prefix + k for k in sorted(known))}")
 
 
+def check_device(value, key: str = "device") -> torch.device:
+    """``value`` (auto, cpu, cuda, cuda:N) as the device it names on this machine (auto: the
+    first GPU if there is one, else the CPU), or a ConfigError naming ``key`` and what is allowed."""
+    if value == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if value == "cpu":
+        return torch.device("cpu")
+    match = _CUDA.fullmatch(str(value))
+    checks.require(match is not None, key, value, f"allowed: {DEVICES}")
+    if not torch.cuda.is_available():
+        raise checks.fail(key, value, "no CUDA GPU is visible here "
+                          f"(torch.cuda.is_available() is False); use {key}=cpu or {key}=auto")
+    index, count = int(match.group(1) or 0), torch.cuda.device_count()
+    checks.require(index < count, key, value, f"this machine has cuda:0 to cuda:{count - 1}")
+    return torch.device("cuda", index)
+
+
 def validate_device(cfg: DictConfig) -> None:
     """device is auto, cpu, or a CUDA device this machine has."""
-    value = cfg.get("device")
-    if value in ("auto", "cpu"):
-        return
-    match = _CUDA.fullmatch(str(value))
-    checks.require(match is not None, "device", value, f"allowed: {DEVICES}")
-    if not torch.cuda.is_available():
-        raise checks.fail("device", value, "no CUDA GPU is visible here "
-                          "(torch.cuda.is_available() is False); use device=cpu or device=auto")
-    index, count = int(match.group(1) or 0), torch.cuda.device_count()
-    checks.require(index < count, "device", value, f"this machine has cuda:0 to cuda:{count - 1}")
+    check_device(cfg.get("device"), "device")
 
 
 def validate_logger(cfg: DictConfig) -> None:

@@ -2,6 +2,8 @@
 
 import csv
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -52,7 +54,9 @@ def test_report_groups_by_swept_values_mean_and_std_over_seeds(tmp_path):
     assert rows[2]["n_finished"] == "0" and rows[2]["precision_mean"] == ""
     md = md_path.read_text()
     assert "| guidance.lam | n | precision |" in md and "0.3 ± 0.1414" in md
-    assert str(unfinished) in md and "note" not in md  # non-numbers are skipped
+    assert str(unfinished) in md and "| note" not in md  # non-numbers are skipped
+    # no sweep.yaml: the fixed settings are the overrides every run shares
+    assert "**Fixed in every run**: `guidance=esd`, `trainer.max_steps=10`, `seeds=0 1 2`." in md
     assert (tmp_path / "report.png").stat().st_size > 0 and (tmp_path / "grid.png").exists()
 
 
@@ -106,7 +110,9 @@ def test_failed_diverged_unfinished_and_nan_runs(tmp_path):
     md = md_path.read_text()
     assert "diverged at step 7: loss is nan" in md and "failed: CUDA out of memory" in md
     assert "## Unfinished runs (1)" in md
-    assert "wall_time_s_mean" in rows["sds"] and "wall_time_s" not in md  # timing: CSV only
+    # the cost column last; the other timing values in the CSV only
+    assert "| guidance | n | precision | rmse | wall_time_s |" in md
+    assert "wall_time_s_mean" in rows["sds"] and "steps_per_s" not in md
 
 
 def test_group_metrics_join_from_the_evaluation_and_go_stale(tmp_path):
@@ -212,3 +218,222 @@ def test_shapes_tables_joins_an_earlier_table_with_new_runs_and_refuses_a_run_tw
     assert shapes_tables.main([str(earlier), str(tmp_path / "again"), "--out", str(tmp_path / "u")]) == 2
     assert "runs in more than one source: [('camera', 'nerf', 'sds', 0)]" in capsys.readouterr().err
     assert not (tmp_path / "u.json").exists()
+
+
+# -- the report that answers the question (issue 30): the toy shapes_modes sweep, faked ------------
+# sweeps/shapes_modes.yaml's toy section: SDS and FSD x seeds 0-2 on "a cone" (4 equally likely
+# cones: class ids 12-15 = red, green, blue, yellow cone in the default ShapesWorld)
+TOY_MODES = {"sds": [12, 12, 12], "fsd": [15, 13, -1]}
+TOY_PRECISION = {"sds": [1.0, 1.0, 0.875], "fsd": [1.0, 0.75, 0.0]}
+CONE_RGB = {12: (217, 38, 38), 13: (51, 178, 64), 14: (51, 89, 229), 15: (229, 204, 38), -1: (128, 128, 128)}
+
+
+def fake_toy_sweep(root: Path, steps: int = 150) -> Path:
+    sweep = root / "shapes_modes_toy"
+    sweep.mkdir(parents=True)
+    fixed = {"experiment": "shapes_modes", "trainer.max_steps": steps, "camera.n_eval_views": 8}
+    (sweep / "sweep.yaml").write_text(yaml.safe_dump(
+        {"name": "shapes_modes", "overrides": fixed, "grid": {"guidance": ["sds", "fsd"], "seed": [0, 1, 2]}},
+        sort_keys=False))
+    config = {"prompt": "a cone", "trainer": {"max_steps": steps}, "camera": {"n_eval_views": 8},
+              "backbone": {"_target_": "src.backbones.shapes.ShapesWorld"},
+              "representation": {"_target_": "src.representations.nerf.NeRF"}}
+    for g, modes in TOY_MODES.items():
+        for seed, (mode, prec) in enumerate(zip(modes, TOY_PRECISION[g])):
+            frames = np.full((8, 32, 32, 3), 255, np.uint8)
+            yy, xx = np.mgrid[:32, :32]
+            for v in range(8):  # a disc of the mode's colour, a dark mark that turns with the view
+                frames[v][(yy - 16) ** 2 + (xx - 16) ** 2 < 100] = CONE_RGB[mode]
+                frames[v, 14:18, 4 + 3 * v : 7 + 3 * v] = 20
+            run = fake_run(sweep, [f"{k}={v}" for k, v in fixed.items()] + [f"guidance={g}", f"seed={seed}"],
+                           {"status": "finished", "mode_id": mode, "precision": prec, "mode_frac": prec,
+                            "rmse": 0.1 - prec / 20, "wall_time_s": 30.0 + seed, "steps": float(steps),
+                            "steps_per_s": 5.0})
+            (run / "export").mkdir()
+            np.savez_compressed(run / "export" / "turntable_frames.npz", rgb=frames, azimuth_deg=np.arange(8) * 45.0)
+            (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({**config, "seed": seed}))
+            (run / "metrics.jsonl").write_text("".join(
+                json.dumps({"step": s, "loss": 1.0 / s + 0.01 * seed, "grad_norm": 2.0}) + "\n"
+                for s in range(10, steps + 1, 10)))
+    return sweep
+
+
+def test_report_answers_the_modes_question(tmp_path):
+    """Columns method, diversity, quality, cost; class names; mode_frac (= precision on every run)
+    shown once; the fixed settings and the truth in the header; the answer figures drawn."""
+    sweep = fake_toy_sweep(tmp_path)
+    csv_path, md_path = report.write_report(sweep)
+    md = md_path.read_text()
+    assert ("| guidance | n | mode_id_per_seed | distinct_modes | mode_entropy | precision | rmse | wall_time_s |"
+            in md)
+    assert "| fsd | 3 | yellow cone, green cone, none | 2 | 1 | 0.5833 ± 0.5204 |" in md
+    assert "| sds | 3 | red cone, red cone, red cone | 1 | 0 |" in md
+    assert "`mode_frac` equals `precision` on every finished run" in md
+    assert ("**Fixed in every run**: `experiment=shapes_modes`, `trainer.max_steps=150`, `camera.n_eval_views=8`, "
+            "`prompt=a cone`, `backbone=ShapesWorld`, `representation=NeRF`, `seeds=0 1 2`.") in md
+    assert "red cone 25%, green cone 25%, blue cone 25%, yellow cone 25%: 4 modes, entropy 2 bits" in md
+    row = {r["guidance"]: r for r in rows_of(csv_path)}["fsd"]
+    assert row["mode_id_per_seed"] == "15 13 -1" and row["mode_id_names"] == "yellow cone, green cone, none"
+    assert float(row["mode_frac_mean"]) == pytest.approx(float(row["precision_mean"]))  # the CSV keeps both
+    for fig in ("tradeoff.png", "modes.png", "curves.png", "views_guidance=fsd.png", "views_guidance=sds.png",
+                "report.png", "grid.png"):
+        assert f"]({fig})" in md and (sweep / fig).stat().st_size > 0, fig
+    html = (sweep / "report.html").read_text()
+    assert html.count('src="data:image/png;base64,') == 7 and "<td>yellow cone, green cone, none</td>" in html
+
+
+def test_mode_fractions_and_seed_averaged_curves(tmp_path):
+    from src.studies import figures, figures_modes
+
+    assert figures_modes.mode_fractions([15, 13, -1, 15, None]) == {15: 0.5, 13: 0.25, -1: 0.25}
+    runs = []
+    for seed, offset in ((0, 0.0), (1, 2.0)):  # loss = step + offset, logged every step 1..100
+        run = fake_run(tmp_path, [f"seed={seed}"], {"steps": 100.0})
+        (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": s + offset}) + "\n"
+                                                   for s in range(1, 101)) + "{half a line\n")
+        runs.append(studies_runs.read_run(run, {"seed": str(seed)}))
+    x, mean, std, n = figures.seed_mean_curves(runs, "loss", 100, bins=4)  # bins [0, 25.25), ...
+    assert n == 2 and x.tolist() == pytest.approx([12.625, 37.875, 63.125, 88.375])
+    assert mean.tolist() == pytest.approx([np.mean(range(1, 26)) + 1, np.mean(range(26, 51)) + 1,
+                                           np.mean(range(51, 76)) + 1, np.mean(range(76, 101)) + 1])
+    assert std.tolist() == pytest.approx([np.sqrt(2.0)] * 4)  # sample std of {m, m + 2}
+
+
+def test_random_weight_metrics_are_marked_and_never_plotted(tmp_path):
+    """A sweep without modes: the tradeoff plot's axes come from the evaluation, but not from
+    random test weights."""
+    for g in ("sds", "fsd"):
+        for seed in (0, 1):
+            fake_run(tmp_path, [f"guidance={g}", f"seed={seed}"], {"clip_distance": 0.5 + seed / 10})
+    runs = {g: [f"guidance={g},seed={s}" for s in (0, 1)] for g in ("sds", "fsd")}
+    for weights in ("random", "real"):
+        ev = {"weights": weights, "metrics": ["lpips_d"],
+              "groups": [{"setting": {"guidance": g}, "runs": runs[g], "lpips_d": 0.25} for g in runs]}
+        (tmp_path / "evaluation.json").write_text(json.dumps(ev))
+        (tmp_path / "tradeoff.png").unlink(missing_ok=True)
+        md = report.write_report(tmp_path)[1].read_text()
+        assert ("| lpips_d† |" in md and "random test weights" in md) == (weights == "random")
+        assert (tmp_path / "tradeoff.png").exists() == (weights == "real")
+
+
+# The browser test: Debian's chromium (`apt-get install chromium`; .ci/run installs it).
+CHROMIUM = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+PROBE = """<script>
+window.addEventListener("load", () => {
+  const boxes = [...document.querySelectorAll("table, figure img")].map(el => {
+    const r = el.getBoundingClientRect();
+    return [el.closest("figure") ? el.closest("figure").id : "table", r.left, r.top, r.width, r.height,
+            el.naturalWidth || 0];
+  });
+  const pre = document.createElement("pre");
+  pre.id = "probe"; pre.style.display = "none"; pre.textContent = JSON.stringify(boxes);
+  document.body.appendChild(pre);
+});
+</script></body>"""
+
+
+def chromium(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           "--force-device-scale-factor=1", "--virtual-time-budget=5000", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (Debian: apt-get install chromium)")
+def test_report_html_opens_in_a_browser_with_the_table_and_the_answer_figures(tmp_path):
+    """report.html of the toy sweep, one file (copied alone elsewhere), in headless Chromium: the
+    browser lays out the table and decodes the inline figures, and its screenshot shows them
+    where the page puts them: the screenshot's pixels there are the figures' own PNGs."""
+    import imageio.v2 as imageio
+
+    sweep = fake_toy_sweep(tmp_path)
+    report.write_report(sweep)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    page = alone / "report.html"  # no figure files beside it: everything is inline
+    page.write_text((sweep / "report.html").read_text().replace("</body>", PROBE))
+    dom = chromium("--window-size=1400,1000", "--dump-dom", page.as_uri())
+    probe = re.search(r'<pre id="probe"[^>]*>(.*?)</pre>', dom.stdout, re.S)
+    assert probe, dom.stderr[-2000:]
+    boxes = {name: (round(x), round(y), round(w), round(h), natural) for name, x, y, w, h, natural
+             in json.loads(probe.group(1).replace("&quot;", '"'))}
+    assert {"table", "tradeoff", "modes", "views_guidance=fsd", "curves"} <= set(boxes)
+    height = max(y + h for _, y, _, h, _ in boxes.values()) + 20
+    shot = tmp_path / "shot.png"
+    out = chromium(f"--window-size=1400,{height}", f"--screenshot={shot}", page.as_uri())
+    assert shot.exists(), out.stderr[-2000:]
+    img = np.asarray(imageio.imread(shot))[..., :3].astype(int)
+    # the table: its header row in the page's header colour, dark text in its cells
+    x, y, w, h, _ = boxes["table"]
+    table = img[y : y + h, x : x + w]
+    header = (np.abs(table - (0xDB, 0xE4, 0xF0)).sum(-1) == 0).mean()
+    assert w > 600 and 0.1 < header < 0.6, (w, header)  # two body rows below the header
+    assert (table.sum(-1) < 200).mean() > 0.01  # text
+    for name in ("tradeoff", "modes"):  # the figures: the browser shows the PNG's own pixels
+        x, y, w, h, natural = boxes[name]
+        png = np.asarray(imageio.imread(sweep / f"{name}.png"))[..., :3].astype(int)
+        assert natural == png.shape[1] == w and png.shape[0] == h, (name, boxes[name], png.shape)
+        assert np.abs(img[y : y + h, x : x + w] - png).mean() < 2.0, name
+    # the setting colours are on screen: the blue (fsd, C0) and orange (sds, C1) of the plots
+    for rgb in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)):
+        assert (np.abs(img - rgb).sum(-1) == 0).sum() > 200, rgb
+
+
+def test_a_setting_that_reached_no_mode_sits_at_zero_diversity(tmp_path, monkeypatch):
+    """Its mode entropy is undefined (blank in the table), its diversity in tradeoff.png is 0."""
+    from src.studies import figures_modes
+
+    for g, modes in (("sds", [-1, -1]), ("fsd", [12, 13])):
+        for seed, m in enumerate(modes):
+            fake_run(tmp_path, [f"guidance={g}", f"seed={seed}"], {"mode_id": m, "precision": float(m >= 0)})
+    drawn = {}
+    monkeypatch.setattr(figures_modes, "write_tradeoff_png", lambda path, points, *a: drawn.update(
+        {p["label"]: (p["x"], p["y"]) for p in points}))
+    md = report.write_report(tmp_path)[1].read_text()
+    assert "| sds | 2 | -1 -1 | 0 |  | 0 ± 0 |" in md
+    assert drawn == {"fsd": (1.0, 1.0), "sds (no seed reached a mode)": (0.0, 0.0)}
+
+
+def test_only_repeats_are_shown_once_never_two_constants(tmp_path):
+    """janus_rate 0 on every run is no repeat of an rmse that happens to be 0 too; mode_frac equal
+    to precision is (src/studies/report.py: REPEATS), and a varying column equal to another."""
+    for seed in (0, 1):
+        fake_run(tmp_path, [f"seed={seed}"], {"precision": 1.0, "mode_frac": 1.0, "rmse": 0.0, "janus_rate": 0.0,
+                                              "a": float(seed), "b": float(seed)})
+    runs = studies_runs.find_runs(tmp_path)
+    assert report.duplicates(["precision", "mode_frac", "rmse", "janus_rate", "a", "b"], runs) == {
+        "mode_frac": "precision", "b": "a"}
+
+
+def test_class_names_only_from_a_backbone_that_has_them_and_never_by_building_sd(tmp_path, monkeypatch):
+    import hydra.utils
+
+    from src.studies.context import class_world
+
+    runs = []
+    for seed in (0, 1):
+        run = fake_run(tmp_path, [f"seed={seed}"], {"mode_id": 3})
+        (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(
+            {"prompt": "a lion", "backbone": {"_target_": "src.backbones.sd.StableDiffusion", "path": "nowhere"}}))
+        runs.append(studies_runs.read_run(run, {"seed": str(seed)}))
+    monkeypatch.setattr(hydra.utils, "instantiate", lambda *a, **k: pytest.fail("built the backbone"))
+    assert class_world(runs) is None  # SD has no classes: its ids stay ids
+    monkeypatch.undo()
+    for run in runs:  # ShapesWorld, but two prompts: no one truth
+        (run.dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(
+            {"prompt": f"a {'red' if run.seed == '0' else 'blue'} cone",
+             "backbone": {"_target_": "src.backbones.shapes.ShapesWorld"}}))
+    assert class_world(runs) is None
+    (runs[1].dir / ".hydra" / "config.yaml").write_text((runs[0].dir / ".hydra" / "config.yaml").read_text())
+    world = class_world(runs)
+    assert world.truth == {12: 1.0} and world.name(12) == "red cone" and world.name(-1) == "none"
+    assert world.truth_entropy == 0.0
+
+
+def test_a_backbone_that_no_longer_builds_leaves_the_ids_and_the_report(tmp_path, caplog):
+    for seed in (0, 1):
+        run = fake_run(tmp_path, [f"seed={seed}"], {"mode_id": 12})
+        (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(
+            {"prompt": "a cone", "backbone": {"_target_": "src.backbones.shapes.ShapesWorld", "gone_option": 1}}))
+    md = report.write_report(tmp_path, figures=False)[1].read_text()
+    assert "| 2 | 12 12 | 1 | 0 |" in md  # ids, not names
+    assert "class names left out of the report" in caplog.text and "gone_option" in caplog.text

@@ -539,6 +539,13 @@ class ShapesWorld(ExactMetrics, Backbone):
         """Class ids a prompt describes, ignoring its view suffix."""
         return sorted(set(self.class_idx[self.prompt_mask(text, use_view=False)].tolist()))
 
+    def class_distribution(self, text: str) -> Tensor:
+        """p(class | prompt) of the prior, (n_classes,) float64 summing to 1: the prompt's
+        weights w(y) summed per class (what a sweep's seeds should reach; e.g. "a cone": the
+        four cones at 1/4 each). Renders nothing."""
+        w = self.embed(text).double().cpu()
+        return torch.zeros(self.n_classes, dtype=torch.float64).index_add_(0, self.class_idx.cpu(), w)
+
     def embed(self, text: str) -> Tensor:
         """Mixture weights w(y) over the data set, (N,) float32 summing to 1; a view prompt
         mixes its view's images with every view by ``view_adherence`` (module docstring)."""

@@ -29,15 +29,17 @@ KID_SUBSET_SIZE = 1000  # torch-fidelity's default kid_subset_size (capped by th
 
 
 @torch.no_grad()
-def inception_outputs(extractor, images: np.ndarray | Tensor, chunk: int = 32) -> tuple[Tensor, Tensor]:
-    """(features (N, D), logits (N, C)) float64 of images (N, H, W, 3): uint8, or float in [0, 1]."""
+def inception_outputs(extractor, images: np.ndarray | Tensor, chunk: int = 32,
+                      device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+    """(features (N, D), logits (N, C)) float64 on the CPU of images (N, H, W, 3): uint8, or float
+    in [0, 1]; each chunk goes to ``device`` (the extractor's) first when given."""
     x = torch.as_tensor(images)
     if x.dtype != torch.uint8:
         x = (x.float().clamp(0, 1) * 255).round().to(torch.uint8)
     x = x.permute(0, 3, 1, 2).contiguous()
     feats, logits = [], []
     for i in range(0, len(x), chunk):
-        f, lg = extractor(x[i : i + chunk])
+        f, lg = extractor(x[i : i + chunk] if device is None else x[i : i + chunk].to(device))
         feats.append(f.double().cpu())
         logits.append(lg.double().cpu())
     return torch.cat(feats), torch.cat(logits)

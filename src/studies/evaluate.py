@@ -17,6 +17,12 @@ runs' own, and distinct modes / mode entropy come from mode_id in the report):
   one-class prompt such as "a red cone") unless ``prior_samples`` is given; other priors
   ``DEFAULT_PRIOR_SAMPLES`` DDIM samples (Backbone.prior_samples)). Prior samples are cached
   in ``<sweep_dir>/prior_samples/``.
+
+Device (``device``: auto, cpu, cuda, cuda:N; auto = the first GPU if there is one): the
+networks (LPIPS, CLIP, Inception), the renders they read and the prior that draws FID's samples
+(Stable Diffusion's DDIM) run there; ShapesWorld's prior samples are renders of its world (the
+CPU renderer, a few images), Chamfer-D's nearest neighbours and FID / KID's statistics of the
+features run on the CPU. evaluation.json records the device (and the GPU's name).
 """
 
 from __future__ import annotations
@@ -72,8 +78,9 @@ class Evaluator:
     """Holds the networks (loaded on first use) and per-run caches of one evaluation."""
 
     def __init__(self, sweep_dir: Path, weights: str, lpips_net: str, lpips_trunk: str | None,
-                 clip: str, inception: str | None, prior_samples: int | None):
-        self.sweep_dir, self.weights = Path(sweep_dir), weights
+                 clip: str, inception: str | None, prior_samples: int | None,
+                 device: torch.device = torch.device("cpu")):
+        self.sweep_dir, self.weights, self.device = Path(sweep_dir), weights, torch.device(device)
         self.opts = dict(lpips_net=lpips_net, lpips_trunk=lpips_trunk, clip=clip, inception=inception)
         self.n_prior = prior_samples
         self._nets: dict = {}
@@ -87,14 +94,15 @@ class Evaluator:
                 "lpips": lambda: models.load_lpips(self.weights, o["lpips_net"], o["lpips_trunk"]),
                 "clip": lambda: models.load_clip(self.weights, o["clip"], self.sweep_dir / ".cache"),
                 "inception": lambda: models.load_inception(self.weights, o["inception"]),
-            }[name]()
+            }[name]().to(self.device)
         return self._nets[name]
 
     def renders(self, run) -> torch.Tensor | None:
+        """The run's renders (V, H, W, 3) in [0, 1] on the evaluation's device."""
         if run.dir not in self.frames:
             self.frames[run.dir] = run_frames(run.dir)
         f = self.frames[run.dir]
-        return None if f is None else f.as_float()
+        return None if f is None else f.as_float().to(self.device)
 
     def clip_embeddings(self, run):
         key = ("clip", run.dir)
@@ -107,7 +115,7 @@ class Evaluator:
         key = ("inception", run.dir)
         if key not in self.frames:
             f = self.renders(run) is not None and self.frames[run.dir]
-            self.frames[key] = inception_outputs(self.net("inception"), f.rgb) if f else None
+            self.frames[key] = inception_outputs(self.net("inception"), f.rgb, device=self.device) if f else None
         return self.frames[key]
 
     def prior(self, run) -> torch.Tensor:
@@ -125,7 +133,7 @@ class Evaluator:
             with np.load(path) as z:
                 self.prior_how.add(str(z["how"]))
                 return torch.from_numpy(z["rgb"].astype(np.float32) / 255.0)
-        backbone = instantiate(cfg.backbone).eval()
+        backbone = instantiate(cfg.backbone).eval().to(self.device)
         n = self.n_prior
         from src.backbones.shapes import ShapesWorld
 
@@ -150,8 +158,12 @@ def _nan_to_none(x):
 def evaluate_sweep(sweep_dir: Path, metrics: list[str] | None = None, weights: str = "real",
                    lpips_net: str = models.LPIPS_DEFAULT_NET, lpips_trunk: str | None = None,
                    clip: str = models.CLIP_DEFAULT, inception: str | None = None,
-                   prior_samples: int | None = None, log=print) -> dict:
-    """Compute ``metrics`` over <sweep_dir>'s finished runs; write and return evaluation.json."""
+                   prior_samples: int | None = None, log=print, device: str | torch.device = "auto") -> dict:
+    """Compute ``metrics`` over <sweep_dir>'s finished runs on ``device`` (auto, cpu, cuda,
+    cuda:N or a torch.device); write and return evaluation.json."""
+    from src.build import check_device
+
+    device = device if isinstance(device, torch.device) else check_device(device, "device")
     sweep_dir = Path(sweep_dir)
     metrics = list(METRICS) if metrics is None else metrics
     runs = find_runs(sweep_dir)
@@ -166,9 +178,11 @@ def evaluate_sweep(sweep_dir: Path, metrics: list[str] | None = None, weights: s
             cfg = run_config(run.dir) if run.finished else None
             if cfg is not None:
                 component_class(cfg, "backbone").validate_config(cfg.backbone, "backbone")
-    ev = Evaluator(sweep_dir, weights, lpips_net, lpips_trunk, clip, inception, prior_samples)
+    ev = Evaluator(sweep_dir, weights, lpips_net, lpips_trunk, clip, inception, prior_samples, device)
     keys = group_keys(runs, sweep_dir)
-    out: dict = {"weights": weights, "metrics": metrics, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    out: dict = {"weights": weights, "metrics": metrics, "device": str(device),
+                 "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                  "runs": {}, "groups": [], "skipped": []}
     for run in runs:
         if not run.finished:
@@ -207,7 +221,7 @@ def evaluate_sweep(sweep_dir: Path, metrics: list[str] | None = None, weights: s
         if {"fid", "kid"} & set(metrics) and with_renders:
             feats = torch.cat([ev.inception(r)[0] for r in with_renders])
             prior = ev.prior(with_renders[0])
-            prior_feats = inception_outputs(ev.net("inception"), prior)[0]
+            prior_feats = inception_outputs(ev.net("inception"), prior, device=device)[0]
             group["n_renders"], group["n_prior"] = len(feats), len(prior_feats)
             if "fid" in metrics:
                 group["fid"] = fid(feats, prior_feats)
@@ -222,9 +236,9 @@ def evaluate_sweep(sweep_dir: Path, metrics: list[str] | None = None, weights: s
 
 
 def log_summary(sweep_dir: Path, mode: str = "offline") -> str | None:
-    """One W&B run in the sweep's group (job_type "evaluation"): the report's table, report.png,
-    grid.png and the group metrics as its summary. Returns the run's directory (or None when
-    ``mode`` is "disabled")."""
+    """One W&B run in the sweep's group (job_type "evaluation"): the report's table, its figures
+    (report.png, grid.png, tradeoff.png, modes.png) and the group metrics as its summary. Returns
+    the run's directory (or None when ``mode`` is "disabled")."""
     if mode == "disabled":
         return None
     import csv
@@ -232,7 +246,7 @@ def log_summary(sweep_dir: Path, mode: str = "offline") -> str | None:
     import wandb
     import yaml
 
-    from src.studies.report import GRID_PNG, REPORT_CSV, REPORT_PNG
+    from src.studies.report import GRID_PNG, MODES_PNG, REPORT_CSV, REPORT_PNG, TRADEOFF_PNG
     from src.sweeps import SPEC_RECORD
 
     sweep_dir = Path(sweep_dir)
@@ -247,7 +261,8 @@ def log_summary(sweep_dir: Path, mode: str = "offline") -> str | None:
     rows = list(csv.DictReader((sweep_dir / REPORT_CSV).open()))
     if rows:
         run.log({"report": wandb.Table(columns=list(rows[0]), data=[list(r.values()) for r in rows])})
-    for key, fname in (("report_png", REPORT_PNG), ("grid_png", GRID_PNG)):
+    for key, fname in (("report_png", REPORT_PNG), ("grid_png", GRID_PNG), ("tradeoff_png", TRADEOFF_PNG),
+                       ("modes_png", MODES_PNG)):
         if (sweep_dir / fname).exists():
             run.log({key: wandb.Image(str(sweep_dir / fname))})
     evaluation = json.loads((sweep_dir / EVALUATION).read_text()) if (sweep_dir / EVALUATION).exists() else {}

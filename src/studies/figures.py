@@ -6,10 +6,18 @@
   distinct heights); group metrics (one value per setting) as markers.
 - grid.png: rows = settings, columns = seeds, one view each (the first turntable frame: the
   object's front, azimuth 0), failed or unfinished runs as a labelled empty cell.
+- views_<k>.png, one per setting: rows = seeds, columns = up to ``VIEWS_PER_RUN`` evenly spaced
+  turntable frames (src/metrics/frames.py), each row named by its seed and the mode it reached.
+- curves.png: the training curves of metrics.jsonl (src/export/plots.py's ``CURVES``) averaged
+  over seeds: per setting the mean over seeds of each seed's mean in ``CURVE_BINS`` equal step
+  bins (a single logged loss depends on the sampled t: noise), a band of ± the std over seeds.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +27,11 @@ from src.metrics.modes import CATEGORICAL
 
 GRID_CELL_INCHES = 1.6
 PANEL_INCHES = (3.6, 2.6)
+VIEWS_PER_RUN = 6  # at most, per seed in views_<k>.png: every 60 degrees of a 24- or 60-frame turntable
+CURVE_BINS = 40  # step bins of curves.png
 
 
-def _plt():
+def plt_agg():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,7 +60,7 @@ def _axes_of(keys: list[str], groups) -> tuple[str | None, list[str]]:
 def write_report_png(path: Path, keys: list[str], columns: list[str], rows: list[dict], groups) -> Path | None:
     if not columns or not groups:
         return None
-    plt = _plt()
+    plt = plt_agg()
     xkey, skeys = _axes_of(keys, groups)
     xs = list(dict.fromkeys(s[xkey] for s, _ in groups)) if xkey else ["all"]
     numeric_x = xkey is not None and all(_is_number(v) for v in xs)
@@ -109,7 +119,7 @@ def write_grid_png(path: Path, keys: list[str], groups) -> Path | None:
         return None
     seeds = sorted({r.seed for _, members in groups for r in members},
                    key=lambda s: (0, float(s)) if _is_number(s) else (1, s))
-    plt = _plt()
+    plt = plt_agg()
     fig, axes = plt.subplots(len(groups), len(seeds), squeeze=False,
                              figsize=(GRID_CELL_INCHES * len(seeds) + 1.2, GRID_CELL_INCHES * len(groups)))
     for i, (setting, members) in enumerate(groups):
@@ -129,6 +139,116 @@ def write_grid_png(path: Path, keys: list[str], groups) -> Path | None:
                 ax.set_title(f"seed {seed}", fontsize=8)
             if j == 0:
                 ax.set_ylabel("\n".join(f"{k}={setting[k]}" for k in keys) or "all", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_views_png(path: Path, title: str, members, row_notes: dict[str, str] | None = None,
+                    n_views: int = VIEWS_PER_RUN) -> Path | None:
+    """One setting's runs: rows = seeds, columns = ``n_views`` evenly spaced frames of each run."""
+    frames = {r.seed: run_frames(r.dir) if r.finished else None for r in members}
+    k = max((len(f.rgb) for f in frames.values() if f is not None), default=0)
+    if k == 0:
+        return None
+    picks = list(range(0, k, -(-k // n_views)))  # evenly spaced: every ceil(k / n_views)-th frame
+    plt = plt_agg()
+    fig, axes = plt.subplots(len(members), len(picks), squeeze=False,
+                             figsize=(GRID_CELL_INCHES * len(picks) + 1.2, GRID_CELL_INCHES * len(members) + 0.4))
+    for i, run in enumerate(members):
+        f = frames[run.seed]
+        for j, v in enumerate(picks):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if f is not None and v < len(f.rgb):
+                ax.imshow(f.rgb[v])
+            elif j == 0:
+                ax.text(0.5, 0.5, run.status if not run.finished else "no renders", ha="center", va="center",
+                        fontsize=8, transform=ax.transAxes)
+            if i == 0:
+                cams = f.cameras if f is not None else None
+                ax.set_title(f"az {cams['azimuth_deg'][v]:.0f}°" if cams and "azimuth_deg" in cams
+                             else f"view {v}", fontsize=8)
+            if j == 0:
+                note = (row_notes or {}).get(run.seed)
+                ax.set_ylabel(f"seed {run.seed}" + (f"\n{note}" if note else ""), fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def _binned(jsonl: Path, key: str, edges: np.ndarray) -> np.ndarray | None:
+    """A run's mean of ``key`` in each step bin (NaN where it logged none), or None."""
+    if not jsonl.exists():
+        return None
+    steps, vals = [], []
+    for line in jsonl.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:  # a half-written line (src/loggers.py drops it on resume)
+            continue
+        v = r.get(key) if isinstance(r, dict) else None
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and "step" in r:
+            steps.append(r["step"])
+            vals.append(v)
+    if not vals:
+        return None
+    idx = np.clip(np.searchsorted(edges, steps, side="right") - 1, 0, len(edges) - 2)
+    sums = np.bincount(idx, vals, minlength=len(edges) - 1)
+    counts = np.bincount(idx, minlength=len(edges) - 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def seed_mean_curves(members, key: str, max_step: int, bins: int = CURVE_BINS):
+    """(bin centres (B,), mean over seeds (B,), std over seeds (B,), seeds used) of ``key``."""
+    edges = np.linspace(0, max_step + 1, min(bins, max_step + 1) + 1)
+    per_seed = [c for c in (_binned(Path(r.dir) / "metrics.jsonl", key, edges) for r in members) if c is not None]
+    if not per_seed:
+        return None
+    stack = np.stack(per_seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a bin no seed logged in: NaN
+        mean = np.nanmean(stack, 0)
+        std = np.nanstd(stack, 0, ddof=1) if len(stack) > 1 else np.zeros_like(mean)
+    return (edges[:-1] + edges[1:]) / 2, mean, std, len(stack)
+
+
+def write_curves_png(path: Path, groups, labels: list[str], colors: list[str], keys=None) -> Path | None:
+    """Per curve key a panel, per setting the seed-averaged binned curve with its ± std band."""
+    from src.export.plots import CURVES
+
+    max_step = 0
+    for _, members in groups:
+        for r in members:
+            steps = r.metrics.get("steps")
+            max_step = max(max_step, int(steps) if steps else 0)
+    if max_step == 0:  # unfinished runs only: read the steps from the logs
+        return None
+    panels = []
+    for key in keys or CURVES:
+        series = [(lab, col, seed_mean_curves(m, key, max_step)) for (_, m), lab, col in zip(groups, labels, colors)]
+        series = [s for s in series if s[2] is not None]
+        if series:
+            panels.append((key, series))
+    if not panels:
+        return None
+    plt = plt_agg()
+    fig, axes = plt.subplots(1, len(panels), figsize=(PANEL_INCHES[0] * 1.3 * len(panels), PANEL_INCHES[1] * 1.2),
+                             squeeze=False)
+    for ax, (key, series) in zip(axes[0], panels):
+        for lab, col, (x, mean, std, n) in series:
+            ok = np.isfinite(mean)
+            ax.plot(x[ok], mean[ok], color=col, lw=1.5, label=f"{lab} ({n} seeds)")
+            ax.fill_between(x[ok], (mean - std)[ok], (mean + std)[ok], color=col, alpha=0.2, lw=0)
+        ax.set_title(f"{key}: mean over seeds ± std", fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0, 0].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,5 +1,5 @@
-"""The one table writer: every Markdown table of a study, and a study's ``benchmarks/<name>``
-pair (``.json``, the numbers, and ``.md``, the same numbers for people, with the command).
+"""The one table writer: every Markdown table of a study (and its HTML twin for report.html),
+and a study's ``benchmarks/<name>`` pair (``.json``, the numbers, and ``.md``, the same numbers for people, with the command).
 
 A study computes rows; this module turns them into text. ``tests/test_architecture.py`` checks
 that no other file of ``src/`` or ``scripts/`` writes a Markdown table rule (``|---``).
@@ -7,6 +7,7 @@ that no other file of ``src/`` or ``scripts/`` writes a Markdown table rule (``|
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +30,17 @@ def markdown_table(head: Sequence[str], rows: Sequence[Sequence], right: Sequenc
     lines = ["| " + " | ".join(head) + " |", rule]
     lines += ["| " + " | ".join(c if isinstance(c, str) else fmt(c) for c in row) + " |" for row in rows]
     return lines
+
+
+def html_table(head: Sequence[str], rows: Sequence[Sequence], right: Sequence[str] = ()) -> str:
+    """The same table as HTML (cells escaped; ``right`` columns right-aligned)."""
+    def cell(tag: str, text, col: str) -> str:
+        align = ' class="num"' if col in right else ""
+        return f"<{tag}{align}>{html.escape(text if isinstance(text, str) else fmt(text))}</{tag}>"
+
+    lines = ["<table>", "<thead><tr>" + "".join(cell("th", h, h) for h in head) + "</tr></thead>", "<tbody>"]
+    lines += ["<tr>" + "".join(cell("td", c, h) for c, h in zip(row, head)) + "</tr>" for row in rows]
+    return "\n".join([*lines, "</tbody>", "</table>"])
 
 
 def write_json(path: Path, data: dict) -> Path:
