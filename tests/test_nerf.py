@@ -53,6 +53,47 @@ def test_chunked_index_add_equals_one_call(chunk):
     assert index_add(torch.zeros(3, 2), index[:0], src[:0], chunk).abs().sum() == 0  # no entries
 
 
+# Runs in Triton's interpreter (TRITON_INTERPRET=1, numpy on the CPU): the fused kernels of
+# representation.fast_field against the pure-torch lookup, in a subprocess because the variable is
+# read when the kernels are defined. The CUDA run of the same comparison: tests/test_nerf_cuda.py.
+FAST_LOOKUP_CHECK = """
+import torch
+from src.representations import hashgrid_triton as hg
+from src.representations.fields import MultiResGrid
+torch.manual_seed(0)
+grid = MultiResGrid(n_levels=6, n_features=2, log2_hashmap_size=12, base_resolution=8, per_level_scale=1.6)
+with torch.no_grad():
+    grid.table.normal_(0.0, 0.3)
+x = torch.rand(700, 3) * 1.2 - 0.1
+x[:3] = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.5, 0.25, 1.0]])
+up = torch.randn(700, grid.output_dim)
+fast, ref = hg.encode(grid, x), grid(x)
+torch.testing.assert_close(fast, ref, rtol=1e-6, atol=1e-6)
+(g_fast,) = torch.autograd.grad((hg.encode(grid, x) * up).sum(), grid.table)
+(g_ref,) = torch.autograd.grad((ref * up).sum(), grid.table)
+torch.testing.assert_close(g_fast, g_ref, rtol=1e-5, atol=1e-6)
+up[5, 3] = float("nan")
+(g_nan,) = torch.autograd.grad((hg.encode(grid, x) * up).sum(), grid.table)
+assert not torch.isfinite(g_nan).all()  # a non-finite gradient stays visible to the trainer
+print("ok", grid.n_dense, int(grid.hashed.sum()))
+"""
+
+
+def test_fast_lookup_kernels_equal_the_reference_in_the_interpreter():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", FAST_LOOKUP_CHECK], capture_output=True, text=True,
+                         env=env, cwd=root, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["ok", "2", "4"]  # dense and hashed levels both checked
+
+
 def test_hashed_levels_in_range_and_continuous():
     g = MultiResGrid(n_levels=3, log2_hashmap_size=8, base_resolution=16, per_level_scale=1.5)
     assert bool(g.hashed.all())

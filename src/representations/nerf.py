@@ -29,6 +29,11 @@ Memory (``checkpoint_chunks``): rays are rendered in chunks of ``chunk_rays``; w
 keeps only each chunk's pixels and the backward recomputes one chunk at a time: the autograd
 memory of one chunk instead of the whole image (a 512 px render: 16 chunks), for one more field
 forward. Same image, same gradients (tests/test_nerf.py, tests/test_sd_cuda.py).
+
+Speed (``fast_field``, on with ``backbone.fast``): on CUDA the grid lookup and its backward run
+as fused Triton kernels (hashgrid_triton.py) instead of the pure-torch lookup, which stays the
+reference and the CPU path; same values up to float32 summation order, deterministic backward
+(tests/test_nerf_cuda.py). Measured in ``benchmarks/sd_gpu.md`` (primitives).
 """
 
 from __future__ import annotations
@@ -118,6 +123,7 @@ class NeRF(Representation):
         resolution_schedule: dict | None = None,
         chunk_rays: int = 16384,
         checkpoint_chunks: bool = False,
+        fast_field: bool = False,
         lr: float = 1e-2,
         lr_grid: float | None = None,
         lr_net: float = 1e-3,
@@ -152,6 +158,9 @@ class NeRF(Representation):
         self.render_hw: tuple[int, int] | None = None
         self.chunk_rays = int(chunk_rays)
         self.checkpoint_chunks = bool(checkpoint_chunks)
+        self.fast_field = bool(fast_field)
+        for f in self.fields:
+            f.encoding.fast = self.fast_field
         self.lr_grid = lr if lr_grid is None else lr_grid
         self.lr_net, self.lr_background = lr_net, lr_background
         self.export_cfg = dict(export or {})
@@ -165,8 +174,9 @@ class NeRF(Representation):
         checks.number(cfg, "radius", f"{key}.radius", lo=0.0, lo_open=True)
         checks.choice(cfg, "renderer", f"{key}.renderer", RENDERERS)
         checks.choice(cfg, "density_activation", f"{key}.density_activation", DENSITY_ACTIVATIONS)
-        if "checkpoint_chunks" in cfg:
-            checks.choice(cfg, "checkpoint_chunks", f"{key}.checkpoint_chunks", (True, False))
+        for flag in ("checkpoint_chunks", "fast_field"):
+            if flag in cfg:
+                checks.choice(cfg, flag, f"{key}.{flag}", (True, False))
         for name in ("lambda_sparsity", "lambda_opaque", "near_plane"):
             checks.number(cfg, name, f"{key}.{name}", lo=0.0)
         schedule = cfg.get("resolution_schedule")
