@@ -219,8 +219,7 @@ def run_job(row: Row, mode: str, args, work: Path) -> dict:
         lines = [json.loads(s) for s in metrics.read_text().splitlines() if s.strip()]
     stamps = {int(r["step"]): float(r["unix_time"]) for r in lines if "unix_time" in r}
     if rc != 0:
-        tail = (work / f"{row.name}_{mode}.log").read_text()[-1500:]
-        row_out["error"] = f"exit {rc}: " + " | ".join(tail.strip().splitlines()[-6:])[:800]
+        row_out["error"] = f"exit {rc}: {job_error(sweep_dir, work / f'{row.name}_{mode}.log')}"
     if 1 not in stamps:
         row_out.setdefault("error", "no step was logged")
         return row_out
@@ -228,6 +227,16 @@ def run_job(row: Row, mode: str, args, work: Path) -> dict:
     if "error" in row_out:  # the job's own error is the one to report
         timing.pop("error", None)
     return {**row_out, **timing}
+
+
+def job_error(sweep_dir: Path, log: Path) -> str:
+    """The failed job's own error (the launcher's failed.txt), else the end of the sweep's log."""
+    failed = sweep_dir / "failed.txt"
+    if failed.exists():
+        lines = [ln.strip() for ln in failed.read_text().splitlines() if ln.strip().startswith("error:")]
+        if lines:
+            return lines[0][len("error:"):].strip()[:600]
+    return " | ".join(log.read_text().strip().splitlines()[-4:])[-600:] if log.exists() else "no log"
 
 
 def extrapolate(stamps: dict[int, float], t_launch: float, phases: list[tuple[int, int, int]],

@@ -188,18 +188,26 @@ FAST_GRIDS = [GRID, dict(n_levels=16, n_features=2, log2_hashmap_size=19, base_r
 
 @pytest.mark.parametrize("grid", FAST_GRIDS, ids=["small", "threestudio"])
 def test_fast_grid_lookup_equals_the_reference(grid):
-    """Values and the table's gradient of the fused kernels against the pure-torch lookup, points
-    on cell borders and outside [0, 1] included; the backward repeats bit for bit."""
+    """Values and the table's gradient of the fused kernels and of the pure-torch lookup, both
+    against the pure-torch lookup in float64, points on cell borders and outside [0, 1] included:
+    the kernels are as accurate as the reference (they round the cell position differently: the
+    compiler fuses x * res - cell into one FMA, so single values differ by up to res ulps); the
+    backward repeats bit for bit."""
+    import copy
+
     from src.representations.fields import MultiResGrid
 
     torch.manual_seed(0)
     enc = MultiResGrid(**grid).cuda()
     with torch.no_grad():
         enc.table.normal_(0.0, 0.3)
+    enc64 = copy.deepcopy(enc).double()
     g = torch.Generator(device="cuda").manual_seed(1)
     x = torch.rand(300_000, 3, device="cuda", generator=g) * 1.2 - 0.1
     x[:4] = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.5, 0.25, 0.125], [1.0, 0.0, 0.5]])
     up = torch.randn(x.shape[0], enc.output_dim, device="cuda", generator=g)
+    y64 = enc64(x.double())
+    (grad64,) = torch.autograd.grad((y64 * up.double()).sum(), enc64.table)
     out, grads = {}, {}
     for fast in (False, True, True):
         enc.fast = fast
@@ -207,12 +215,13 @@ def test_fast_grid_lookup_equals_the_reference(grid):
         (table_grad,) = torch.autograd.grad((y * up).sum(), enc.table)
         out.setdefault(fast, y.detach())
         grads.setdefault(fast, []).append(table_grad)
-    e_val = (out[True] - out[False]).abs().max().item()
-    e_grad = rel_diff(grads[True][0], grads[False][0])
-    print(f"[fast grid lookup, {enc.n_levels} levels] values max|fast - ref| {e_val:.2e}, "
-          f"table grad rel diff {e_grad:.2e}")
-    torch.testing.assert_close(out[True], out[False], rtol=1e-5, atol=1e-6)
-    assert e_grad < 1e-5
+    err = {f: rel_diff(out[f].double(), y64) for f in out}
+    gerr = {f: rel_diff(grads[f][0].double(), grad64) for f in grads}
+    print(f"[fast grid lookup, {enc.n_levels} levels] vs float64: values fast {err[True]:.2e} "
+          f"reference {err[False]:.2e}; table grad fast {gerr[True]:.2e} reference {gerr[False]:.2e}; "
+          f"max|fast - reference| {(out[True] - out[False]).abs().max().item():.2e}")
+    assert err[True] <= 2 * err[False] + 1e-7
+    assert gerr[True] <= 2 * gerr[False] + 1e-7
     assert torch.equal(grads[True][0], grads[True][1])  # fixed-point adds: order-independent
 
 
