@@ -195,6 +195,7 @@ def run_job(row: Row, mode: str, args, work: Path) -> dict:
            f"backbone.embedding_cache={work / 'emb'}", f"device={args.device}", f"prompt='{PROMPT}'",
            *overrides, f"backbone.fast={str(fast).lower()}",
            *([f"backbone.compile={args.compile}"] if fast and args.compile != "none" else []),
+           *(args.fast_extra if fast else []),
            "trainer.val_every=0", "trainer.export=false", "trainer.progress=false", "trainer.log_every=1",
            "trainer.checkpoint_every=1000000", "+logger.timestamps=true"]
     if "reward=pickscore" in overrides:
@@ -308,6 +309,7 @@ def markdown(result: dict) -> str:
            "final evaluation and export are not counted. GB: the most GPU memory in use during the job "
            "(nvidia-smi). eager: `backbone.fast=false`; fast: `backbone.fast=true` "
            + (f"`backbone.compile={result['compile']}` " if result["compile"] != "none" else "")
+           + "".join(f"`{o}` " for o in result.get("fast_extra", []))
            + "(graphs, fused calls, the fused grid lookup).", "",
            "| row | paper | eager | fast | eager GB | fast GB | fast target | |",
            "|---|---|---:|---:|---:|---:|---|---|"]
@@ -345,6 +347,8 @@ def main() -> None:
     ap.add_argument("--rows", nargs="+", default=[r.name for r in ROWS], choices=[r.name for r in ROWS])
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--compile", default="none", choices=("none", "vae", "unet", "all"))
+    ap.add_argument("--fast-extra", nargs="*", default=[],
+                    help="overrides added to the fast mode, e.g. representation.checkpoint_chunks=true")
     ap.add_argument("--window", type=int, default=8, help="steps per resolution phase")
     ap.add_argument("--repeat", type=int, default=1,
                     help="run each job this many times (one compile cache: the 2nd start-up is a warm cache's)")
@@ -365,6 +369,7 @@ def main() -> None:
         write_random_clip(Path(args.clip), args.arch)
     result = {"command": "python scripts/bench_objects.py " + " ".join(sys.argv[1:]), "arch": args.arch,
               "dtype": args.dtype, "window": args.window, "compile": args.compile,
+              "fast_extra": list(args.fast_extra),
               "env": {"gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
                       "torch": torch.__version__, "diffusers": diffusers.__version__},
               "jobs": []}
