@@ -195,6 +195,8 @@ def run_job(row: Row, mode: str, args, work: Path) -> dict:
            f"backbone.embedding_cache={work / 'emb'}", f"device={args.device}", f"prompt='{PROMPT}'",
            *overrides, f"backbone.fast={str(fast).lower()}",
            *([f"backbone.compile={args.compile}"] if fast and args.compile != "none" else []),
+           # the fast path checkpoints the NeRF's chunks at 512 px only (nerf.py: AUTO_CHECKPOINT_RAYS)
+           *(["representation.checkpoint_chunks=auto"] if fast and "representation=nerf" in overrides else []),
            *(args.fast_extra if fast else []),
            "trainer.val_every=0", "trainer.export=false", "trainer.progress=false", "trainer.log_every=1",
            "trainer.checkpoint_every=1000000", "+logger.timestamps=true"]

@@ -197,6 +197,28 @@ def test_checkpointed_chunks_give_the_same_image_and_gradients(n_objects):
         torch.testing.assert_close(grads[True][n], g, rtol=1e-5, atol=1e-7, msg=n)
 
 
+def test_auto_checkpointing_from_the_ray_count(monkeypatch):
+    """checkpoint_chunks=auto checkpoints a render of AUTO_CHECKPOINT_RAYS rays or more only (a
+    64 -> 512 px schedule: its 512 px steps); same image either way."""
+    import src.representations.nerf as nerf_mod
+
+    monkeypatch.setattr(nerf_mod, "AUTO_CHECKPOINT_RAYS", 8 * 8)
+    calls = []
+    real = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    nerf = tiny_nerf(checkpoint_chunks="auto", chunk_rays=1000)
+    assert [nerf.checkpointed(n) for n in (63, 64)] == [False, True]
+    nerf.render(views(1, res=7))  # 49 rays
+    torch.manual_seed(3)  # the stratified jitter
+    big = nerf.render(views(1, res=8))  # 64 rays
+    assert len(calls) == 1
+    monkeypatch.setattr(nerf_mod, "AUTO_CHECKPOINT_RAYS", 10**9)
+    torch.manual_seed(3)
+    plain = nerf.render(views(1, res=8))
+    assert len(calls) == 1
+    torch.testing.assert_close(plain.rgb, big.rgb, rtol=0, atol=0)
+
+
 def test_regularizers_weighted_and_differentiable():
     nerf = tiny_nerf(lambda_sparsity=2.0, lambda_opaque=0.5)
     out = nerf.render(views(1, res=8))
