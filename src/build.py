@@ -89,7 +89,9 @@ def validate_device(cfg: DictConfig) -> None:
 
 def validate_logger(cfg: DictConfig) -> None:
     lg = cfg.get("logger") or {}
-    _unknown(lg, {"wandb"}, "logger.")
+    _unknown(lg, {"wandb", "timestamps"}, "logger.")
+    if "timestamps" in lg:
+        checks.choice(lg, "timestamps", "logger.timestamps", (True, False))
     wandb = lg.get("wandb")
     if wandb is not None:
         names, _ = checks.accepted_arguments(WandbLogger)

@@ -15,10 +15,13 @@ log = logging.getLogger(__name__)
 
 
 class JSONLLogger:
-    """Appends one strict-JSON object per log call to <run_dir>/metrics.jsonl."""
+    """Appends one strict-JSON object per log call to <run_dir>/metrics.jsonl; with
+    ``timestamps`` (``+logger.timestamps=true``) each line also holds ``"unix_time"``, the
+    wall clock when it was logged (scripts/bench_objects.py times a run's steps with it)."""
 
-    def __init__(self, run_dir: Path, resume_step: int = 0):
+    def __init__(self, run_dir: Path, resume_step: int = 0, timestamps: bool = False):
         self.path = Path(run_dir) / "metrics.jsonl"
+        self.timestamps = bool(timestamps)
         if self.path.exists():
             self.keep_until(resume_step)
 
@@ -45,7 +48,8 @@ class JSONLLogger:
     def log(self, scalars: dict, step: int) -> None:
         try:
             with self.path.open("a") as f:
-                f.write(to_json({"step": step, **scalars}) + "\n")
+                stamp = {"unix_time": time.time()} if self.timestamps else {}
+                f.write(to_json({"step": step, **scalars, **stamp}) + "\n")
         except OSError as err:  # e.g. a full disk: say which file
             raise OSError(err.errno, err.strerror, str(self.path)) from err
 

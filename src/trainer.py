@@ -447,7 +447,8 @@ class Trainer:
         return self.c.backbone.evaluate(samples, views, str(self.cfg.prompt or ""))
 
     def _loggers(self) -> Loggers:
-        loggers = [JSONLLogger(self.run_dir, resume_step=self.step)]
+        loggers = [JSONLLogger(self.run_dir, resume_step=self.step,
+                               timestamps=bool(self.cfg.logger.get("timestamps", False)))]
         wcfg = self.cfg.logger.get("wandb")
         if wcfg is not None and wcfg.get("mode", "offline") != "disabled":
             loggers.append(WandbLogger(self.run_dir, OmegaConf.to_container(self.cfg, resolve=True),

@@ -155,15 +155,19 @@ def test_one_table_writer():
 
 
 # The one way to run many jobs: the sweep machinery (scripts/sweep.py -> one Hydra multirun per
-# grid, src/sweeps.py) and its launchers. A study launches its runs through scripts/sweep.py.
-JOB_RUNNERS = {"scripts/sweep.py", "hydra_plugins/distillery_launchers/launchers.py"}
-POOLS = re.compile(r"ProcessPoolExecutor|ThreadPoolExecutor|multiprocessing|\bPool\(")
+# grid, src/sweeps.py) and its launchers (hydra_plugins/distillery_launchers/: the launchers, and
+# the isolated worker a GPU bench runs its timing jobs in). A study or bench that launches
+# training runs does it as a Hydra multirun through a launcher.
+JOB_RUNNERS = {"scripts/sweep.py", "hydra_plugins/distillery_launchers/launchers.py",
+               "hydra_plugins/distillery_launchers/isolation.py"}
+POOLS = re.compile(r"ProcessPoolExecutor|ThreadPoolExecutor|multiprocessing|\bPool\(|subprocess\.Popen")
 STARTS_TRAINING = re.compile(r"""["']src\.train["']""")
 
 
 def test_one_job_runner():
-    """No process pool anywhere but the launchers, and only the sweep machinery starts
-    `python -m src.train` processes (tests start single runs to check their behaviour)."""
+    """No pool of worker processes anywhere but the launchers' package, and a file that starts
+    `python -m src.train` itself runs a Hydra multirun through a launcher (`hydra/launcher=`) or
+    scripts/sweep.py (tests start single runs to check their behaviour)."""
     pools, starters = [], []
     for p in code_files():
         rel, text = str(p.relative_to(ROOT)), p.read_text()
@@ -171,9 +175,9 @@ def test_one_job_runner():
             continue
         if POOLS.search(text):
             pools.append(rel)
-        if STARTS_TRAINING.search(text) and "subprocess" in text:
+        if STARTS_TRAINING.search(text) and "subprocess" in text and "hydra/launcher=" not in text:
             starters.append(rel)
-    assert not pools, f"process pools outside the launchers: {pools}"
+    assert not pools, f"worker pools outside the launchers' package: {pools}"
     assert not starters, f"files starting src.train processes outside the sweep machinery: {starters}"
 
 

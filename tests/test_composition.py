@@ -88,6 +88,8 @@ def translate(old: dict) -> tuple[dict, dict | None]:
         old["backbone"].update(fast=False, cuda_graphs=True, compile="none")
     if old["representation"]["_target_"].endswith("NeRF"):
         old["representation"]["checkpoint_chunks"] = False
+        # Issue 31: the fused grid lookup, on with the backbone's fast path (off elsewhere)
+        old["representation"]["fast_field"] = bool(old["backbone"].get("fast", False))
     export = old["representation"].get("export")
     if export is not None:
         export["video_resolution"] = 128

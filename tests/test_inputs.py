@@ -45,6 +45,8 @@ MAX_MESSAGE = 600  # characters: a message, not a dump of the input
     (["+lr=0.1"], "lr: unknown key"),
     (["logger=wandb", "logger.wandb.mode=sometimes"], "logger.wandb.mode='sometimes' is invalid"),
     (["logger=wandb", "+logger.wandb.projekt=x"], "logger.wandb.projekt: unknown key"),
+    (["+logger.timestamps=sometimes"], "logger.timestamps='sometimes' is invalid"),
+    (["representation.checkpoint_chunks=maybe"], "representation.checkpoint_chunks='maybe' is invalid"),
     (["prompt=[a,b]"], "prompt=['a', 'b'] is invalid: a text"),
     (["prompt=a purple dragon"], "unknown words ['purple', 'dragon']"),
     (TOY + ["prompt=dragon"], "outside the mog2d backbone's vocabulary"),

@@ -54,6 +54,47 @@ def test_chunked_index_add_equals_one_call(chunk):
     assert index_add(torch.zeros(3, 2), index[:0], src[:0], chunk).abs().sum() == 0  # no entries
 
 
+# Runs in Triton's interpreter (TRITON_INTERPRET=1, numpy on the CPU): the fused kernels of
+# representation.fast_field against the pure-torch lookup, in a subprocess because the variable is
+# read when the kernels are defined. The CUDA run of the same comparison: tests/test_nerf_cuda.py.
+FAST_LOOKUP_CHECK = """
+import torch
+from src.representations import hashgrid_triton as hg
+from src.representations.fields import MultiResGrid
+torch.manual_seed(0)
+grid = MultiResGrid(n_levels=6, n_features=2, log2_hashmap_size=12, base_resolution=8, per_level_scale=1.6)
+with torch.no_grad():
+    grid.table.normal_(0.0, 0.3)
+x = torch.rand(700, 3) * 1.2 - 0.1
+x[:3] = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.5, 0.25, 1.0]])
+up = torch.randn(700, grid.output_dim)
+fast, ref = hg.encode(grid, x), grid(x)
+torch.testing.assert_close(fast, ref, rtol=1e-6, atol=1e-6)
+(g_fast,) = torch.autograd.grad((hg.encode(grid, x) * up).sum(), grid.table)
+(g_ref,) = torch.autograd.grad((ref * up).sum(), grid.table)
+torch.testing.assert_close(g_fast, g_ref, rtol=1e-5, atol=1e-6)
+up[5, 3] = float("nan")
+(g_nan,) = torch.autograd.grad((hg.encode(grid, x) * up).sum(), grid.table)
+assert not torch.isfinite(g_nan).all()  # a non-finite gradient stays visible to the trainer
+print("ok", grid.n_dense, int(grid.hashed.sum()))
+"""
+
+
+def test_fast_lookup_kernels_equal_the_reference_in_the_interpreter():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", FAST_LOOKUP_CHECK], capture_output=True, text=True,
+                         env=env, cwd=root, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["ok", "2", "4"]  # dense and hashed levels both checked
+
+
 def test_hashed_levels_in_range_and_continuous():
     g = MultiResGrid(n_levels=3, log2_hashmap_size=8, base_resolution=16, per_level_scale=1.5)
     assert bool(g.hashed.all())
@@ -155,6 +196,28 @@ def test_checkpointed_chunks_give_the_same_image_and_gradients(n_objects):
     assert grads[False].keys() == grads[True].keys() and len(grads[True]) >= 5
     for n, g in grads[False].items():
         torch.testing.assert_close(grads[True][n], g, rtol=1e-5, atol=1e-7, msg=n)
+
+
+def test_auto_checkpointing_from_the_ray_count(monkeypatch):
+    """checkpoint_chunks=auto checkpoints a render of AUTO_CHECKPOINT_RAYS rays or more only (a
+    64 -> 512 px schedule: its 512 px steps); same image either way."""
+    import src.representations.nerf as nerf_mod
+
+    monkeypatch.setattr(nerf_mod, "AUTO_CHECKPOINT_RAYS", 8 * 8)
+    calls = []
+    real = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    nerf = tiny_nerf(checkpoint_chunks="auto", chunk_rays=1000)
+    assert [nerf.checkpointed(n) for n in (63, 64)] == [False, True]
+    nerf.render(views(1, res=7))  # 49 rays
+    torch.manual_seed(3)  # the stratified jitter
+    big = nerf.render(views(1, res=8))  # 64 rays
+    assert len(calls) == 1
+    monkeypatch.setattr(nerf_mod, "AUTO_CHECKPOINT_RAYS", 10**9)
+    torch.manual_seed(3)
+    plain = nerf.render(views(1, res=8))
+    assert len(calls) == 1
+    torch.testing.assert_close(plain.rgb, big.rgb, rtol=0, atol=0)
 
 
 def test_regularizers_weighted_and_differentiable():

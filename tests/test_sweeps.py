@@ -224,6 +224,18 @@ def test_local_jobs_see_the_gpus_of_the_submitting_process(tmp_path, monkeypatch
     assert OmegaConf.load(REPO / "conf" / "hydra" / "launcher" / "submitit_local.yaml").gpus_per_node is None
 
 
+def test_every_job_of_a_sweep_shares_one_compile_cache(tmp_path, monkeypatch):
+    """Issue 31: torch.compile's cache lives in the sweep dir (a second job loads what the first
+    compiled); a cache dir already in the environment wins."""
+    from hydra_plugins.distillery_launchers import launchers
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    assert launchers.use_compile_cache(tmp_path) == tmp_path / ".compile_cache"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / ".compile_cache")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/elsewhere")
+    assert launchers.use_compile_cache(tmp_path) == Path("/elsewhere")
+
+
 def test_launcher_classes_are_hydra_plugins():
     from hydra.core.plugins import Plugins
     from hydra.plugins.launcher import Launcher

@@ -10,7 +10,9 @@ accepts launcher classes under the ``hydra_plugins`` namespace; the repository r
   (it would diverge again: listed as failed, with its error); "failed" runs run again,
 - wait for *all* jobs and then report every failed one with its run directory and the
   submitit log that holds its traceback, instead of stopping at the first failure,
-- limit how many local jobs run at once (submitit's local executor starts them all).
+- limit how many local jobs run at once (submitit's local executor starts them all),
+- give every job one torch.compile cache in the sweep dir (``COMPILE_CACHE_DIR``), so that a
+  sweep compiles once.
 
 Preemption and time limits: the plugin's launcher object is the callable submitit runs, and it
 has submitit's ``checkpoint()`` (it returns a ``DelayedSubmission`` of itself with the same
@@ -59,6 +61,12 @@ LOCAL_PARALLELISM_ENV = "DISTILLERY_LOCAL_PARALLELISM"
 # Thread pools sized to the job's CPUs: torch otherwise starts one OpenMP thread per core in
 # every job, and jobs sharing cores then spin-wait on each other (measured: 100x slower).
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# torch.compile's on-disk caches (inductor's FX graph and AOT autograd caches, its Triton kernels)
+# for every job of a sweep in one folder of the sweep dir, on the file system the jobs share: the
+# first job compiles, the others load (benchmarks/objects.md, compile cache). A value already in
+# the environment wins.
+COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+COMPILE_CACHE_DIR = ".compile_cache"
 
 
 def local_gpus() -> list[int]:
@@ -77,6 +85,12 @@ def local_gpus() -> list[int]:
 
         ids = list(range(torch.cuda.device_count()))
     return ids
+
+
+def use_compile_cache(sweep_dir: Path) -> Path:
+    """In a job: torch.compile's cache is the sweep's (COMPILE_CACHE_DIR), unless set already."""
+    os.environ.setdefault(COMPILE_CACHE_ENV, str(sweep_dir / COMPILE_CACHE_DIR))
+    return Path(os.environ[COMPILE_CACHE_ENV])
 
 
 @dataclass
@@ -116,6 +130,7 @@ class _SweepLauncher:
                 os.environ.setdefault(var, str(cpus))
             if "torch" in sys.modules:  # imported already: too late for the variables
                 sys.modules["torch"].set_num_threads(int(cpus))
+        use_compile_cache(Path(str(self.config.hydra.sweep.dir)))
         self._requeueing = False
         try:
             ret = super().__call__(*args)  # type: ignore[misc]

@@ -45,8 +45,11 @@ where D is closed form (tests/test_sim.py):
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from src import checks
 from src.clock import RunLength
@@ -156,7 +159,12 @@ class SIM(ScoreModelGuidance):
             x = x.detach()
             t, _, x_t = self.perturb(x, step)
             return GuidanceOutput(grad=self.w(t, x) * self.vsd_residual(x_t, t, views), t=t)
-        with torch.enable_grad():
+        # the reward's score differentiated through the inputs is a double backward through the
+        # UNet, VAE decoder and reward model: the math attention kernel is twice differentiable,
+        # the fused ones (flash, memory-efficient, the CPU's) are not (found timing Dive3D-SD,
+        # scripts/bench_objects.py)
+        second_order = self.reward_weight != 0.0 and self.grad_through == "inputs"
+        with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH) if second_order else nullcontext():
             x_ = x.detach().requires_grad_(True)
             t, eps, x_t = self.perturb(x_, step)
             # the prior's pair and psi, both differentiated through x_t (one UNet call where the

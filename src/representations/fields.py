@@ -86,7 +86,16 @@ class MultiResGrid(nn.Module):
             idx = a[:, :, 0, :, None, None] + a[:, :, 1, None, :, None] + a[:, :, 2, None, None, :]
         return idx + self.offsets[levels].view(1, -1, 1, 1, 1)
 
+    # representation.fast_field: the lookup through fused Triton kernels on CUDA
+    # (hashgrid_triton.py; this method stays the reference, and the path on the CPU)
+    fast = False
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.fast and x.is_cuda and x.dtype == self.table.dtype == torch.float32:
+            from src.representations import hashgrid_triton
+
+            if hashgrid_triton.available():
+                return hashgrid_triton.encode(self, x)
         N, L = x.shape[0], self.n_levels
         pos = x.clamp(0.0, 1.0)[:, None, :] * self.resolutions[:, None].to(x.dtype)  # (N, L, 3)
         base = pos.floor().long().clamp_max(self.resolutions[:, None] - 1)  # cell, (N, L, 3)

@@ -29,6 +29,13 @@ Memory (``checkpoint_chunks``): rays are rendered in chunks of ``chunk_rays``; w
 keeps only each chunk's pixels and the backward recomputes one chunk at a time: the autograd
 memory of one chunk instead of the whole image (a 512 px render: 16 chunks), for one more field
 forward. Same image, same gradients (tests/test_nerf.py, tests/test_sd_cuda.py).
+``checkpoint_chunks: auto`` checkpoints only renders of AUTO_CHECKPOINT_RAYS rays or more (a
+resolution schedule from 64 to 512 px then checkpoints its 512 px steps alone).
+
+Speed (``fast_field``, on with ``backbone.fast``): on CUDA the grid lookup and its backward run
+as fused Triton kernels (hashgrid_triton.py) instead of the pure-torch lookup, which stays the
+reference and the CPU path; same values up to float32 summation order, deterministic backward
+(tests/test_nerf_cuda.py). Measured in ``benchmarks/sd_gpu.md`` (primitives).
 """
 
 from __future__ import annotations
@@ -68,6 +75,10 @@ TS_OCC_UPDATE_EVERY = 16  # nerfacc's update_every_n_steps default n
 # nerfacc's sampling default: stop marching once transmittance < 1e-4
 EARLY_STOP_EPS = 1e-4
 SQRT3 = 1.7320508  # box diagonal / side
+# checkpoint_chunks=auto checkpoints renders of this many rays or more: on the lent H100 with the
+# fused grid lookup, VSD with a 512 px render needs checkpointing to fit 16 GB while at 256 px it
+# fits without and checkpointing only costs time (benchmarks/sd_gpu_fast_field/sd_gpu.md, notes)
+AUTO_CHECKPOINT_RAYS = 512 * 512
 
 
 class Field(nn.Module):
@@ -118,7 +129,8 @@ class NeRF(Representation):
         lambda_opaque: float = 0.0,
         resolution_schedule: dict | None = None,
         chunk_rays: int = 16384,
-        checkpoint_chunks: bool = False,
+        checkpoint_chunks: bool | str = False,
+        fast_field: bool | None = None,
         lr: float = 1e-2,
         lr_grid: float | None = None,
         lr_net: float = 1e-3,
@@ -155,7 +167,11 @@ class NeRF(Representation):
         self.max_steps = run_length.steps("resolution_schedule") if self.resolution_schedule else None
         self.render_hw: tuple[int, int] | None = None
         self.chunk_rays = int(chunk_rays)
-        self.checkpoint_chunks = bool(checkpoint_chunks)
+        self.checkpoint_chunks = checkpoint_chunks if checkpoint_chunks == "auto" else bool(checkpoint_chunks)
+        # null follows the backbone's fast path (backbone.fast), as the other fast kernels do
+        self.fast_field = bool(getattr(backbone, "fast", False) if fast_field is None else fast_field)
+        for f in self.fields:
+            f.encoding.fast = self.fast_field
         self.lr_grid = lr if lr_grid is None else lr_grid
         self.lr_net, self.lr_background = lr_net, lr_background
         self.export_cfg = dict(export or {})
@@ -170,7 +186,9 @@ class NeRF(Representation):
         checks.choice(cfg, "renderer", f"{key}.renderer", RENDERERS)
         checks.choice(cfg, "density_activation", f"{key}.density_activation", DENSITY_ACTIVATIONS)
         if "checkpoint_chunks" in cfg:
-            checks.choice(cfg, "checkpoint_chunks", f"{key}.checkpoint_chunks", (True, False))
+            checks.choice(cfg, "checkpoint_chunks", f"{key}.checkpoint_chunks", (True, False, "auto"))
+        if "fast_field" in cfg:
+            checks.choice(cfg, "fast_field", f"{key}.fast_field", (True, False, None))
         for name in ("lambda_sparsity", "lambda_opaque", "near_plane"):
             checks.number(cfg, name, f"{key}.{name}", lo=0.0)
         schedule = cfg.get("resolution_schedule")
@@ -281,13 +299,20 @@ class NeRF(Representation):
         obj = views.index.to(device).repeat_interleave(H * W)
         fn = self.render_rays_occgrid if self._use_occgrid() else self.render_rays_dense
         outs = [fn(o[i : i + self.chunk_rays], d[i : i + self.chunk_rays], obj[i : i + self.chunk_rays],
-                   checkpoint=self.checkpoint_chunks)
+                   checkpoint=self.checkpointed(o.shape[0]))
                 for i in range(0, o.shape[0], self.chunk_rays)]
         rgb, opacity, depth = (torch.cat(t) for t in zip(*outs))
         rgb = rgb + self.background(d) * (1.0 - opacity)
         return RenderOutput(
             rgb=rgb.view(B, H, W, 3), opacity=opacity.view(B, H, W, 1), depth=depth.view(B, H, W, 1)
         )
+
+    def checkpointed(self, n_rays: int) -> bool:
+        """Whether a render of n_rays rays checkpoints its chunks (``checkpoint_chunks``; ``auto``:
+        from AUTO_CHECKPOINT_RAYS rays on)."""
+        if self.checkpoint_chunks == "auto":
+            return n_rays >= AUTO_CHECKPOINT_RAYS
+        return bool(self.checkpoint_chunks)
 
     def render_rays_dense(self, o: Tensor, d: Tensor, obj: Tensor, stratified: bool | None = None,
                           checkpoint: bool = False) -> tuple[Tensor, Tensor, Tensor]:
