@@ -74,7 +74,11 @@ class Worker:
             except queue.Empty:
                 self.kill()
                 return None
-            if line is None:
+            if line is None:  # its stdout closed: it is exiting; reap it, so why_lost sees its code
+                try:
+                    self.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self.kill()
                 return None
             if line.startswith(RESULT):
                 return json.loads(line[len(RESULT):])
