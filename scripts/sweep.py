@@ -31,6 +31,7 @@ from src.sweeps import (  # noqa: E402
     override_value,
     point_overrides,
     record_spec,
+    run_dir_problems,
     write_report,
 )
 
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     from src.api import compose
 
     points = point_overrides(sweep)
-    bad = invalid_points(points, compose)
+    bad = invalid_points(points, compose) + run_dir_problems(sweep, sweep_dir, passthrough)
     if bad:
         print(f"error: {describe_invalid(bad, points)}", file=sys.stderr)
         return EXIT_INVALID

@@ -32,7 +32,13 @@ from pathlib import Path
 
 import torch
 
-from src.fileio import TEMP_SUFFIX, atomic_write, remove_stale_shared_temp_files, temp_prefix
+from src.fileio import (
+    TEMP_SUFFIX,
+    atomic_write,
+    remove_stale_shared_temp_files,
+    temp_prefix,
+    unwritable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +56,12 @@ def root() -> Path:
 
 
 def _problem(directory: Path) -> str | None:
-    """Why ``directory`` cannot hold cache files, or None. A probe file is written: permission
-    bits do not tell (root writes anywhere, except on a read-only file system)."""
+    """Why ``directory`` cannot hold cache files, or None."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=directory, prefix=temp_prefix("probe"), suffix=TEMP_SUFFIX)
-        os.close(fd)
-        os.unlink(probe)
     except OSError as err:
         return f"{err.strerror or err}" + (f": {err.filename}" if err.filename else "")
-    return None
+    return unwritable(directory)
 
 
 def warn_unusable(directory: Path, why: str) -> None:

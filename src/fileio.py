@@ -66,6 +66,19 @@ def temp_prefix(name: str) -> str:
     return f"{TEMP_PREFIX}{name}.{os.getpid()}@{_host()}."
 
 
+def unwritable(directory: Path) -> str | None:
+    """Why no file can be created in the existing ``directory`` (e.g. "Read-only file system"),
+    or None. A probe file is written and removed: permission bits do not tell (root writes
+    anywhere, except on a read-only file system)."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=temp_prefix("probe"), suffix=TEMP_SUFFIX)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        return err.strerror or str(err)
+    return None
+
+
 class _Recorded:
     """A file object that keeps the OSError its ``write`` raised: torch.save's zip writer turns
     it into ``RuntimeError: ... unexpected pos`` (a full disk would lose its name and errno)."""

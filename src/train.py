@@ -97,4 +97,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    from src.hooks import check_override_keys
+
+    check_override_keys(sys.argv[1:])  # typo'd keys, with the nearest ones, before Hydra composes
     main()

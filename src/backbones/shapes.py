@@ -97,6 +97,8 @@ MIN_RESOLUTION = 8  # pixels: below this the shapes are a few pixels wide
 # pixels: the exact prior holds every image in memory (float32 and float64): the default 1024
 # images take 2.4 GB at 256 px and grow with its square
 MAX_RESOLUTION = 256
+# bytes per pixel channel of the data set in memory: float32 and its float64 copy (_prior_data)
+DATA_BYTES = 4 + 8
 
 
 # ---------------------------------------------------------------------------------------
@@ -327,6 +329,31 @@ class ShapesWorld(ExactMetrics, Backbone):
     @classmethod
     def check_prompt(cls, cfg, prompt):
         parse_prompt(prompt, list(cfg.get("shapes") or []), list(cfg.get("colors") or []))
+
+    @classmethod
+    def check_composition(cls, cfg, key, root):
+        """Renders must be the data set's size: the prior is exact at backbone.resolution only
+        (the camera group follows it unless set by hand; an image representation's null size
+        means the same)."""
+        from hydra.utils import get_class
+
+        res = cfg.get("resolution")
+        n = (len(cfg.get("shapes") or []) * len(cfg.get("colors") or []) * int(cfg.get("n_azimuths") or 1)
+             * int(cfg.get("n_elevations") or 1))
+        checks.fits_memory(f"{key}.n_azimuths", cfg.get("n_azimuths"), n * res * res * 3 * DATA_BYTES,
+                           f"its {n} images at {res} px (float32 and the float64 copy)",
+                           str(root.get("device")))
+        rep = get_class(str(root.representation._target_))
+        where = {"3d": ("camera", root.get("camera") or {}), "image": ("representation", root.representation)}
+        group, node = where.get(rep.kind, (None, {}))
+        for side in ("height", "width"):
+            value = node.get(side) if group else None
+            if group == "representation" and value is None:
+                continue
+            if group is not None:
+                checks.require(value == res, f"{group}.{side}", value,
+                               f"ShapesWorld renders are {key}.resolution={res} px square: set "
+                               f"{group}.{side}={res} (or change {key}.resolution)")
 
     @classmethod
     def check_config(cls, cfg, key):
