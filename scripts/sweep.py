@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from src.rundir import RunDirError, RunLock  # noqa: E402
 from src.sweeps import (  # noqa: E402
     LAUNCHERS,
     REPO_ROOT,
@@ -90,6 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"error: {describe_invalid(bad, points)}", file=sys.stderr)
         return EXIT_INVALID
+    if sweep_dir.is_dir():  # a sweep running there holds its lock (src/hooks.py): leave sweep.yaml alone
+        try:
+            with RunLock(sweep_dir, "--sweep-dir"):
+                pass
+        except RunDirError as err:
+            print(f"error: another sweep runs in this sweep directory: {err}", file=sys.stderr)
+            return EXIT_INVALID
     try:
         record_spec(sweep, sweep_dir, args.launcher, force=args.force)
     except ValueError as err:

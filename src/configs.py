@@ -74,8 +74,11 @@ def did_you_mean(key: str, candidates: Iterable[str]) -> str:
 
 def unknown_key(key: str) -> str | None:
     """The refusal of an override of ``key`` when no config has it (with the nearest keys),
-    else None. Group choices (``guidance``) and Hydra's own keys pass."""
-    key = key.lstrip("~+")
+    else None. Group choices (``guidance``), Hydra's own keys and additions (``+key``: new by
+    intent; validate checks them against what the part takes) pass."""
+    if key.startswith("+"):
+        return None
+    key = key.lstrip("~")
     if key in known_keys() or key.split(".")[0] == "hydra" or "/" in key or "@" in key:
         return None
     return f"{key} is not a key of this project's configs{did_you_mean(key, known_keys())}"

@@ -102,13 +102,18 @@ class NonFinite(ArithmeticError):
         self.step = step
 
 
+def last_good(checkpoint: Path, step: int | None) -> str:
+    """Where a stopped run can resume from (Diverged, DiskFull)."""
+    return (f"the last good checkpoint is {checkpoint} (step {step})" if step is not None
+            else "no checkpoint was written before it")
+
+
 class Diverged(RuntimeError):
     """The run stopped at ``step``: a non-finite loss, gradient or parameter."""
 
     def __init__(self, step: int, what: str, last_good_step: int | None, checkpoint: Path):
         self.step, self.last_good_step = step, last_good_step
-        where = (f"the last good checkpoint is {checkpoint} (step {last_good_step})"
-                 if last_good_step is not None else "no checkpoint was written before it")
+        where = last_good(checkpoint, last_good_step)
         super().__init__(f"diverged at step {step}: non-finite {what}; {where}. Lower the "
                          "learning rate or set trainer.grad_clip")
 
@@ -119,10 +124,8 @@ class DiskFull(OSError):
     command exits 2 (src/train.py)."""
 
     def __init__(self, path: Path | str, last_good_step: int | None, checkpoint: Path):
-        where = (f"the last good checkpoint is {checkpoint} (step {last_good_step})"
-                 if last_good_step is not None else "no checkpoint was written before it")
-        self.message = (f"No space left on {path}: {where}. Free some space and rerun the same "
-                        "command to resume")
+        self.message = (f"No space left on {path}: {last_good(checkpoint, last_good_step)}. Free some "
+                        "space and rerun the same command to resume")
         super().__init__(errno.ENOSPC, self.message, str(path))
 
     def __str__(self) -> str:

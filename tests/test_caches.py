@@ -59,7 +59,7 @@ def damage(kind: str, path: Path) -> None:
         torch.save({**entry, "tensor": t, "sha256": cache.digest(t)}, path)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def clean(tmp_path_factory):
     """A clean-cache run's metrics and its cache entry's bytes."""
     root = tmp_path_factory.mktemp("clean_cache")
