@@ -86,6 +86,7 @@ def test_bad_values_are_refused_naming_the_key(overrides, names):
     (TOY + ["guidance=sim", "reward=point", "reward.target=[1.0,2.0,3.0]"], "reward.target=[1.0, 2.0, 3.0] is invalid: 2 numbers"),
     (["representation=gaussians", "representation.n_gaussians=100000000000"],
      "representation.n_gaussians=100000000000 is invalid: their parameters, gradients and Adam moments alone take"),
+    (["camera.batch_size=100000000000"], "camera.batch_size=100000000000 is invalid: 102400000000000 rays a step"),
     (["backbone.n_azimuths=10000000"], "backbone.n_azimuths=10000000 is invalid: its 640000000 images at 32 px"),
     # typos: the nearest keys
     (["+trainer.max_step=3"], "did you mean trainer.max_steps"),
