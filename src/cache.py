@@ -46,6 +46,8 @@ CACHE_ENV = "DISTILLERY_CACHE"
 CACHE_DEFAULT = "~/.cache/distillery"
 # The layout of a TensorCache file; a file of another version is rebuilt, not misread.
 FORMAT = 1
+# characters of a load error quoted in the warning
+MAX_REASON = 200
 MANIFEST = ".manifest.json"  # in a verified_dir: {"format", "key", "files": {name: sha256}}
 _warned: set[str] = set()
 
@@ -124,7 +126,8 @@ class TensorCache:
         try:
             entry = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # truncated, bit-flipped zip, not a torch file
-            return f"cannot be read: {type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}"
+            text = str(err).strip().splitlines()
+            return f"cannot be read: {type(err).__name__}" + (f": {text[0][:MAX_REASON]}" if text else "")
         if not isinstance(entry, dict) or entry.get("format") != FORMAT:
             return "not a verified cache entry (a foreign file or an older layout)"
         t = entry.get("tensor")

@@ -82,3 +82,17 @@ def unknown_key(key: str) -> str | None:
     if key in known_keys() or key.split(".")[0] == "hydra" or "/" in key or "@" in key:
         return None
     return f"{key} is not a key of this project's configs{did_you_mean(key, known_keys())}"
+
+
+def unknown_option(group: str, value) -> str | None:
+    """The refusal of ``group=value`` when conf/<group>/ has no such option (with the nearest
+    ones), else None; only for the top-level groups and plain names."""
+    if ("/" in group or not (CONF_DIR / group).is_dir() or not isinstance(value, str) or value == "null"
+            or "${" in value):  # an interpolation: Hydra resolves it
+        return None
+    known = options(group)
+    if value in known:
+        return None
+    near = difflib.get_close_matches(value, known, n=MAX_SUGGESTIONS, cutoff=SUGGESTION_CUTOFF)
+    hint = f"did you mean {' or '.join(f'{group}={n}' for n in near)}? " if near else ""
+    return f"{group}={value} is not an option of {group}: {hint}options: {', '.join(known)}"

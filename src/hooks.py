@@ -24,7 +24,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src import rundir
-from src.configs import unknown_key
+from src.configs import unknown_key, unknown_option
 from src.fileio import unwritable
 from src.sweeps import describe_invalid, invalid_points
 
@@ -86,9 +86,11 @@ def sweep_points(config: DictConfig) -> list[list[str]] | None:
 
 
 def check_override_keys(argv: list[str]) -> None:
-    """Refuse command-line overrides of keys no config has, with the nearest keys ("did you
-    mean trainer.max_steps?"), before Hydra composes (its own refusal names no alternative).
-    Called by src/train.py; arguments that are not ``key=value`` overrides are Hydra's."""
+    """Refuse command-line overrides of keys no config has and options no group has, with the
+    nearest ones ("did you mean trainer.max_steps?"), before Hydra composes (its own refusal
+    names no alternative and exits 1). Called by src/train.py; arguments that are not
+    ``key=value`` overrides are Hydra's."""
+    from hydra.core.override_parser.types import ChoiceSweep
     from hydra.errors import HydraException
 
     parser = OverridesParser.create()
@@ -97,12 +99,14 @@ def check_override_keys(argv: list[str]) -> None:
         if arg.startswith("-") or "=" not in arg:
             continue
         try:
-            key = parser.parse_override(arg).key_or_group
+            override = parser.parse_override(arg)
+            value = override.value()
         except HydraException:  # Hydra reports its own syntax errors
             continue
-        problem = unknown_key(key)
-        if problem:
-            problems.append(problem)
+        key = override.key_or_group
+        values = value.list if isinstance(value, ChoiceSweep) else [value]
+        found = [unknown_key(key)] + [unknown_option(key.lstrip("+~"), v) for v in values]
+        problems += [p for p in found if p]
     if problems:
         _exit("\n       ".join(problems))
 

@@ -99,7 +99,7 @@ def test_settings_read_late_are_checked_before_compute(overrides, names):
 
 
 def test_typod_keys_are_answered_with_the_nearest_ones():
-    from src.configs import unknown_key
+    from src.configs import unknown_key, unknown_option
     from src.sweeps import load_sweep
 
     assert unknown_key("trainer.steps").endswith("did you mean trainer.max_steps or trainer.step_sleep or "
@@ -108,6 +108,10 @@ def test_typod_keys_are_answered_with_the_nearest_ones():
     for known in ("trainer.max_steps", "guidance.lam", "representation.export.fps", "logger.wandb.mode",
                   "guidance", "experiment", "tuning", "hydra.run.dir", "+trainer.max_steps"):
         assert unknown_key(known) is None, known
+    assert unknown_option("guidance", "vsdd").startswith("guidance=vsdd is not an option of guidance: did you "
+                                                         "mean guidance=vsd? options: csd, dsd,")
+    for group, value in (("guidance", "vsd"), ("tuning", "${backbone}"), ("reward", "null"), ("hydra/launcher", "x")):
+        assert unknown_option(group, value) is None, (group, value)
     with pytest.raises(ValueError, match="seeds is not a key of this project's configs; did you mean seed"):
         load_sweep(str(write_sweep("grid:\n  seeds: [0, 1]\n")))
 
@@ -167,5 +171,6 @@ def test_cli_bad_inputs_exit_cleanly_and_leave_nothing(tmp_path):
 
     run = tmp_path / "run"
     out = cli("experiment=esd_toyy", f"hydra.run.dir={run}")
-    assert out.returncode != 0 and "experiment/esd_toyy" in out.stderr and "esd_toy" in out.stderr
+    assert out.returncode == 2 and "experiment=esd_toyy is not an option of experiment: did you mean " \
+                                   "experiment=esd_toy or" in out.stderr
     assert "Traceback" not in out.stderr and not run.exists()
