@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from src.rundir import RunDirError, RunLock  # noqa: E402
 from src.studies.report import write_report  # noqa: E402
 from src.sweeps import (  # noqa: E402
     LAUNCHERS,
@@ -32,6 +33,7 @@ from src.sweeps import (  # noqa: E402
     override_value,
     point_overrides,
     record_spec,
+    run_dir_problems,
 )
 
 EXIT_INVALID = 2
@@ -82,10 +84,17 @@ def main(argv: list[str] | None = None) -> int:
     from src.api import compose
 
     points = point_overrides(sweep)
-    bad = invalid_points(points, compose)
+    bad = invalid_points(points, compose) + run_dir_problems(sweep, sweep_dir, passthrough)
     if bad:
         print(f"error: {describe_invalid(bad, points)}", file=sys.stderr)
         return EXIT_INVALID
+    if sweep_dir.is_dir():  # a sweep running there holds its lock (src/hooks.py): leave sweep.yaml alone
+        try:
+            with RunLock(sweep_dir, "--sweep-dir"):
+                pass
+        except RunDirError as err:
+            print(f"error: another sweep runs in this sweep directory: {err}", file=sys.stderr)
+            return EXIT_INVALID
     try:
         record_spec(sweep, sweep_dir, args.launcher, force=args.force)
     except ValueError as err:

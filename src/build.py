@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from src import checks, rng
 from src.checks import RUN_LENGTH, ConfigError
 from src.clock import Clock
-from src.configs import CONF_DIR, options
+from src.configs import CONF_DIR, did_you_mean, options
 from src.fileio import atomic_write
 from src.loggers import WandbLogger
 
@@ -61,7 +61,8 @@ def _known_keys() -> tuple[set[str], set[str]]:
 def _unknown(given, known: set[str], prefix: str) -> None:
     unknown = sorted(str(k) for k in given if k not in known)
     if unknown:
-        raise ConfigError(f"{', '.join(prefix + k for k in unknown)}: unknown key(s); "
+        near = did_you_mean(prefix + unknown[0], [prefix + k for k in known])
+        raise ConfigError(f"{', '.join(prefix + k for k in unknown)}: unknown key(s){near}; "
                           f"known: {', '.join(prefix + k for k in sorted(known))}")
 
 

@@ -172,6 +172,19 @@ def check_image_size(cfg, key: str) -> None:
         checks.number(cfg, name, f"{key}.{name}", lo=1, integer=True)
 
 
+# A step's rays alone (an origin and a direction, float32) must fit in the device's memory: a
+# lower bound of a render's memory, which only refuses what cannot run at all (a typo'd size).
+RAY_BYTES = 6 * 4
+
+
+def check_rays_fit(cfg, key: str, root) -> None:
+    """batch_size x height x width rays against the memory of the run's device."""
+    rays = int(cfg.get("batch_size") or 1) * int(cfg.height) * int(cfg.width)
+    checks.fits_memory(f"{key}.batch_size", cfg.get("batch_size"), rays * RAY_BYTES,
+                       f"{rays} rays a step ({key}.batch_size x {key}.height x {key}.width: an origin and "
+                       "a direction each)", str(root.get("device")))
+
+
 class OrbitSampler(checks.Configurable):
     """threestudio-style random orbit cameras (camera group ``orbit``).
 
@@ -222,6 +235,10 @@ class OrbitSampler(checks.Configurable):
         self.eval_distance = float(eval_distance) if eval_distance is not None else sum(self.distance_range) / 2
         self.eval_fovy_deg = float(eval_fovy_deg) if eval_fovy_deg is not None else sum(self.fovy_range) / 2
         self.n_eval_views = int(n_eval_views)
+
+    @classmethod
+    def check_composition(cls, cfg, key, root):
+        check_rays_fit(cfg, key, root)
 
     @classmethod
     def check_config(cls, cfg, key):

@@ -12,6 +12,8 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from src.configs import did_you_mean
+
 
 class ConfigError(ValueError):
     """Invalid configuration, reported before any compute."""
@@ -113,8 +115,9 @@ class Configurable:
         given = [k for k in cfg if not str(k).startswith("_")]
         unknown = sorted(k for k in given if k not in names)
         if unknown and not open_ended:
+            near = did_you_mean(f"{key}.{unknown[0]}", [f"{key}.{n}" for n in names])
             raise ConfigError(
-                f"{', '.join(f'{key}.{k}' for k in unknown)}: unknown key(s) for {cls.__name__}; "
+                f"{', '.join(f'{key}.{k}' for k in unknown)}: unknown key(s) for {cls.__name__}{near}; "
                 f"it takes: {', '.join(sorted(names)) or 'nothing'}"
             )
         cls.check_config(cfg, key)
@@ -127,3 +130,32 @@ class Configurable:
     def check_composition(cls, cfg: Mapping, key: str, root: Mapping) -> None:
         """Checks against the rest of the run's config ``root`` (e.g. SIM's reward term needs a
         reward group); called by the trainer's ``validate`` after ``validate_config``."""
+
+
+def device_memory(device: str) -> tuple[str, int | None]:
+    """(name, bytes of memory) of the device a run's ``device`` key resolves to: a CUDA GPU's
+    total memory, else this machine's RAM; None when it cannot be told."""
+    import os
+
+    import torch
+
+    text = str(device)
+    if text.startswith("cuda") or (text == "auto" and torch.cuda.is_available()):
+        try:
+            index = int(text.split(":")[1]) if ":" in text else 0
+            props = torch.cuda.get_device_properties(index)
+            return f"cuda:{index} ({props.name})", int(props.total_memory)
+        except Exception:  # no such GPU: validate_device says so
+            return text, None
+    try:
+        return "this machine's RAM", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return "cpu", None
+
+
+def fits_memory(key: str, value: Any, need_bytes: float, what: str, device: str) -> None:
+    """Refuse ``key=value`` when ``what`` (``need_bytes``) alone exceeds the device's memory."""
+    name, total = device_memory(device)
+    if total is not None and need_bytes > total:
+        raise fail(key, value, f"{what} alone take {need_bytes / 2**30:.1f} GiB, more than "
+                               f"{name} holds ({total / 2**30:.1f} GiB)")

@@ -14,6 +14,10 @@ from src.fileio import atomic_write, to_json
 log = logging.getLogger(__name__)
 
 
+# Prefix of the final metrics' keys (src/trainer.py: finish), logged once per run at its end.
+FINAL_PREFIX = "final/"
+
+
 class JSONLLogger:
     """Appends one strict-JSON object per log call to <run_dir>/metrics.jsonl; with
     ``timestamps`` (``+logger.timestamps=true``) each line also holds ``"unix_time"``, the
@@ -26,9 +30,10 @@ class JSONLLogger:
             self.keep_until(resume_step)
 
     def keep_until(self, step: int) -> None:
-        """Drop lines logged after ``step`` (the checkpoint resumed from: they are logged again)
-        and lines that are not JSON (half written when a disk filled or a process died), with a
-        warning naming the file and line."""
+        """Drop lines logged after ``step`` (the checkpoint resumed from: they are logged again),
+        the final metrics' line (an attempt that reaches the end logs it again: a run whose
+        metrics.json was lost must not get two) and lines that are not JSON (half written when a
+        disk filled or a process died), with a warning naming the file and line."""
         kept = []
         for number, line in enumerate(self.path.read_bytes().decode(errors="replace").split("\n"), 1):
             if not line.strip():
@@ -41,7 +46,7 @@ class JSONLLogger:
                 log.warning("%s:%d: dropped a damaged line (%d bytes, not JSON; half written by "
                             "a full disk or a killed process?)", self.path, number, len(line))
                 continue
-            if record.get("step", 0) <= step:
+            if record.get("step", 0) <= step and not any(str(k).startswith(FINAL_PREFIX) for k in record):
                 kept.append(line)
         atomic_write(self.path, lambda f: f.write("".join(f"{line}\n" for line in kept).encode()))
 

@@ -28,7 +28,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from src.checks import ConfigError, echo
-from src.fileio import NEW_FILE_MODE, current_umask, to_json
+from src.fileio import NEW_FILE_MODE, current_umask, to_json, unwritable
 
 LOCK_FILE = ".lock"
 # Config keys that do not change a run's result; every other key defines the run.
@@ -47,23 +47,69 @@ class RunDirError(ConfigError):
 
 
 # --- the directory itself -------------------------------------------------------------------
-def make(run_dir: Path, key: str = "hydra.run.dir") -> Path:
-    """``run_dir`` as an existing directory, or a RunDirError naming ``key``."""
+# Linux's limits when the file system cannot be asked (os.pathconf): bytes per name, per path.
+NAME_MAX, PATH_MAX = 255, 4096
+# a sweep's run directory names: its swept overrides (Hydra's override_dirname)
+SWEEP_SUBDIR_KEY = "hydra.sweep.subdir"
+
+
+def _limit(path: Path, name: str, default: int) -> int:
+    """The file system's limit ``name`` (PC_NAME_MAX, PC_PATH_MAX) where ``path`` would live."""
+    for existing in (path.absolute(), *path.absolute().parents):
+        try:
+            return os.pathconf(existing, name)
+        except (OSError, ValueError):  # absent (or its name too long): ask its parent
+            continue
+    return default
+
+
+def path_problem(run_dir: Path | str, key: str = "hydra.run.dir") -> str | None:
+    """Why ``run_dir`` cannot be a run directory, judged from its name and what is there now
+    (nothing is created): empty, a file, a dangling link, a name or path too long."""
+    text = str(run_dir)
+    if not text.strip():
+        return f"{key}={text!r} is empty: a run needs its own directory (e.g. {key}=outputs/my_run)"
+    path = Path(text)
+    name_max = _limit(path, "PC_NAME_MAX", NAME_MAX)
+    for part in path.parts:
+        if len(os.fsencode(part)) > name_max:
+            fix = ("shorten the swept values, or leave keys out of the name with "
+                   "hydra.job.config.override_dirname.exclude_keys" if key == SWEEP_SUBDIR_KEY
+                   else f"choose a shorter {key}")
+            return (f"{key}={echo(text)}: the name {echo(part)} is {len(os.fsencode(part))} bytes, longer "
+                    f"than this file system allows ({name_max}): {fix}")
+    path_max = _limit(path, "PC_PATH_MAX", PATH_MAX)
+    if len(os.fsencode(str(path.absolute()))) >= path_max:
+        return f"{key}={echo(text)} is longer than this file system allows ({path_max} bytes in all)"
+    if path.is_symlink() and not path.exists():
+        return (f"{key}={echo(text)} is a symbolic link to {os.readlink(path)}, which does not exist: "
+                f"remove the link or choose another {key}")
+    if path.exists() and not path.is_dir():
+        return f"{key}={echo(text)} is a file, not a directory: choose another {key}"
+    return None
+
+
+def make(run_dir: Path | str, key: str = "hydra.run.dir") -> Path:
+    """``run_dir`` as an existing writable directory, or a RunDirError naming ``key``."""
+    problem = path_problem(run_dir, key)
+    if problem:
+        raise RunDirError(problem)
     run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"{key}={run_dir} is a file, not a directory: choose another {key}")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise RunDirError(f"{key}={run_dir} cannot be created: {err.strerror or err}") from None
+    why = unwritable(run_dir)
+    if why:
+        raise RunDirError(f"{key}={run_dir} cannot be written ({why}): choose a writable {key}")
     return run_dir
 
 
 class RunLock:
     """``with RunLock(run_dir):`` holds the directory for this process or raises RunDirError."""
 
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / LOCK_FILE
+    def __init__(self, run_dir: Path, key: str = "hydra.run.dir"):
+        self.path, self.key = Path(run_dir) / LOCK_FILE, key
         self.fd: int | None = None
 
     def __enter__(self) -> RunLock:
@@ -74,7 +120,7 @@ class RunLock:
             holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise RunDirError(f"{self.path.parent} is in use by a running process ({holder}); "
-                              "wait for it to end, or use another hydra.run.dir") from None
+                              f"wait for it to end, or use another {self.key}") from None
         # who holds it, for the message above (the lock itself is the flock, not this text)
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since "

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from src.configs import options
+from src.configs import options, unknown_key
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SWEEPS_DIR = REPO_ROOT / "sweeps"
@@ -149,6 +149,10 @@ def load_sweep(name_or_path: str, toy: bool = False) -> Sweep:
         overrides = _mapping(section.get("overrides"), path, "toy.overrides")
         for grid in grids:  # the toy's grid replaces the study's values key by key
             grid.update(_mapping(section.get("grid"), path, "toy.grid"))
+    for key in [*overrides, *(k for g in grids for k in g)]:
+        problem = unknown_key(str(key))
+        if problem:
+            raise ValueError(f"{path}: {problem}")
     key = "grids[]" if "grids" in spec else "grid"
     sweep = Sweep(name=spec.get("name", path.stem), overrides=overrides,
                   grids=[_grid(g, path, key, overrides) for g in grids])
@@ -212,6 +216,22 @@ def _base_exclude_keys() -> list[str]:
         return []
 
 
+def _fixed(sweep: Sweep) -> dict:
+    fixed = dict(sweep.overrides)
+    if fixed.get("logger") == "wandb":
+        fixed["logger.wandb.group"] = sweep.name  # one W&B group per sweep
+    return fixed
+
+
+def exclude_keys(sweep: Sweep, extra: list[str] = ()) -> list[str]:
+    """The keys left out of run directory names: those fixed for every run (recorded in
+    sweep.yaml). A key swept anywhere in the sweep is never left out (conf/config.yaml leaves
+    `experiment` out of plain multiruns' names), so every grid's runs have names of their own."""
+    fixed = _fixed(sweep)
+    exclude = [k for k in _base_exclude_keys() if k not in sweep.grid] + [k for k in fixed if k not in sweep.grid]
+    return sorted(set(exclude + [o.split("=", 1)[0].lstrip("+~") for o in extra]))
+
+
 def multirun_args(sweep: Sweep, launcher: str, sweep_dir: Path, extra: list[str] = (),
                   grid: dict | None = None) -> list[str]:
     """Arguments after `python -m src.train` that run one grid of the sweep (its only one when
@@ -222,20 +242,14 @@ def multirun_args(sweep: Sweep, launcher: str, sweep_dir: Path, extra: list[str]
         if len(sweep.grids) != 1:
             raise ValueError(f"sweep {sweep.name} has {len(sweep.grids)} grids: one multirun each (multiruns)")
         grid = sweep.grids[0]
-    fixed = dict(sweep.overrides)
-    if fixed.get("logger") == "wandb":
-        fixed["logger.wandb.group"] = sweep.name  # one W&B group per sweep
-    # a run dir is named by its swept values: a key swept anywhere in the sweep is never left out
-    # (conf/config.yaml leaves `experiment` out of plain multiruns' names)
-    exclude = [k for k in _base_exclude_keys() if k not in sweep.grid] + [k for k in fixed if k not in grid]
-    exclude += [o.split("=", 1)[0].lstrip("+~") for o in extra]
+    fixed, exclude = _fixed(sweep), exclude_keys(sweep, extra)
     args = ["-m"]
     args += [f"{k}={hydra_value(v)}" for k, v in fixed.items()]
     args += [f"{k}=" + ",".join(hydra_value(v) for v in values) for k, values in grid.items()]
     args += [
         f"hydra/launcher={launcher}",
         f"hydra.sweep.dir={hydra_value(str(sweep_dir))}",
-        f"hydra.job.config.override_dirname.exclude_keys={hydra_value(sorted(set(exclude)))}",
+        f"hydra.job.config.override_dirname.exclude_keys={hydra_value(exclude)}",
     ]
     return args + list(extra)
 
@@ -305,6 +319,33 @@ def invalid_points(points: list[list[str]], compose: Callable[[list[str]], objec
     return bad
 
 
+def run_dir_problems(sweep: Sweep, sweep_dir: Path, extra: list[str] = ()) -> list[tuple[list[str], str]]:
+    """(overrides, error) of every grid point whose run directory, <sweep_dir>/<swept
+    key=value,...> as Hydra names it (override_dirname), cannot be made (src/rundir.py:
+    path_problem), e.g. a name longer than the file system allows."""
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from src.rundir import SWEEP_SUBDIR_KEY, path_problem
+
+    parser, exclude = OverridesParser.create(), exclude_keys(sweep, extra)
+    bad = []
+    for point in point_overrides(sweep):
+        name = get_overrides_dirname(parser.parse_overrides(point), exclude, item_sep=",", kv_sep="=")
+        problem = path_problem(Path(sweep_dir) / name, SWEEP_SUBDIR_KEY)
+        if problem:
+            bad.append((point, problem))
+    return bad
+
+
+# characters of an override shown in a list of invalid points (a 280-character value is cut)
+MAX_OVERRIDE_SHOWN = 80
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_OVERRIDE_SHOWN else f"{text[:MAX_OVERRIDE_SHOWN - 3]}..."
+
+
 def describe_invalid(bad: list[tuple[list[str], str]], points: list[list[str]], shown: int = 3) -> str:
     """One paragraph per distinct error, with a few of the points that have it (their swept
     overrides: those that differ between points)."""
@@ -315,7 +356,9 @@ def describe_invalid(bad: list[tuple[list[str], str]], points: list[list[str]], 
     lines = [f"{len(bad)} of {len(points)} grid points are invalid; nothing was launched:"]
     for error, pts in by_error.items():
         lines.append(f"  {error}")
-        lines += [f"    at {' '.join(o for o in p if o in swept) or ' '.join(p)}" for p in pts[:shown]]
+        for p in pts[:shown]:
+            own = [o for o in p if o in swept] or p
+            lines.append(f"    at {' '.join(_cut(o) for o in own)}")
         if len(pts) > shown:
             lines.append(f"    and {len(pts) - shown} more points")
     return "\n".join(lines)

@@ -142,4 +142,7 @@ def print_provenance(args: list[str]) -> int:
 if __name__ == "__main__":
     if PROVENANCE in sys.argv[1:]:
         sys.exit(print_provenance(sys.argv[1:]))
+    from src.hooks import check_override_keys
+
+    check_override_keys(sys.argv[1:])  # typo'd keys, with the nearest ones, before Hydra composes
     main()

@@ -21,6 +21,7 @@ such state is ever checkpointed; SIGTERM / SIGINT end the step, checkpoint and e
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -45,7 +46,7 @@ from src.build import (
     validate,
 )
 from src.fileio import atomic_write, stale_temp_files
-from src.loggers import JSONLLogger, Loggers, Progress, WandbLogger
+from src.loggers import FINAL_PREFIX, JSONLLogger, Loggers, Progress, WandbLogger
 from src.rundir import NON_IDENTITY_KEYS, RunDirError, identity
 from src.runinfo import RUN_INFO, RunRecord, device_info, write_json_atomic
 
@@ -60,7 +61,7 @@ CLAIM_FILES = (".hydra", RUN_INFO, rundir.LOCK_FILE, "metrics.jsonl")
 # trainer.val_every=auto: a validation grid every 10% of the steps for 3D representations.
 VAL_FRACTION = 0.1
 
-__all__ = ["ConfigError", "Diverged", "Interrupted", "NON_IDENTITY_KEYS", "Trainer", "identity",
+__all__ = ["ConfigError", "DiskFull", "Diverged", "Interrupted", "NON_IDENTITY_KEYS", "Trainer", "identity",
            "read_metrics", "resolve_device", "run", "validate"]
 
 
@@ -99,15 +100,34 @@ class NonFinite(ArithmeticError):
         self.step = step
 
 
+def last_good(checkpoint: Path, step: int | None) -> str:
+    """Where a stopped run can resume from (Diverged, DiskFull)."""
+    return (f"the last good checkpoint is {checkpoint} (step {step})" if step is not None
+            else "no checkpoint was written before it")
+
+
 class Diverged(RuntimeError):
     """The run stopped at ``step``: a non-finite loss, gradient or parameter."""
 
     def __init__(self, step: int, what: str, last_good_step: int | None, checkpoint: Path):
         self.step, self.last_good_step = step, last_good_step
-        where = (f"the last good checkpoint is {checkpoint} (step {last_good_step})"
-                 if last_good_step is not None else "no checkpoint was written before it")
+        where = last_good(checkpoint, last_good_step)
         super().__init__(f"diverged at step {step}: non-finite {what}; {where}. Lower the "
                          "learning rate or set trainer.grad_clip")
+
+
+class DiskFull(OSError):
+    """A write failed for want of space (ENOSPC): the run stops, naming the path and the last
+    good checkpoint (atomic writes never replace it with a partial one); an OSError, so the
+    command exits 2 (src/train.py)."""
+
+    def __init__(self, path: Path | str, last_good_step: int | None, checkpoint: Path):
+        self.message = (f"No space left on {path}: {last_good(checkpoint, last_good_step)}. Free some "
+                        "space and rerun the same command to resume")
+        super().__init__(errno.ENOSPC, self.message, str(path))
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class Interrupted(Exception):
@@ -348,6 +368,11 @@ class Trainer:
             except Interrupted:
                 raise
             except Exception as err:
+                if isinstance(err, OSError) and err.errno == errno.ENOSPC and not isinstance(err, DiskFull):
+                    full = DiskFull(err.filename or self.run_dir, self.checkpoint_step, self.run_dir / CHECKPOINT)
+                    log.error("%s", full)
+                    self.write_outcome(FAILED, _first_line(full))
+                    raise full from err
                 self.write_outcome(FAILED, _first_line(err))
                 raise
 
@@ -407,7 +432,7 @@ class Trainer:
         metrics = {"status": FINISHED, **metrics}
         write_json_atomic(self.run_dir / METRICS, metrics)
         numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        loggers.log({f"final/{k}": v for k, v in numbers.items()}, self.step)
+        loggers.log({f"{FINAL_PREFIX}{k}": v for k, v in numbers.items()}, self.step)
         loggers.finish(numbers)
         return metrics
 

@@ -51,7 +51,7 @@ def test_cfg_job_prints_composed_config():
     ("score_model.prediction=x_0", r"score_model.prediction='x_0' is invalid: allowed: eps, x0, v"),
     ("score_model.from_prior=true score_model.prediction=v",
      r"score_model.prediction='v' is invalid: eps when from_prior=true"),
-    ("+guidance.lamb=0.5", r"guidance.lamb: unknown key\(s\) for ESD; it takes: .*lam"),
+    ("+guidance.lamb=0.5", r"guidance.lamb: unknown key\(s\) for ESD; did you mean guidance.lam or .*; it takes: .*lam"),
     ("+score_model.rank=4", r"score_model.rank: unknown key\(s\) for UNetScore"),
     ("camera.batch_size=0", r"camera.batch_size=0 is invalid: must be >= 1"),
 ])
@@ -177,4 +177,5 @@ def test_cli_errors_exit_nonzero_and_leave_no_run_dir(tmp_path):
     assert out.returncode == 2 and "guidance.lam=3" in out.stderr
     assert not run.exists()
     out = cli("guidance=nosuch", f"hydra.run.dir={run}")
-    assert out.returncode != 0 and "Available options" in out.stderr and "esd" in out.stderr
+    assert out.returncode == 2 and "guidance=nosuch is not an option of guidance: options: csd" in out.stderr
+    assert "esd" in out.stderr and not run.exists()

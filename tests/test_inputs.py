@@ -68,6 +68,64 @@ def test_bad_values_are_refused_naming_the_key(overrides, names):
     assert names in str(err.value) and len(str(err.value)) < MAX_MESSAGE
 
 
+@pytest.mark.parametrize("overrides, names", [
+    # issue 29: settings that failed only after compute (the export after the whole training, the
+    # render size at step 1, the allocator while building)
+    (["representation.export.video_resolution=-5"], "representation.export.video_resolution=-5 is invalid: must be >= 8"),
+    (["representation.export.video_resolution=0"], "representation.export.video_resolution=0 is invalid"),
+    (["representation.export.fps=0"], "representation.export.fps=0 is invalid: must be >= 1"),
+    (["representation.export.mesh_resolution=-1"], "representation.export.mesh_resolution=-1 is invalid: must be >= 2"),
+    (["+representation.export.formats=[obj]"], "representation.export.formats=['obj'] is invalid: a non-empty list of glb, ply"),
+    (["+representation.export.fsp=3"], "representation.export.fsp: unknown key(s); representation.export takes: "),
+    (["representation=gaussians", "representation.export.fps=-1"], "representation.export.fps=-1 is invalid"),
+    (["camera.height=16"], "camera.height=16 is invalid: ShapesWorld renders are backbone.resolution=32 px square: "
+                           "set camera.height=32"),
+    (["backbone.resolution=64", "camera.width=32"], "camera.width=32 is invalid"),
+    (["representation=image", "representation.height=16"], "representation.height=16 is invalid: ShapesWorld renders"),
+    (["guidance=sim", "reward=point", "guidance.reward_weight=1"],
+     "reward='point' is invalid: a point reward scores the points of a vector backbone"),
+    (TOY + ["reward=point"], "guidance=SDS has no reward term (only guidance=sim"),
+    (TOY + ["guidance=sim", "reward=point", "reward.target=[1.0,2.0,3.0]"], "reward.target=[1.0, 2.0, 3.0] is invalid: 2 numbers"),
+    (["representation=gaussians", "representation.n_gaussians=100000000000"],
+     "representation.n_gaussians=100000000000 is invalid: their parameters, gradients and Adam moments alone take"),
+    (["camera.batch_size=100000000000"], "camera.batch_size=100000000000 is invalid: 102400000000000 rays a step"),
+    (["backbone.n_azimuths=10000000"], "backbone.n_azimuths=10000000 is invalid: its 640000000 images at 32 px"),
+    # typos: the nearest keys
+    (["+trainer.max_step=3"], "did you mean trainer.max_steps"),
+    (["guidance=esd", "+guidance.lamda=1"], "guidance.lamda: unknown key(s) for ESD; did you mean guidance.lam"),
+])
+def test_settings_read_late_are_checked_before_compute(overrides, names):
+    with pytest.raises(ValueError) as err:
+        validate(compose(overrides))
+    assert names in str(err.value) and len(str(err.value)) < MAX_MESSAGE
+
+
+def test_typod_keys_are_answered_with_the_nearest_ones():
+    from src.configs import unknown_key, unknown_option
+    from src.sweeps import load_sweep
+
+    assert unknown_key("trainer.steps").endswith("did you mean trainer.max_steps or trainer.step_sleep or "
+                                                 "trainer.warmup_steps?")
+    assert "did you mean guidance.lam " in unknown_key("guidance.lamda")
+    for known in ("trainer.max_steps", "guidance.lam", "representation.export.fps", "logger.wandb.mode",
+                  "guidance", "experiment", "tuning", "hydra.run.dir", "+trainer.max_steps"):
+        assert unknown_key(known) is None, known
+    assert unknown_option("guidance", "vsdd").startswith("guidance=vsdd is not an option of guidance: did you "
+                                                         "mean guidance=vsd? options: csd, dsd,")
+    for group, value in (("guidance", "vsd"), ("tuning", "${backbone}"), ("reward", "null"), ("hydra/launcher", "x")):
+        assert unknown_option(group, value) is None, (group, value)
+    with pytest.raises(ValueError, match="seeds is not a key of this project's configs; did you mean seed"):
+        load_sweep(str(write_sweep("grid:\n  seeds: [0, 1]\n")))
+
+
+def write_sweep(text: str) -> Path:
+    import tempfile
+
+    path = Path(tempfile.mkdtemp()) / "typo.yaml"
+    path.write_text(text)
+    return path
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
 def test_cuda_without_a_gpu_is_refused_before_anything_is_built():
     with pytest.raises(ValueError, match=r"device='cuda' is invalid: no CUDA GPU is visible here"):
@@ -115,5 +173,6 @@ def test_cli_bad_inputs_exit_cleanly_and_leave_nothing(tmp_path):
 
     run = tmp_path / "run"
     out = cli("experiment=esd_toyy", f"hydra.run.dir={run}")
-    assert out.returncode != 0 and "experiment/esd_toyy" in out.stderr and "esd_toy" in out.stderr
+    assert out.returncode == 2 and "experiment=esd_toyy is not an option of experiment: did you mean " \
+                                   "experiment=esd_toy or" in out.stderr
     assert "Traceback" not in out.stderr and not run.exists()

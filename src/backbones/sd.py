@@ -40,21 +40,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from src import checks, weights
+from src import cache, checks, weights
 from src.backbones import fast_vae
 from src.backbones.base import Backbone
 from src.backbones.graphs import GraphCache
 from src.diffusion import alpha_sigma, bcast, sd_alphas_cumprod, v_to_eps
-from src.fileio import atomic_write, remove_stale_shared_temp_files
 from src.modules import hold
 from src.weights import WeightsNotFound  # noqa: F401  (re-exported: the error users catch)
 
@@ -67,8 +64,8 @@ VAE_MODES = ("mean", "sample")
 COMPILE = ("none", "vae", "unet", "all")
 # Components of a diffusers text-to-image repository that this backbone reads.
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-# the project's cache root (ShapesWorld uses it too); "auto" puts embeddings under it
-CACHE_ENV, CACHE_DEFAULT = "DISTILLERY_CACHE", "~/.cache/distillery"
+# embedding_cache="auto": <DISTILLERY_CACHE>/embeddings (src/cache.py)
+EMBEDDING_SUB = "embeddings"
 
 
 def resolve_weights(path: str, revision: str | None = None, cache_dir: str | None = None,
@@ -153,8 +150,9 @@ class StableDiffusion(Backbone):
         self.resolution = int(vae_resolution or unet.config.sample_size * self.vae_scale_factor)
         self.latent_channels = int(vae.config.latent_channels)
         if embedding_cache == "auto":
-            embedding_cache = os.path.join(os.environ.get(CACHE_ENV, CACHE_DEFAULT), "embeddings")
+            embedding_cache = str(cache.root() / EMBEDDING_SUB)
         self.embedding_cache = Path(embedding_cache).expanduser() if embedding_cache else None
+        self._store: cache.TensorCache | None = None  # opened at the first embedding
         self.cache_hits = self.cache_misses = 0
         self._memo: dict[str, Tensor] = {}
         self._adapters_enabled = False  # psi toggles peft adapters on self.unet (lora.py)
@@ -230,11 +228,10 @@ class StableDiffusion(Backbone):
         return self.alphas_cumprod.device
 
     # --- text -------------------------------------------------------------------------
-    def _cache_path(self, text: str) -> Path | None:
-        if self.embedding_cache is None:
-            return None
-        key = hashlib.sha256(f"{self.model_key}\n{text}".encode()).hexdigest()[:32]
-        return self.embedding_cache / f"{key}.pt"
+    def _cache_entry(self, text: str) -> tuple[str, dict]:
+        """(file name, key) of a prompt's verified cache entry (src/cache.py)."""
+        name = hashlib.sha256(f"{self.model_key}\n{text}".encode()).hexdigest()[:32]
+        return f"{name}.pt", {"model": self.model_key, "text": text}
 
     def _text_encoder(self):
         if self._text is None:
@@ -259,15 +256,17 @@ class StableDiffusion(Backbone):
     def embed(self, text: str) -> Tensor:
         """(L, D) float32 token embeddings of one prompt, on self.device (cached)."""
         if text not in self._memo:
-            path = self._cache_path(text)
-            if path is not None and path.is_file():
-                emb = torch.load(path, map_location="cpu", weights_only=True)
+            if self._store is None and self.embedding_cache is not None:
+                self._store = cache.TensorCache("", self.embedding_cache)
+            name, key = self._cache_entry(text)
+            emb = self._store.load(name, key, dtype=torch.float32) if self._store is not None else None
+            if emb is not None and emb.dim() == 2:  # (L, D)
                 self.cache_hits += 1
             else:
                 emb = self._encode_text(text)
                 self.cache_misses += 1
-                if path is not None:
-                    _atomic_save(emb, path, meta={"model": self.model_key, "text": text})
+                if self._store is not None:
+                    self._store.save(name, emb, key)
             self._memo[text] = emb
         return self._memo[text].to(self.device)
 
@@ -387,8 +386,3 @@ def _alphas_cumprod64(scheduler) -> Tensor:
     return torch.cumprod(1.0 - scheduler.betas.double(), dim=0)
 
 
-def _atomic_save(emb: Tensor, path: Path, meta: dict) -> None:
-    """The embedding (path) and a readable sidecar (which model, which text; path.json)."""
-    remove_stale_shared_temp_files(path.parent)
-    atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(meta).encode()))
-    atomic_write(path, lambda f: torch.save(emb.contiguous(), f))

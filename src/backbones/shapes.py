@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -84,22 +83,23 @@ from src.backbones.shapes_render import (
     colorize,
     render_coverage,
 )
+from src.cache import TensorCache
 from src.cameras import VIEW_NAMES, ViewBatch, view_prompt_index, wrap_azimuth
 from src.cameras_orbit import make_views, orbit_position
 from src.diffusion import alpha_sigma, bcast, sd_alphas_cumprod
-from src.fileio import atomic_write, remove_stale_shared_temp_files
 
 ARTICLES = ("a", "an", "the")
 # How a view prompt's prior knows the rendering camera: through its bin (SD's four view
 # prompts) or the camera itself (ShapesWorld.condition_on_views)
 VIEW_CONDITIONING = ("prompt", "camera")
 ANY_SHAPE = "object"  # "a red object": every shape of that color
-CACHE_ENV = "DISTILLERY_CACHE"  # root of on-disk caches; default ~/.cache/distillery
 DEFAULT_CHUNK = 512  # images per chunk of the online softmax
 MIN_RESOLUTION = 8  # pixels: below this the shapes are a few pixels wide
 # pixels: the exact prior holds every image in memory (float32 and float64), which grows with the
 # square of the resolution: the default 1024 images x 3 x 256^2 values x 12 bytes at this bound
 MAX_RESOLUTION = 256
+# bytes per pixel channel of the data set in memory: float32 and its float64 copy (_prior_data)
+DATA_BYTES = 4 + 8
 
 
 # ---------------------------------------------------------------------------------------
@@ -236,15 +236,7 @@ def vocabulary(shapes: Sequence[str], colors: Sequence[str]) -> str:
 # ---------------------------------------------------------------------------------------
 # the dataset: rendering and on-disk cache
 # ---------------------------------------------------------------------------------------
-def cache_dir() -> Path:
-    root = os.environ.get(CACHE_ENV)
-    return (Path(root) if root else Path.home() / ".cache" / "distillery") / "shapes"
-
-
-def _atomic_save(obj, path: Path) -> None:
-    """Concurrent runs of a sweep never read a half-written cache."""
-    remove_stale_shared_temp_files(path.parent)
-    atomic_write(path, lambda f: torch.save(obj, f))
+CACHE_SUB = "shapes"  # <DISTILLERY_CACHE>/shapes (src/cache.py)
 
 
 class ShapesWorld(ExactMetrics, Backbone):
@@ -340,6 +332,31 @@ class ShapesWorld(ExactMetrics, Backbone):
         parse_prompt(prompt, list(cfg.get("shapes") or []), list(cfg.get("colors") or []))
 
     @classmethod
+    def check_composition(cls, cfg, key, root):
+        """Renders must be the data set's size: the prior is exact at backbone.resolution only
+        (the camera group follows it unless set by hand; an image representation's null size
+        means the same)."""
+        from hydra.utils import get_class
+
+        res = cfg.get("resolution")
+        n = (len(cfg.get("shapes") or []) * len(cfg.get("colors") or []) * int(cfg.get("n_azimuths") or 1)
+             * int(cfg.get("n_elevations") or 1))
+        checks.fits_memory(f"{key}.n_azimuths", cfg.get("n_azimuths"), n * res * res * 3 * DATA_BYTES,
+                           f"its {n} images at {res} px (float32 and the float64 copy)",
+                           str(root.get("device")))
+        rep = get_class(str(root.representation._target_))
+        where = {"3d": ("camera", root.get("camera") or {}), "image": ("representation", root.representation)}
+        group, node = where.get(rep.kind, (None, {}))
+        for side in ("height", "width"):
+            value = node.get(side) if group else None
+            if group == "representation" and value is None:
+                continue
+            if group is not None:
+                checks.require(value == res, f"{group}.{side}", value,
+                               f"ShapesWorld renders are {key}.resolution={res} px square: set "
+                               f"{group}.{side}={res} (or change {key}.resolution)")
+
+    @classmethod
     def check_config(cls, cfg, key):
         for name, known in (("shapes", SDFS), ("colors", PALETTE)):
             values = list(cfg.get(name) or [])
@@ -427,8 +444,8 @@ class ShapesWorld(ExactMetrics, Backbone):
         s, c = divmod(int(class_id), len(self.colors))
         return f"{self.colors[c]} {self.shapes[s]}"
 
-    def world_key(self) -> str:
-        """Hash of everything that changes the rendered pixels (the cache key)."""
+    def world_spec(self) -> dict:
+        """Everything that changes the rendered pixels (the cache entry's key)."""
         spec = {
             "v": RENDERER_VERSION, "shapes": self.shapes,
             "colors": [PALETTE[c] for c in self.colors], "res": self.resolution,
@@ -438,7 +455,11 @@ class ShapesWorld(ExactMetrics, Backbone):
         }
         if self.marker and self.marker_radius != MARKER_RADIUS:  # default worlds keep their key
             spec["marker_radius"] = self.marker_radius
-        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+        return spec
+
+    def world_key(self) -> str:
+        """Hash of world_spec (the cache file's name)."""
+        return hashlib.sha256(json.dumps(self.world_spec(), sort_keys=True).encode()).hexdigest()[:16]
 
     def render_classes(
         self, class_ids: Sequence[int], views: ViewBatch, height: int | None = None,
@@ -466,16 +487,19 @@ class ShapesWorld(ExactMetrics, Backbone):
         )
 
     def _dataset(self, views: ViewBatch, cache: bool) -> tuple[Tensor, bool, Path | None]:
-        path = cache_dir() / f"{self.world_key()}.pt" if cache else None
-        if path is not None and path.exists():
-            try:
-                return torch.load(path, map_location="cpu", weights_only=True), True, path
-            except Exception:  # a corrupt file (not ours: we write atomically) is re-rendered
-                pass
+        """The rendered data set (N, H, W, 3), from the verified cache (src/cache.py) when an
+        intact entry of this world is there; a damaged or foreign one is re-rendered."""
+        store = TensorCache(CACHE_SUB) if cache else None
+        name, key = f"{self.world_key()}.pt", self.world_spec()
+        shape = (self.n_classes * len(views), self.resolution, self.resolution, 3)
+        path = store.path(name) if store is not None else None
+        imgs = store.load(name, key, shape, torch.float32) if store is not None else None
+        if imgs is not None:
+            return imgs, True, path
         imgs = self.render_classes(range(self.n_classes), views)  # (K, V, H, W, 3)
         imgs = imgs.reshape(-1, *imgs.shape[2:]).contiguous()
-        if path is not None:
-            _atomic_save(imgs, path)
+        if store is not None:
+            store.save(name, imgs, key)
         return imgs, False, path
 
     # --- images <-> backbone space ----------------------------------------------------------

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from src import rng
+from src import cache, rng
+from src.cache import verified_dir
 from src.weights import WeightsNotFound, resolve_weight_file, resolve_weights, torch_hub_file
 
 WEIGHTS = ("real", "random")
@@ -144,34 +145,43 @@ def char_bpe_files(d: Path) -> tuple[Path, Path]:
     return d / "vocab.json", d / "merges.txt"
 
 
+TINY_CLIP_SPEC = {"towers": 16, "intermediate": 32, "heads": 2, "layers": 1, "image_size": 32,
+                  "patch_size": 8, "projection": 8, "seed": 2, "chars": TINY_CLIP_CHARS,
+                  "max_tokens": TINY_CLIP_MAX_TOKENS}
+
+
 def write_tiny_clip(root: Path) -> Path:
     """A tiny random CLIP (16-wide towers, 32 px images) with a character-level tokenizer,
-    saved as a transformers directory (idempotent: same files for the same root)."""
+    saved as a transformers directory; built once and reused while its files match their
+    manifest (src/cache.py: verified_dir). Returns where it is (``root``, or a temp directory
+    when ``root`` cannot be written)."""
+    return verified_dir(Path(root), TINY_CLIP_SPEC, _build_tiny_clip)
+
+
+def _build_tiny_clip(root: Path) -> None:
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
-    root = Path(root)
-    if (root / "config.json").exists() and (root / "tokenizer_config.json").exists():
-        return root
+    spec = TINY_CLIP_SPEC
     vocab, merges = char_bpe_files(root / "_bpe")
-    tok = CLIPTokenizer(str(vocab), str(merges), model_max_length=TINY_CLIP_MAX_TOKENS)
+    tok = CLIPTokenizer(str(vocab), str(merges), model_max_length=spec["max_tokens"])
+    width, inner, heads, layers = spec["towers"], spec["intermediate"], spec["heads"], spec["layers"]
     cfg = CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_attention_heads=2,
-                         num_hidden_layers=1, max_position_embeddings=TINY_CLIP_MAX_TOKENS,
-                         bos_token_id=0, eos_token_id=1, pad_token_id=1),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_attention_heads=2,
-                           num_hidden_layers=1, image_size=32, patch_size=8),
-        projection_dim=8)
-    with _seeded(2):
+        text_config=dict(vocab_size=len(tok), hidden_size=width, intermediate_size=inner,
+                         num_attention_heads=heads, num_hidden_layers=layers,
+                         max_position_embeddings=spec["max_tokens"], bos_token_id=0, eos_token_id=1,
+                         pad_token_id=1),
+        vision_config=dict(hidden_size=width, intermediate_size=inner, num_attention_heads=heads,
+                           num_hidden_layers=layers, image_size=spec["image_size"],
+                           patch_size=spec["patch_size"]),
+        projection_dim=spec["projection"])
+    with _seeded(spec["seed"]):
         model = CLIPModel(cfg)
     tok.save_pretrained(root)
     model.save_pretrained(root)
-    return root
 
 
 def _default_cache() -> Path:
-    import os
-
-    return Path(os.environ.get("DISTILLERY_CACHE", Path.home() / ".cache" / "distillery")) / "metrics"
+    return cache.root() / "metrics"
 
 
 # --- Inception (FID / KID / IQ / IV / IG) -----------------------------------------------------

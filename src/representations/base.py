@@ -36,6 +36,45 @@ class RenderOutput:
     extras: dict = field(default_factory=dict)
 
 
+# representation.export.*: a turntable / views render below this many pixels shows nothing (the
+# backbones' own floor, src/backbones/shapes.py: MIN_RESOLUTION); a marching-cubes lattice needs
+# two points a side; one of MAX_MESH_RESOLUTION^3 float32 densities already takes 4 GiB.
+MIN_VIDEO_RESOLUTION, MIN_MESH_RESOLUTION, MAX_MESH_RESOLUTION = 8, 2, 1024
+MESH_FORMATS = ("glb", "ply")
+
+
+def check_export(cfg, key: str, function: str) -> None:
+    """``representation.export.*``: keys the export function takes, values in range, checked
+    before training rather than after it (the export runs last)."""
+    import inspect
+
+    from hydra.utils import get_method
+
+    params = inspect.signature(get_method(function)).parameters
+    allowed = sorted(set(params) - {"nerf", "gs", "out_dir", "views"})
+    unknown = sorted(str(k) for k in cfg if str(k) not in allowed)
+    if unknown:
+        raise checks.ConfigError(f"{', '.join(f'{key}.{k}' for k in unknown)}: unknown key(s); "
+                                 f"{key} takes: {', '.join(allowed)}")
+    if "video_resolution" in cfg:
+        checks.number(cfg, "video_resolution", f"{key}.video_resolution", lo=MIN_VIDEO_RESOLUTION,
+                      integer=True, optional=True)
+    for name in ("fps", "n_frames"):
+        if name in cfg:
+            checks.number(cfg, name, f"{key}.{name}", lo=1, integer=True, optional=name == "n_frames")
+    if "mesh_resolution" in cfg:
+        checks.number(cfg, "mesh_resolution", f"{key}.mesh_resolution", lo=MIN_MESH_RESOLUTION,
+                      hi=MAX_MESH_RESOLUTION, integer=True)
+    if "isosurface_threshold" in cfg and cfg.get("isosurface_threshold") != "auto":
+        checks.number(cfg, "isosurface_threshold", f"{key}.isosurface_threshold")
+    if "floater_area_fraction" in cfg:
+        checks.number(cfg, "floater_area_fraction", f"{key}.floater_area_fraction", lo=0.0, hi=1.0)
+    if "formats" in cfg:
+        formats = list(cfg.get("formats") or [])
+        checks.require(formats and all(f in MESH_FORMATS for f in formats), f"{key}.formats", formats,
+                       f"a non-empty list of {', '.join(MESH_FORMATS)}")
+
+
 class Representation(checks.Configurable, nn.Module):
     """Base class: every attribute a component may ask a representation for."""
 
@@ -51,12 +90,18 @@ class Representation(checks.Configurable, nn.Module):
         super().__init__()
         self.lr = lr
 
+    #: the function ``export`` passes ``export.*`` to (src/export/): its keywords are the keys
+    #: allowed under ``representation.export``
+    export_function: str | None = None
+
     @classmethod
     def check_config(cls, cfg, key):
-        """Every learning rate (``lr``, ``lr_*``) is a finite number >= 0."""
+        """Every learning rate (``lr``, ``lr_*``) is a finite number >= 0; ``export.*``."""
         for name in cfg:
             if str(name) == "lr" or str(name).startswith("lr_"):
                 checks.number(cfg, name, f"{key}.{name}", lo=0.0, optional=str(name) != "lr")
+        if cls.export_function is not None and cfg.get("export") is not None:
+            check_export(cfg.export, f"{key}.export", cls.export_function)
 
     def render(self, views: ViewBatch) -> RenderOutput:
         raise NotImplementedError

@@ -119,6 +119,10 @@ def sh_degree_at(step: int, max_degree: int, interval: int) -> int:
     return min(int(max_degree), int(step) // int(interval))
 
 
+# Copies of every parameter a step holds: the value, its gradient, Adam's two moments.
+STATE_COPIES = 4
+
+
 class OneGroup:
     """One param group of an optimizer, seen as the one-group optimizer gsplat's strategy
     expects per parameter (``Strategy.check_sanity``). It shares the optimizer's ``state``
@@ -171,6 +175,7 @@ STRATEGY_FIELDS = {f.name for f in dataclasses.fields(DefaultStrategy)}
 
 class Gaussians(Representation):
     kind = "3d"
+    export_function = "src.export.gaussians.export_gaussians"
 
     def __init__(
         self,
@@ -290,6 +295,15 @@ class Gaussians(Representation):
 
     @classmethod
     def check_composition(cls, cfg, key, root):
+        """Densification needs float32; the initial Gaussians' parameters, gradients and two
+        Adam moments must fit in the device's memory (a typo'd n_gaussians would otherwise fail
+        in the allocator)."""
+        degree = int(cfg.get("sh_degree") or 0)
+        floats = 3 + 3 + 4 + 1 + 3 + 3 * ((degree + 1) ** 2 - 1)  # means scales quats opacity sh0 shN
+        width = 8 if root.trainer.get("dtype") == "float64" else 4
+        need = float(cfg.n_gaussians) * int(cfg.get("n_objects") or 1) * floats * width * STATE_COPIES
+        checks.fits_memory(f"{key}.n_gaussians", cfg.n_gaussians, need,
+                           "their parameters, gradients and Adam moments", str(root.get("device")))
         # gsplat's split draws float32 noise and its ops append float32 zeros (ops.py), which
         # float64 parameters refuse (einsum needs one dtype)
         dtype = root.get("trainer", {}).get("dtype", "float32")

@@ -105,6 +105,7 @@ RENDERERS = ("auto", "dense", "occgrid")
 
 class NeRF(Representation):
     kind = "3d"
+    export_function = "src.export.nerf.export_nerf"
 
     def __init__(
         self,

@@ -23,6 +23,22 @@ class PointReward(Reward):
     def check_config(cls, cfg, key):
         checks.number(cfg, "width", f"{key}.width", lo=0.0, lo_open=True)
 
+    @classmethod
+    def check_composition(cls, cfg, key, root):
+        """A point of the toy backbones' plane: an image backbone has no such point."""
+        super().check_composition(cfg, key, root)
+        from hydra.utils import get_class
+
+        backbone = get_class(str(root.backbone._target_))
+        checks.require("vector" in backbone.supported_representations, key, "point",
+                       f"a point reward scores the points of a vector backbone (mog2d, gauss2d, "
+                       f"ssd_toy); {backbone.__name__} draws images: use reward=clip or reward=pickscore")
+        means = root.backbone.get("means")
+        target = list(cfg.get("target") or [])
+        if means:
+            checks.require(len(target) == len(means[0]), f"{key}.target", target,
+                           f"{len(means[0])} numbers, a point of the backbone's space")
+
     def forward(self, x0: Tensor, prompt: str) -> Tensor:
         d = x0.reshape(x0.shape[0], -1) - self.target.to(x0)
         return -(d * d).sum(1) / (2 * self.width**2)
