@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
 import socket
 import time
 from collections.abc import Callable
@@ -85,6 +86,12 @@ class RunLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues the run in ``run_dir`` with its recorded config (src/train.py:
+    ``resume=``); absolute, so that it works from any directory."""
+    return f"python -m src.train resume={shlex.quote(str(Path(run_dir).resolve()))}"
 
 
 # --- identity -------------------------------------------------------------------------------

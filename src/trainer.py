@@ -115,10 +115,10 @@ class Diverged(RuntimeError):
 class Interrupted(Exception):
     """SIGTERM / SIGINT: the step finished, a checkpoint was written, the run exits."""
 
-    def __init__(self, signum: int, step: int):
-        self.signum, self.step = signum, step
+    def __init__(self, signum: int, step: int, run_dir: Path):
+        self.signum, self.step, self.run_dir = signum, step, Path(run_dir)
         super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}, checkpoint "
-                         "written; rerun the same command to resume")
+                         f"written in {self.run_dir}; resume with: {rundir.resume_command(run_dir)}")
 
     @property
     def exit_code(self) -> int:
@@ -378,7 +378,7 @@ class Trainer:
             return
         if self.checkpoint_step != self.step:
             self.save()
-        raise Interrupted(self.stop.received, self.step)
+        raise Interrupted(self.stop.received, self.step, self.run_dir)
 
     def finish(self, loggers: Loggers) -> dict:
         """Final evaluation, export and metrics.json; also what a run that reached max_steps
@@ -478,6 +478,7 @@ def run(cfg: DictConfig, run_dir: Path, files: dict[str, str] | None = None) -> 
         first = not record.read().attempts
         _remove_stale_temp_files(run_dir)
         record.begin(int(cfg.seed), ident)
+        log.info("run dir: %s (resume: %s)", run_dir.resolve(), rundir.resume_command(run_dir))
         for rel, text in {".hydra/config.yaml": OmegaConf.to_yaml(cfg), **(files or {})}.items():
             atomic_write(run_dir / rel, lambda f, text=text: f.write(text.encode()))
         trainer, status, outcome = None, FAILED, {}
