@@ -94,6 +94,13 @@ def resume_command(run_dir: Path) -> str:
     return f"python -m src.train resume={shlex.quote(str(Path(run_dir).resolve()))}"
 
 
+def resume_sweep_command(args: list[str], sweep_dir: Path) -> str:
+    """A multirun's command (``args``: its arguments) with its sweep dir fixed (the default one
+    depends on the time): rerun, it skips or resumes its runs and runs the rest."""
+    kept = [a for a in args if not a.startswith("hydra.sweep.dir=")]
+    return shlex.join(["python", "-m", "src.train", *kept, f"hydra.sweep.dir={Path(sweep_dir).resolve()}"])
+
+
 # --- identity -------------------------------------------------------------------------------
 def identity(cfg: DictConfig) -> dict:
     """The resolved config without NON_IDENTITY_KEYS, as JSON would store it."""

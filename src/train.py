@@ -29,7 +29,6 @@ Hydra starts.
 from __future__ import annotations
 
 import logging
-import shlex
 import sys
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from src import rundir
 from src.configs import CONF_DIR
 
 log = logging.getLogger("src.train")
@@ -50,6 +50,7 @@ HYDRA_LOG = "train.log"
 MAX_ERROR_CHARS = 2000
 RESUME_KEY = "resume"  # resume=RUN_DIR (module docstring)
 _ABSENT = object()
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 # Hydra's job log format (hydra/conf/hydra/job_logging/default.yaml), for runs resumed without it
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
@@ -104,20 +105,17 @@ def run_and_report(cfg: DictConfig, run_dir: Path, files: dict[str, str] | None,
         # a stopped multirun launches no further job: the exit passes through Hydra's launcher
         # (which catches exceptions only); the rerun of the sweep resumes this run
         print(f"error: {err}", file=sys.stderr, flush=True)
-        if multirun:
-            print(f"sweep stopped; resume it with: {sweep_resume_command()}", file=sys.stderr, flush=True)
+        hc = HydraConfig.get() if HydraConfig.initialized() else None
+        if multirun and hc is not None and str(hc.launcher.get("_target_", "")) == BASIC_LAUNCHER:
+            # (the submitit launchers say it themselves, in the process that launched the sweep)
+            print("sweep stopped, no further job started; resume it with: "
+                  f"{rundir.resume_sweep_command(sys.argv[1:], Path(str(hc.sweep.dir)))}",
+                  file=sys.stderr, flush=True)
         sys.exit(err.exit_code)
     numbers = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, (int, float))}
     log.info("metrics: %s", numbers)
     log.info("finished: %s", run_dir.resolve())
     return metrics
-
-
-def sweep_resume_command() -> str:
-    """This multirun's command with its sweep dir fixed (the default one depends on the time)."""
-    args = [a for a in sys.argv[1:] if not a.startswith("hydra.sweep.dir=")]
-    sweep_dir = Path(str(HydraConfig.get().sweep.dir)).resolve()
-    return shlex.join(["python", "-m", "src.train", *args, f"hydra.sweep.dir={sweep_dir}"])
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
