@@ -423,15 +423,24 @@ class Trainer:
 
     @torch.no_grad()
     def validation_grid(self) -> Path | None:
-        """A PNG grid of the evaluation views (image / 3D representations) in <run_dir>/val/."""
+        """<run_dir>/val/step_*.png (image / 3D representations): VAL_VIEWS of the evaluation
+        views, evenly spaced (only those are rendered, as previews: Representation.preview),
+        enlarged and labelled."""
         if self.c.representation.kind == "vector":
             return None
-        from src.export.video import render_frames, write_grid
+        import imageio.v2 as imageio
 
-        frames = render_frames(self.c.representation, self.c.cameras.eval_views().to(self.device))
-        out = self.run_dir / "val"
-        out.mkdir(exist_ok=True)
-        return write_grid(frames, out / f"step_{self.step:06d}.png")
+        from src.export.video import VAL_VIEWS, labelled_grid, render_frames, view_labels
+
+        views = self.c.cameras.eval_views()
+        k = min(VAL_VIEWS, len(views))
+        views = views.select(torch.arange(k) * len(views) // k)  # evenly spaced (every 45 degrees of 24)
+        frames = render_frames(self.c.representation, views.to(self.device), preview=True)
+        title = f"step {self.step} / {int(self.cfg.trainer.max_steps)}"
+        out = self.run_dir / "val" / f"step_{self.step:06d}.png"
+        out.parent.mkdir(exist_ok=True)
+        imageio.imwrite(out, labelled_grid(frames, view_labels(views), title, ncols=k))
+        return out
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

@@ -33,6 +33,8 @@ forward. Same image, same gradients (tests/test_nerf.py, tests/test_sd_cuda.py).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 from pathlib import Path
@@ -67,6 +69,10 @@ TS_OCC_UPDATE_EVERY = 16  # nerfacc's update_every_n_steps default n
 # nerfacc's sampling default: stop marching once transmittance < 1e-4
 EARLY_STOP_EPS = 1e-4
 SQRT3 = 1.7320508  # box diagonal / side
+# Preview renders (Representation.preview: validation grids, the turntable video; never the
+# metrics' renders) on the dense path (the CPU) skip empty space as the CUDA path's occupancy
+# grid does: a cell of an occ_grid_resolution^3 lattice is sampled when its centre's
+# sigma * render_step_size exceeds threestudio's TS_OCC_THRESHOLD, or a neighbour's does.
 
 
 class Field(nn.Module):
@@ -152,6 +158,8 @@ class NeRF(Representation):
         self.render_hw: tuple[int, int] | None = None
         self.chunk_rays = int(chunk_rays)
         self.checkpoint_chunks = bool(checkpoint_chunks)
+        self.occ_grid_resolution = int(occ_grid_resolution)
+        self._preview = False
         self.lr_grid = lr if lr_grid is None else lr_grid
         self.lr_net, self.lr_background = lr_net, lr_background
         self.export_cfg = dict(export or {})
@@ -279,7 +287,11 @@ class NeRF(Representation):
         B = origins.shape[0]
         o, d = origins.reshape(-1, 3), dirs.reshape(-1, 3)
         obj = views.index.to(device).repeat_interleave(H * W)
-        fn = self.render_rays_occgrid if self._use_occgrid() else self.render_rays_dense
+        if self._use_occgrid():
+            fn = self.render_rays_occgrid
+        else:
+            occupied = self.occupied_cells() if self._preview and not self.training else None
+            fn = functools.partial(self.render_rays_dense, occupied=occupied)
         outs = [fn(o[i : i + self.chunk_rays], d[i : i + self.chunk_rays], obj[i : i + self.chunk_rays],
                    checkpoint=self.checkpoint_chunks)
                 for i in range(0, o.shape[0], self.chunk_rays)]
@@ -289,22 +301,70 @@ class NeRF(Representation):
             rgb=rgb.view(B, H, W, 3), opacity=opacity.view(B, H, W, 1), depth=depth.view(B, H, W, 1)
         )
 
+    @contextlib.contextmanager
+    def preview(self):
+        self._preview = True
+        try:
+            yield
+        finally:
+            self._preview = False
+
+    @torch.no_grad()
+    def occupied_cells(self) -> Tensor:
+        """(K, G, G, G) bool, G = occ_grid_resolution: the cells of each object's box that preview
+        renders sample (the comment above TS_OCC_THRESHOLD's use here). Axes (x, y, z)."""
+        G, r = self.occ_grid_resolution, self.radius
+        table = self.fields[0].encoding.table
+        c = ((torch.arange(G, device=table.device, dtype=table.dtype) + 0.5) / G * 2 - 1) * r
+        centres = torch.stack(torch.meshgrid(c, c, c, indexing="ij"), -1).reshape(-1, 3)
+        occ = [f(centres, need_rgb=False)[0] * self.render_step_size > TS_OCC_THRESHOLD for f in self.fields]
+        dense = torch.stack(occ)
+        return F.max_pool3d(dense.view(-1, 1, G, G, G).float(), 3, stride=1, padding=1)[:, 0] > 0
+
+    def _hits_cells(self, o: Tensor, d: Tensor, occupied: Tensor) -> Tensor:
+        """(R,) bool: the rays that cross the cube around every occupied cell (slab test)."""
+        G, r = occupied.shape[-1], self.radius
+        ijk = occupied.any(0).nonzero()
+        if ijk.numel() == 0:
+            return torch.zeros(o.shape[0], dtype=torch.bool, device=o.device)
+        lo, hi = (ijk.amin(0).to(o.dtype) / G * 2 - 1) * r, ((ijk.amax(0) + 1).to(o.dtype) / G * 2 - 1) * r
+        return volume.ray_aabb(o - 0.5 * (lo + hi), d, float((hi - lo).amax()) / 2)[2]
+
     def render_rays_dense(self, o: Tensor, d: Tensor, obj: Tensor, stratified: bool | None = None,
-                          checkpoint: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+                          checkpoint: bool = False, occupied: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Dense path: (R, 3), (R, 3), (R,) -> rgb (R, 3) without background, opacity, depth (R, 1).
-        checkpoint: recompute the field and compositing in backward (module docstring)."""
+        checkpoint: recompute the field and compositing in backward (module docstring);
+        occupied: occupied_cells(), whose other cells' samples get density 0 unqueried."""
         stratified = self.training if stratified is None else stratified
         t_near, t_far, hit = volume.ray_aabb(o, d, self.radius)
         t_near = t_near.clamp_min(self.near_plane)
         t_far = torch.where(hit, t_far, t_near)  # misses: zero-length intervals
         gen = self._generator if o.device.type == "cpu" else None
         t0, t1 = volume.dense_intervals(t_near, t_far, self.n_samples, stratified, gen)
+        if occupied is not None:  # only rays through the occupied cells' box: the others sample none
+            hit = self._hits_cells(o, d, occupied)
+            rgb, opacity, depth = o.new_zeros(o.shape[0], 3), o.new_zeros(o.shape[0], 1), o.new_zeros(o.shape[0], 1)
+            if bool(hit.any()):
+                parts = self._composite_dense(o[hit], d[hit], obj[hit], t0[hit], t1[hit], occupied)
+                rgb, opacity, depth = (x.index_put((hit,), p.view(-1, x.shape[1]))
+                                       for x, p in zip((rgb, opacity, depth), parts))
+            return rgb, opacity, depth
         return _maybe_checkpoint(self._composite_dense, checkpoint, o, d, obj, t0, t1)
 
-    def _composite_dense(self, o, d, obj, t0, t1):
+    def _composite_dense(self, o, d, obj, t0, t1, occupied: Tensor | None = None):
         R, S = t0.shape
         pts = o[:, None] + d[:, None] * (0.5 * (t0 + t1))[..., None]  # (R, S, 3)
-        sigma, rgb = self.query(pts.reshape(-1, 3), obj.repeat_interleave(S))
+        if occupied is None:
+            sigma, rgb = self.query(pts.reshape(-1, 3), obj.repeat_interleave(S))
+        else:
+            flat, objs = pts.reshape(-1, 3), obj.repeat_interleave(S)
+            G = occupied.shape[-1]
+            ijk = ((flat / self.radius + 1) * 0.5 * G).floor().long().clamp(0, G - 1)
+            keep = occupied[objs, ijk[:, 0], ijk[:, 1], ijk[:, 2]]
+            sigma, rgb = flat.new_zeros(flat.shape[0]), flat.new_zeros(flat.shape[0], 3)
+            if bool(keep.any()):
+                s, c = self.query(flat[keep], objs[keep])
+                sigma, rgb = sigma.index_put((keep,), s), rgb.index_put((keep,), c)
         rgb_out, opacity, depth, _ = volume.composite(t0, t1, sigma.view(R, S), rgb.view(R, S, 3))
         return rgb_out, opacity, depth
 
