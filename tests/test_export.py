@@ -222,3 +222,15 @@ def test_nerf_preview_skips_empty_cells_only():
         background = nerf.background(get_rays(v, 12, 12)[1].reshape(-1, 3))
     assert torch.allclose(nothing.rgb, background.view_as(nothing.rgb))
     assert (preview.opacity <= plain.opacity + 1e-6).all() and (preview.opacity > 0.5).any()
+    # the preview composites only each ray's samples inside the occupied cells' cube: the same
+    # as compositing all 64 with the empty cells' densities set to 0
+    from src.representations import volume
+
+    o, dirs = (t.reshape(-1, 3) for t in get_rays(v, 12, 12))
+    t_near, t_far, hit = volume.ray_aabb(o, dirs, nerf.radius)
+    t_near = t_near.clamp_min(nerf.near_plane)
+    t0, t1 = volume.dense_intervals(t_near, torch.where(hit, t_far, t_near), nerf.n_samples, False)
+    with torch.no_grad():
+        rgb, opacity, _ = nerf._composite_dense(o, dirs, torch.zeros(len(o), dtype=torch.long), t0, t1, cells)
+    assert torch.allclose(preview.opacity.reshape(-1, 1), opacity, atol=1e-6)
+    assert torch.allclose(preview.rgb.reshape(-1, 3), rgb + background * (1 - opacity), atol=1e-6)

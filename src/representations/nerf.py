@@ -321,14 +321,17 @@ class NeRF(Representation):
         dense = torch.stack(occ)
         return F.max_pool3d(dense.view(-1, 1, G, G, G).float(), 3, stride=1, padding=1)[:, 0] > 0
 
-    def _hits_cells(self, o: Tensor, d: Tensor, occupied: Tensor) -> Tensor:
-        """(R,) bool: the rays that cross the cube around every occupied cell (slab test)."""
+    def _hits_cells(self, o: Tensor, d: Tensor, occupied: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """hit (R,) bool, t_in, t_out (R,): the rays that cross the cube around every occupied
+        cell and where they do (slab test)."""
         G, r = occupied.shape[-1], self.radius
         ijk = occupied.any(0).nonzero()
         if ijk.numel() == 0:
-            return torch.zeros(o.shape[0], dtype=torch.bool, device=o.device)
+            zero = o.new_zeros(o.shape[0])
+            return zero.bool(), zero, zero
         lo, hi = (ijk.amin(0).to(o.dtype) / G * 2 - 1) * r, ((ijk.amax(0) + 1).to(o.dtype) / G * 2 - 1) * r
-        return volume.ray_aabb(o - 0.5 * (lo + hi), d, float((hi - lo).amax()) / 2)[2]
+        t_in, t_out, hit = volume.ray_aabb(o - 0.5 * (lo + hi), d, float((hi - lo).amax()) / 2)
+        return hit, t_in, t_out
 
     def render_rays_dense(self, o: Tensor, d: Tensor, obj: Tensor, stratified: bool | None = None,
                           checkpoint: bool = False, occupied: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -342,10 +345,11 @@ class NeRF(Representation):
         gen = self._generator if o.device.type == "cpu" else None
         t0, t1 = volume.dense_intervals(t_near, t_far, self.n_samples, stratified, gen)
         if occupied is not None:  # only rays through the occupied cells' box: the others sample none
-            hit = self._hits_cells(o, d, occupied)
+            hit, t_in, t_out = self._hits_cells(o, d, occupied)
             rgb, opacity, depth = o.new_zeros(o.shape[0], 3), o.new_zeros(o.shape[0], 1), o.new_zeros(o.shape[0], 1)
             if bool(hit.any()):
-                parts = self._composite_dense(o[hit], d[hit], obj[hit], t0[hit], t1[hit], occupied)
+                t0, t1 = _samples_within(t0[hit], t1[hit], t_in[hit], t_out[hit])
+                parts = self._composite_dense(o[hit], d[hit], obj[hit], t0, t1, occupied)
                 rgb, opacity, depth = (x.index_put((hit,), p.view(-1, x.shape[1]))
                                        for x, p in zip((rgb, opacity, depth), parts))
             return rgb, opacity, depth
@@ -422,6 +426,21 @@ class NeRF(Representation):
         from src.export.nerf import export_nerf
 
         return export_nerf(self, Path(out_dir), views, **self.export_cfg)
+
+
+def _samples_within(t0: Tensor, t1: Tensor, t_in: Tensor, t_out: Tensor) -> tuple[Tensor, Tensor]:
+    """The intervals (R, S) of each ray whose midpoints lie in [t_in, t_out] (R,), as (R, L)
+    with L the most any ray has, rows padded with zero-length intervals (alpha 0: they change
+    no pixel). Those outside hold no occupied cell, so compositing only these is the same."""
+    mid = 0.5 * (t0 + t1)
+    inside = (mid >= t_in[:, None]) & (mid <= t_out[:, None])  # contiguous: the cube is convex
+    count = inside.sum(1)
+    length = max(int(count.max()), 1)
+    first = inside.float().argmax(1)
+    k = torch.arange(length, device=t0.device)
+    idx = (first[:, None] + k).clamp(max=t0.shape[1] - 1)
+    a, b = t0.gather(1, idx), t1.gather(1, idx)
+    return a, torch.where(k < count[:, None], b, a)
 
 
 def _maybe_checkpoint(fn, checkpoint: bool, *args):
