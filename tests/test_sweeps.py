@@ -282,7 +282,7 @@ def test_slurm_sbatch_script_has_the_requested_resources(tmp_path, monkeypatch):
         array_parallelism=8,
         setup=["module load cuda"],
     )
-    executor = SlurmLauncher(**params)._executor()._executor  # AutoExecutor -> SlurmExecutor
+    executor = SlurmLauncher(**params)._executor()[0]._executor  # AutoExecutor -> SlurmExecutor
     text = executor._make_submission_file_text("python job.py", "uid")
     for flag in (
         "--partition=gpu",
