@@ -10,10 +10,13 @@
   every grid point must compose, validate and have a usable run directory name; otherwise all
   invalid points are listed and nothing is launched, rather than the sweep stopping at its
   first bad point after some runs (src/sweeps.py: invalid_points).
+- Hydra's basic launcher (jobs in this process): the sweep dir at the start, and after each job
+  a line with "k of N done, f failed, ETA" (the submitit launchers print their own).
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -26,10 +29,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from src import rundir
 from src.configs import unknown_key, unknown_option
 from src.fileio import unwritable
+from src.loggers import SweepProgress
 from src.sweeps import describe_invalid, invalid_points
+
+log = logging.getLogger(__name__)
 
 EXIT_INVALID = 2
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 
 
 def _exit(message: str) -> None:
@@ -114,6 +121,9 @@ def check_override_keys(argv: list[str]) -> None:
 class CheckBeforeLaunch(Callback):
     sweep_lock: rundir.RunLock | None = None  # held by the launching process for the sweep
 
+    def __init__(self):
+        self.progress: SweepProgress | None = None  # set when this process runs the jobs
+
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         _check_dir(config, "hydra.run.dir")
 
@@ -126,6 +136,11 @@ class CheckBeforeLaunch(Callback):
         points = sweep_points(config)
         if not points:
             return
+        if config.hydra.launcher.get("_target_") == BASIC_LAUNCHER:
+            HydraConfig.instance().set_config(config)
+            sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).resolve()
+            log.info("sweep dir: %s (%d runs, one after the other in this process)", sweep_dir, len(points))
+            self.progress = SweepProgress(points)
         loader = GlobalHydra.instance().config_loader()
 
         def compose(overrides: list[str]) -> DictConfig:
@@ -145,3 +160,15 @@ class CheckBeforeLaunch(Callback):
         if CheckBeforeLaunch.sweep_lock is not None:
             CheckBeforeLaunch.sweep_lock.__exit__(None, None, None)
             CheckBeforeLaunch.sweep_lock = None
+
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        if self.progress is not None and config.hydra.job.num == 0:
+            self.progress.start()
+
+    def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
+        from hydra.core.utils import JobStatus
+
+        if self.progress is None:
+            return
+        what = f"#{config.hydra.job.num} {self.progress.label(list(job_return.overrides or []))}"
+        log.info("%s", self.progress.job_ended(what, job_return.status == JobStatus.COMPLETED))

@@ -181,3 +181,46 @@ def _duration(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     h, m = divmod(m, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class SweepProgress:
+    """A sweep's progress, one line per ended job: "k of N done, f failed, ETA". ``done`` /
+    ``failed``: runs that count before this launch (finished or diverged in an earlier one).
+    The ETA assumes the remaining runs take as long as those ended in this launch so far (their
+    rate, so it holds for jobs running side by side too)."""
+
+    def __init__(self, points: list[list[str]], done: int = 0, failed: int = 0):
+        self.total, self.done, self.failed = len(points), done, failed
+        # the overrides that differ between points: what names a job in its line
+        self.swept = {o for p in points for o in p if sum(o in q for q in points) < len(points)}
+        self.ended_here, self.stopped = 0, 0
+        self.t0 = time.monotonic()
+
+    def start(self) -> None:
+        """The first job starts now (the ETA's clock; checks before it do not count)."""
+        if not self.ended_here:
+            self.t0 = time.monotonic()
+
+    def label(self, overrides: list[str]) -> str:
+        return " ".join(o for o in overrides if o in self.swept) or " ".join(overrides)
+
+    def job_ended(self, what: str, ok: bool) -> str:
+        self.ended_here += 1
+        if ok:
+            self.done += 1
+        else:
+            self.failed += 1
+        return f"{'finished' if ok else 'FAILED'}: {what} | {self.summary()}"
+
+    def job_stopped(self, what: str) -> str:
+        """A job stopped by a signal (checkpointed: the rerun resumes it)."""
+        self.stopped += 1
+        return f"stopped: {what} (checkpointed) | {self.summary()}"
+
+    def summary(self) -> str:
+        if self.stopped:
+            return f"{self.done} of {self.total} done, {self.failed} failed, {self.stopped} stopped"
+        left = self.total - self.done - self.failed
+        rate = self.ended_here / max(time.monotonic() - self.t0, 1e-9)
+        eta = _duration(left / rate) if rate > 0 and left else ("0m00s" if not left else "?")
+        return f"{self.done} of {self.total} done, {self.failed} failed, ETA {eta}"

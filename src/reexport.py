@@ -31,7 +31,9 @@ def reexport(run_dir: Path, out_dir: Path | None = None, n_frames: int | None = 
     state = load_checkpoint(run_dir, device)
     c.representation.load_state_dict(state["representation"])
     rep = c.representation
-    views = c.cameras.eval_views(n_frames) if n_frames else c.cameras.eval_views()
+    views = c.cameras.eval_views()  # the metrics' views (turntable_frames.npz) stay the run's
+    if n_frames:  # the video's frames (src/export/video.py: write_turntables)
+        rep.export_cfg = {**getattr(rep, "export_cfg", {}), "n_frames": int(n_frames)}
     if video_resolution:
         views = replace(views, height=int(video_resolution), width=int(video_resolution))
     out = Path(out_dir) if out_dir else run_dir / "export"
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m src.reexport", description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/export")
-    ap.add_argument("--n-frames", type=int, default=None, help="turntable frames (default: the camera's n_eval_views)")
+    ap.add_argument("--n-frames", type=int, default=None, help="turntable video frames (default: 60, or n_eval_views if more)")
     ap.add_argument("--video-resolution", type=int, default=None)
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args(argv)

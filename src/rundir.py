@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
 import socket
 import time
 from collections.abc import Callable
@@ -133,6 +134,19 @@ class RunLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues the run in ``run_dir`` with its recorded config (src/train.py:
+    ``resume=``); absolute, so that it works from any directory."""
+    return f"python -m src.train resume={shlex.quote(str(Path(run_dir).resolve()))}"
+
+
+def resume_sweep_command(args: list[str], sweep_dir: Path) -> str:
+    """A multirun's command (``args``: its arguments) with its sweep dir fixed (the default one
+    depends on the time): rerun, it skips or resumes its runs and runs the rest."""
+    kept = [a for a in args if not a.startswith("hydra.sweep.dir=")]
+    return shlex.join(["python", "-m", "src.train", *kept, f"hydra.sweep.dir={Path(sweep_dir).resolve()}"])
 
 
 # --- identity -------------------------------------------------------------------------------

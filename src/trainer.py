@@ -133,10 +133,10 @@ class DiskFull(OSError):
 class Interrupted(Exception):
     """SIGTERM / SIGINT: the step finished, a checkpoint was written, the run exits."""
 
-    def __init__(self, signum: int, step: int):
-        self.signum, self.step = signum, step
+    def __init__(self, signum: int, step: int, run_dir: Path):
+        self.signum, self.step, self.run_dir = signum, step, Path(run_dir)
         super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}, checkpoint "
-                         "written; rerun the same command to resume")
+                         f"written in {self.run_dir}; resume with: {rundir.resume_command(run_dir)}")
 
     @property
     def exit_code(self) -> int:
@@ -410,7 +410,7 @@ class Trainer:
             return
         if self.checkpoint_step != self.step:
             self.save()
-        raise Interrupted(self.stop.received, self.step)
+        raise Interrupted(self.stop.received, self.step, self.run_dir)
 
     def finish(self, loggers: Loggers) -> dict:
         """Final evaluation, export and metrics.json; also what a run that reached max_steps
@@ -455,15 +455,24 @@ class Trainer:
 
     @torch.no_grad()
     def validation_grid(self) -> Path | None:
-        """A PNG grid of the evaluation views (image / 3D representations) in <run_dir>/val/."""
+        """<run_dir>/val/step_*.png (image / 3D representations): VAL_VIEWS of the evaluation
+        views, evenly spaced (only those are rendered, as previews: Representation.preview),
+        enlarged and labelled."""
         if self.c.representation.kind == "vector":
             return None
-        from src.export.video import render_frames, write_grid
+        import imageio.v2 as imageio
 
-        frames = render_frames(self.c.representation, self.c.cameras.eval_views().to(self.device))
-        out = self.run_dir / "val"
-        out.mkdir(exist_ok=True)
-        return write_grid(frames, out / f"step_{self.step:06d}.png")
+        from src.export.video import VAL_VIEWS, labelled_grid, render_frames, view_labels
+
+        views = self.c.cameras.eval_views()
+        k = min(VAL_VIEWS, len(views))
+        views = views.select(torch.arange(k) * len(views) // k)  # evenly spaced (every 45 degrees of 24)
+        frames = render_frames(self.c.representation, views.to(self.device), preview=True)
+        title = f"step {self.step} / {int(self.cfg.trainer.max_steps)}"
+        out = self.run_dir / "val" / f"step_{self.step:06d}.png"
+        out.parent.mkdir(exist_ok=True)
+        imageio.imwrite(out, labelled_grid(frames, view_labels(views), title, ncols=k))
+        return out
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -512,6 +521,7 @@ def run(cfg: DictConfig, run_dir: Path, files: dict[str, str] | None = None) -> 
         first = not record.read().attempts
         _remove_stale_temp_files(run_dir)
         record.begin(int(cfg.seed), ident)
+        log.info("run dir: %s (resume: %s)", run_dir.resolve(), rundir.resume_command(run_dir))
         for rel, text in {".hydra/config.yaml": OmegaConf.to_yaml(cfg), **(files or {})}.items():
             atomic_write(run_dir / rel, lambda f, text=text: f.write(text.encode()))
         trainer, status, outcome = None, FAILED, {}

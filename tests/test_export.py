@@ -143,3 +143,94 @@ def test_reexport_cli_errors_on_missing_run(tmp_path):
     from src.reexport import main
 
     assert main([str(tmp_path / "nope")]) == 2
+
+
+@pytest.mark.parametrize("n, frames", [(24, 60), (5, 60), (72, 72)])
+def test_turntable_video_has_60_frames_at_the_eval_elevation(n, frames):
+    """Issue 30 item 6: the video turns at the evaluation views' elevation, distance, fovy and
+    resolution with >= 60 frames, through the front view (azimuth 0, the first eval view)."""
+    from src.cameras_orbit import OrbitSampler
+    from src.export.video import MIN_TURNTABLE_FRAMES, dense_turntable
+
+    eval_views = OrbitSampler(height=16, width=16, eval_elevation_deg=25.0, n_eval_views=n).eval_views()
+    dense = dense_turntable(eval_views)
+    assert len(dense) == frames >= MIN_TURNTABLE_FRAMES and (dense.height, dense.width) == (16, 16)
+    for name in ("elevation_deg", "distance", "fovy_deg"):
+        assert torch.all(getattr(dense, name) == getattr(eval_views, name)[0]), name
+    assert torch.equal(dense.c2w[0], eval_views.c2w[0]) and dense.elevation_deg[0] == 25.0
+    steps = torch.diff(dense.azimuth_deg) % 360
+    assert torch.allclose(steps, torch.full_like(steps, 360 / frames))
+    assert len(dense_turntable(eval_views, n_frames=90)) == 90
+    # views that are no turntable (random training views) make the video themselves
+    assert dense_turntable(OrbitSampler(height=16, width=16).sample(0, torch.Generator().manual_seed(0))) is None
+
+
+def test_nerf_export_video_is_a_preview_and_the_npz_holds_the_exact_eval_views(tmp_path, monkeypatch):
+    """The metrics' renders (turntable_frames.npz, views.png) are the plain eval renders; the
+    60-frame video is rendered as a preview (empty space skipped)."""
+    import imageio.v2 as imageio
+
+    import src.export.video as video
+    from src.cameras_orbit import OrbitSampler
+
+    nerf = tiny_nerf(export={"mesh_resolution": 16})
+    eval_views = OrbitSampler(height=8, width=8, n_eval_views=6).eval_views()
+    rendered = []
+    original = video.render_frames
+    monkeypatch.setattr(video, "render_frames",
+                        lambda rep, v, preview=False: rendered.append((len(v), preview)) or original(rep, v, preview=preview))
+    nerf.export(tmp_path, eval_views)
+    assert rendered == [(6, False), (60, True)]
+    with np.load(tmp_path / "turntable_frames.npz") as z:
+        assert z["rgb"].shape == (6, 8, 8, 3)
+        assert np.array_equal(z["azimuth_deg"], eval_views.azimuth_deg.numpy())
+        assert np.array_equal(z["rgb"], video.to_uint8(original(nerf, eval_views)))
+    r = imageio.get_reader(tmp_path / "turntable.mp4")
+    assert sum(1 for _ in r) == 60
+    r.close()
+
+
+def test_nerf_preview_skips_empty_cells_only():
+    """A preview render (Representation.preview) queries the field only in occupied cells
+    (sigma * render_step_size > threestudio's occupancy threshold, or a neighbour's): with every
+    cell occupied it is the plain render, with none it is the background; the blob's occupied
+    cells are those of its dense core."""
+    from src.representations.nerf import TS_OCC_THRESHOLD
+
+    nerf = tiny_nerf().eval()
+    v = views(2, res=12)
+    with torch.no_grad():
+        plain = nerf.render(v)
+        cells = nerf.occupied_cells()
+        G = cells.shape[-1]
+        c = ((torch.arange(G) + 0.5) / G * 2 - 1) * nerf.radius
+        centres = torch.stack(torch.meshgrid(c, c, c, indexing="ij"), -1).reshape(-1, 3)
+        core = (nerf.density(centres) * nerf.render_step_size > TS_OCC_THRESHOLD).view(1, 1, G, G, G).float()
+        assert torch.equal(cells, torch.nn.functional.max_pool3d(core, 3, 1, 1)[:, 0] > 0)
+        assert 0 < cells.float().mean() < 0.5  # the blob: a ball in the middle of the box
+        with nerf.preview():
+            preview = nerf.render(v)
+            nerf.occupied_cells = lambda: torch.ones_like(cells)
+            everything = nerf.render(v)
+            nerf.occupied_cells = lambda: torch.zeros_like(cells)
+            nothing = nerf.render(v)
+    assert torch.allclose(everything.rgb, plain.rgb, atol=1e-6) and torch.allclose(everything.opacity, plain.opacity, atol=1e-6)
+    assert torch.all(nothing.opacity == 0)
+    from src.cameras_orbit import get_rays
+
+    with torch.no_grad():
+        background = nerf.background(get_rays(v, 12, 12)[1].reshape(-1, 3))
+    assert torch.allclose(nothing.rgb, background.view_as(nothing.rgb))
+    assert (preview.opacity <= plain.opacity + 1e-6).all() and (preview.opacity > 0.5).any()
+    # the preview composites only each ray's samples inside the occupied cells' cube: the same
+    # as compositing all 64 with the empty cells' densities set to 0
+    from src.representations import volume
+
+    o, dirs = (t.reshape(-1, 3) for t in get_rays(v, 12, 12))
+    t_near, t_far, hit = volume.ray_aabb(o, dirs, nerf.radius)
+    t_near = t_near.clamp_min(nerf.near_plane)
+    t0, t1 = volume.dense_intervals(t_near, torch.where(hit, t_far, t_near), nerf.n_samples, False)
+    with torch.no_grad():
+        rgb, opacity, _ = nerf._composite_dense(o, dirs, torch.zeros(len(o), dtype=torch.long), t0, t1, cells)
+    assert torch.allclose(preview.opacity.reshape(-1, 1), opacity, atol=1e-6)
+    assert torch.allclose(preview.rgb.reshape(-1, 3), rgb + background * (1 - opacity), atol=1e-6)

@@ -42,6 +42,20 @@ def test_loss_png_from_metrics_jsonl(tmp_path):
     assert plot_curves(tmp_path / "none.jsonl", tmp_path / "x.png") is None
 
 
+def test_loss_curves_are_smoothed_by_an_ema_over_steps():
+    """loss.png's smoothed curve (issue 30 item 6): after a jump from 0 to 1, the average is
+    1 - 0.5 ** (steps since the last 0 / half-life), whatever the logging interval."""
+    from src.export.plots import ema
+
+    for every in (1, 10):
+        steps = list(range(0, 400, every))
+        smooth = ema(steps, [0.0 if s < 100 else 1.0 for s in steps], half_life=50.0)
+        for s, v in zip(steps, smooth):
+            expected = 0.0 if s < 100 else 1 - 0.5 ** ((s - (100 - every)) / 50.0)
+            assert abs(v - expected) < 1e-12
+    assert ema([0, 1], [3.0, 5.0], half_life=0.0) == [3.0, 5.0]  # no smoothing
+
+
 def test_evaluate_script_writes_evaluation_report_and_a_wandb_summary(tmp_path):
     """scripts/evaluate.py on a two-seed sweep with test weights: evaluation.json, the report
     with the group columns, one offline W&B run of job type evaluation in the sweep's group."""

@@ -236,6 +236,24 @@ def test_every_job_of_a_sweep_shares_one_compile_cache(tmp_path, monkeypatch):
     assert launchers.use_compile_cache(tmp_path) == Path("/elsewhere")
 
 
+def test_local_jobs_get_one_gpu_each_round_robin(tmp_path, monkeypatch):
+    """Issue 30 item 4: 4 local jobs on a machine with 2 (fake) GPUs see CUDA_VISIBLE_DEVICES
+    0, 1, 0, 1 (real submitit jobs report what they see); k GPUs per job take the next k."""
+    import submitit
+
+    from hydra_plugins.distillery_launchers.launchers import gpus_of_job, local_gpus, submit_local
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    executor = submitit.LocalExecutor(folder=tmp_path / "%j")
+    executor.update_parameters(timeout_min=2)
+    jobs = submit_local(executor, _visible_devices, [()] * 4, local_gpus(), per_job=1)
+    assert [job.result() for job in jobs] == ["0", "1", "0", "1"]
+    assert [gpus_of_job(i, [3, 5, 7], 2) for i in range(3)] == [[3, 5], [7, 3], [5, 7]]
+    assert gpus_of_job(4, [], 1) == [] and gpus_of_job(4, [3, 5], 0) == []  # CPU only
+    with pytest.raises(ValueError, match="gpus_per_node=3, but this machine shows 2 GPUs"):
+        gpus_of_job(0, [0, 1], 3)
+
+
 def test_launcher_classes_are_hydra_plugins():
     from hydra.core.plugins import Plugins
     from hydra.plugins.launcher import Launcher
@@ -282,7 +300,7 @@ def test_slurm_sbatch_script_has_the_requested_resources(tmp_path, monkeypatch):
         array_parallelism=8,
         setup=["module load cuda"],
     )
-    executor = SlurmLauncher(**params)._executor()._executor  # AutoExecutor -> SlurmExecutor
+    executor = SlurmLauncher(**params)._executor()[0]._executor  # AutoExecutor -> SlurmExecutor
     text = executor._make_submission_file_text("python job.py", "uid")
     for flag in (
         "--partition=gpu",

@@ -131,6 +131,34 @@ def test_validation_grids_are_written_and_logged(tmp_path):
     assert sorted(p.name for p in (tmp_path / "val").iterdir()) == ["step_000002.png", "step_000004.png"]
 
 
+def test_validation_grid_is_labelled_readable_and_renders_only_its_views(tmp_path, monkeypatch):
+    """Issue 30 item 6: VAL_VIEWS of the 24 evaluation views (every 45 degrees; only those are
+    rendered, as previews), each 32 px render enlarged to a 128 px tile, its azimuth under it,
+    the step above."""
+    import imageio.v2 as imageio
+    import numpy as np
+
+    import src.export.video as video
+
+    rendered = []
+    original = video.render_frames
+    monkeypatch.setattr(video, "render_frames", lambda rep, v, preview=False: rendered.append(
+        (v.azimuth_deg.tolist(), preview)) or original(rep, v, preview=preview))
+    overrides = ["trainer.max_steps=2", "trainer.val_every=1", "trainer.export=false",
+                 "representation.n_samples=8", "representation.grid.n_levels=2"]
+    cfg = compose(overrides)
+    assert cfg.camera.height == 32 and cfg.camera.n_eval_views == 24
+    train(cfg, tmp_path)
+    assert rendered == [([0.0, 45.0, 90.0, 135.0, 180.0, -135.0, -90.0, -45.0], True)] * 2  # steps 1, 2
+    grid = imageio.imread(tmp_path / "val" / "step_000001.png")
+    line, tile = video.LABEL_PX + 6, 128
+    assert grid.shape == (line + tile + line, 8 * (tile + 4) - 4, 3)
+    title, labels = grid[:line], grid[line + tile:]
+    assert (title < 128).any() and all((labels[:, c * (tile + 4): c * (tile + 4) + tile] < 128).any() for c in range(8))
+    tiles = grid[line:line + tile, :tile]  # nearest-neighbour 4x: blocks of 4 x 4 equal pixels
+    assert np.array_equal(tiles, np.repeat(np.repeat(tiles[::4, ::4], 4, 0), 4, 1))
+
+
 # --- a run never lies (issue 11): divergence, ownership, recovery, extension ---------------------
 def strict_json(path: Path) -> dict:
     """json.loads that refuses NaN / Infinity, as a strict reader (e.g. JavaScript) would."""

@@ -10,7 +10,12 @@ accepts launcher classes under the ``hydra_plugins`` namespace; the repository r
   (it would diverge again: listed as failed, with its error); "failed" runs run again,
 - wait for *all* jobs and then report every failed one with its run directory and the
   submitit log that holds its traceback, instead of stopping at the first failure,
-- limit how many local jobs run at once (submitit's local executor starts them all),
+- limit how many local jobs run at once (submitit's local executor starts them all), and give
+  each local job one GPU, round-robin (``local_gpus``, ``gpus_of_job``),
+- print one line per ended job with "k of N done, f failed, ETA" (Slurm: polled),
+- stop a local sweep on SIGTERM / SIGINT (``StopRequests``): the running jobs end their step,
+  checkpoint and exit, no further job starts, and the command exits 128 + N; rerunning it
+  resumes the stopped runs and runs the rest,
 - give every job one torch.compile cache in the sweep dir (``COMPILE_CACHE_DIR``), so that a
   sweep compiles once.
 
@@ -35,6 +40,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +53,9 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher as plugin
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf
+
+from src.loggers import SweepProgress
+from src.rundir import resume_sweep_command
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +76,9 @@ THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 # the environment wins.
 COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 COMPILE_CACHE_DIR = ".compile_cache"
+# Seconds between looks at the running jobs: a local job's end is a file's existence; on Slurm
+# submitit asks sacct, which sites ask users not to call more than every few seconds.
+POLL_S = {"local": 1.0, "slurm": 30.0}
 
 
 def local_gpus() -> list[int]:
@@ -91,6 +103,68 @@ def use_compile_cache(sweep_dir: Path) -> Path:
     """In a job: torch.compile's cache is the sweep's (COMPILE_CACHE_DIR), unless set already."""
     os.environ.setdefault(COMPILE_CACHE_ENV, str(sweep_dir / COMPILE_CACHE_DIR))
     return Path(os.environ[COMPILE_CACHE_ENV])
+
+
+def gpus_of_job(position: int, gpus: Sequence[int], per_job: int) -> list[int]:
+    """The GPUs of the ``position``-th launched local job: ``per_job`` of ``gpus`` round-robin
+    (one each: job i sees GPU i mod n), so that jobs share a GPU only when there are more jobs
+    at once than GPUs."""
+    if not gpus or per_job <= 0:
+        return []
+    if per_job > len(gpus):
+        raise ValueError(f"hydra.launcher.gpus_per_node={per_job}, but this machine shows {len(gpus)} "
+                         f"GPUs ({','.join(map(str, gpus))})")
+    return [gpus[(position * per_job + j) % len(gpus)] for j in range(per_job)]
+
+
+class _OwnSession:
+    """What ``submitit.local.local`` sees as ``subprocess`` while this launcher submits: job
+    controllers start in a session of their own, so a Ctrl-C or a ``timeout`` (signals to the
+    whole process group) reaches this process only, which stops each job once (StopRequests).
+    In the group, the controller would forward the signal a second time (and kill its job 1 s
+    after a SIGINT), which stops a trainer at once, without its checkpoint."""
+
+    def __getattr__(self, name: str):
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(*args, **kwargs):  # noqa: N802 (subprocess's name)
+        return subprocess.Popen(*args, start_new_session=True, **kwargs)
+
+
+class StopRequests:
+    """``with StopRequests() as stop:`` in the process that launches local jobs: SIGTERM /
+    SIGINT set ``stop.received`` and are passed on (as SIGTERM, to the controller, which passes
+    it to its job) to every job in ``stop.jobs``; the launcher starts no further job. A job's
+    trainer ends its step, checkpoints and exits (src/trainer.py: StopSignals); a second signal
+    stops the jobs at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: int | None = None
+        self.jobs: list = []
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopRequests":
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        first = self.received is None
+        self.received = signum
+        log.warning(f"{signal.Signals(signum).name} received: "
+                    + ("stopping the running jobs after their step, starting no other"
+                       if first else "stopping the running jobs at once"))
+        for job in self.jobs:
+            process = getattr(job, "_process", None)
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclass
@@ -132,6 +206,10 @@ class _SweepLauncher:
                 sys.modules["torch"].set_num_threads(int(cpus))
         use_compile_cache(Path(str(self.config.hydra.sweep.dir)))
         self._requeueing = False
+        if self._EXECUTOR == "local":
+            # submitit ignores SIGTERM in a job (on Slurm it comes before the kill of a requeue);
+            # a local one comes from StopRequests: the trainer checkpoints and stops
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
         try:
             ret = super().__call__(*args)  # type: ignore[misc]
         except SystemExit as exit:
@@ -163,7 +241,7 @@ class _SweepLauncher:
         assert self.config is not None and self.hydra_context is not None
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {sweep_dir}")
+        log.info(f"sweep dir: {sweep_dir.resolve()} ({len(job_overrides)} runs, submitit '{self._EXECUTOR}')")
 
         returns: list[JobReturn | None] = [None] * len(job_overrides)
         failures: list[Failure] = []
@@ -190,18 +268,39 @@ class _SweepLauncher:
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
             todo.append((pos, idx, list(overrides), run_dir))
 
-        for chunk in self._chunks(todo):
-            executor = self._executor()
-            args = [
-                (ov, "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state())
-                for _, idx, ov, _ in chunk
-            ]
-            jobs = executor.map_array(self, *zip(*args))
-            for (pos, idx, ov, run_dir), job in zip(chunk, jobs):
-                returns[pos], failure = self._collect(job, idx, ov, run_dir)
-                if failure:
-                    failures.append(failure)
-                    log.error(f"job failed: {failure.line()}")
+        progress = SweepProgress([list(o) for o in job_overrides],
+                                 done=len(job_overrides) - len(todo) - len(failures), failed=len(failures))
+        progress.start()
+        with StopRequests() if self._EXECUTOR == "local" else _NoStop() as stop:
+            launched = 0
+            for chunk in self._chunks(todo):
+                if stop.received is not None:
+                    break
+                jobs = self._submit(chunk, launched)
+                launched += len(chunk)
+                stop.jobs = jobs
+                if stop.received is not None:  # a signal while submitting: these stop too
+                    stop._handle(stop.received, None)
+                pending = list(zip(chunk, jobs))
+                while pending:
+                    ended = [(c, job) for c, job in pending if job.done()]
+                    for (pos, idx, ov, run_dir), job in ended:
+                        returns[pos], failure = self._collect(job, idx, ov, run_dir)
+                        if failure and stop.received is not None:
+                            log.warning(progress.job_stopped(f"#{idx} {progress.label(ov)}"))
+                            continue
+                        if failure:
+                            failures.append(failure)
+                            log.error(f"job failed: {failure.line()}")
+                        log.info(progress.job_ended(f"#{idx} {progress.label(ov)}", failure is None))
+                    pending = [p for p in pending if p not in ended]
+                    if pending:
+                        time.sleep(POLL_S[self._EXECUTOR])
+        if stop.received is not None:
+            log.error(f"sweep stopped by {signal.Signals(stop.received).name}: {progress.summary()}; "
+                      f"no further job started. Resume it with: "
+                      f"{resume_sweep_command(sys.argv[1:], sweep_dir)}")
+            raise SystemExit(128 + stop.received)
 
         (sweep_dir / FAILED_LIST).unlink(missing_ok=True)
         if failures:
@@ -212,6 +311,20 @@ class _SweepLauncher:
                 f"(listed in {sweep_dir / FAILED_LIST}):\n{text}"
             )
         return [r for r in returns if r is not None]
+
+    def _submit(self, chunk: list, launched: int) -> list:
+        """Submit a chunk of jobs; local ones one by one, each with its GPUs (gpus_of_job) and
+        its controller in a session of its own (_OwnSession)."""
+        executor, gpus = self._executor()
+        args = [
+            (ov, "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state())
+            for _, idx, ov, _ in chunk
+        ]
+        if self._EXECUTOR != "local":
+            return executor.map_array(self, *zip(*args))
+        per_job = self.params.get("gpus_per_node")
+        per_job = (1 if gpus else 0) if per_job is None else int(per_job)
+        return submit_local(executor._executor, self, args, gpus, per_job, first=launched)
 
     # -- parts ----------------------------------------------------------------------------------
 
@@ -235,7 +348,8 @@ class _SweepLauncher:
         return [todo[i : i + size] for i in range(0, len(todo), size)]
 
     def _executor(self):
-        """The plugin's executor set-up (submitit_launcher.launch), minus our own keys."""
+        """The plugin's executor set-up (submitit_launcher.launch), minus our own keys; and the
+        GPUs local jobs share out (local_gpus; [] on Slurm)."""
         import submitit
 
         params = dict(self.params)
@@ -243,10 +357,10 @@ class _SweepLauncher:
         init = {"folder": params["submitit_folder"]}
         if "max_num_timeout" in params:
             init[f"{self._EXECUTOR}_max_num_timeout"] = params["max_num_timeout"]
-        visible = None
-        if self._EXECUTOR == "local" and params.get("gpus_per_node") is None:
-            visible = local_gpus()
-            params["gpus_per_node"] = len(visible)
+        gpus: list[int] = []
+        if self._EXECUTOR == "local":
+            gpus = local_gpus()
+            params["gpus_per_node"] = 0  # per job, in submit_local
         executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **init)
         base = set(OmegaConf.structured(BaseQueueConf).keys())
         executor.update_parameters(
@@ -256,9 +370,7 @@ class _SweepLauncher:
                 if k not in init_keys
             }
         )
-        if visible is not None:  # a LocalExecutor key that AutoExecutor does not pass through
-            executor._executor.update_parameters(visible_gpus=visible)
-        return executor
+        return executor, gpus
 
     @staticmethod
     def _collect(
@@ -278,6 +390,35 @@ class _SweepLauncher:
         if ret.status == JobStatus.FAILED:
             return ret, Failure(idx, overrides, run_dir, log_path, _first_line(ret._return_value))
         return ret, None
+
+
+def submit_local(executor, fn, args: list[tuple], gpus: Sequence[int], per_job: int, first: int = 0) -> list:
+    """``fn(*a)`` for each ``a`` of ``args`` as a job of submitit's LocalExecutor ``executor``;
+    job ``first + i`` sees ``gpus_of_job(first + i, gpus, per_job)`` as CUDA_VISIBLE_DEVICES."""
+    from unittest import mock
+
+    import submitit.local.local
+
+    jobs = []
+    with mock.patch.object(submitit.local.local, "subprocess", _OwnSession()):
+        for i, a in enumerate(args):
+            mine = gpus_of_job(first + i, gpus, per_job)
+            executor.update_parameters(gpus_per_node=len(mine), visible_gpus=tuple(mine))
+            jobs.append(executor.submit(fn, *a))
+    return jobs
+
+
+class _NoStop:
+    """StopRequests' place on Slurm: the submitting process does not own the jobs' signals."""
+
+    received = None
+    jobs: list = []
+
+    def __enter__(self) -> "_NoStop":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
 
 
 def _outcome(run_dir: Path) -> dict:

@@ -78,15 +78,61 @@ def write_grid(frames, path: Path, ncols: int | None = None, max_views: int = 16
     return path
 
 
+# A validation grid (Trainer.validation_grid): this many views of the eval turntable (one per
+# 45 degrees of azimuth), each tile enlarged (nearest neighbour, an integer factor) to at least
+# VAL_TILE_PX so that a 32 px render is readable, with its azimuth under it and the step above.
+VAL_VIEWS = 8
+VAL_TILE_PX = 128
+LABEL_PX = 14  # the labels' font size (PIL's built-in font)
+
+
+def view_labels(views) -> list[str]:
+    """A short label per view: its azimuth (and elevation) where the views have them."""
+    az, el = getattr(views, "azimuth_deg", None), getattr(views, "elevation_deg", None)
+    if az is None:
+        return [f"view {i}" for i in range(len(views))]
+    return [f"az {float(a):.0f}" + (f", el {float(e):.0f}" if el is not None else "")
+            for a, e in zip(az.tolist(), (el.tolist() if el is not None else [None] * len(views)))]
+
+
+def labelled_grid(frames, labels: list[str], title: str, ncols: int | None = None,
+                  tile_px: int = VAL_TILE_PX) -> np.ndarray:
+    """make_grid of the frames enlarged to >= tile_px each, a label under each tile and a title
+    line above: (H', W', 3) uint8."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    arr = to_uint8(frames)
+    scale = max(1, math.ceil(tile_px / max(arr.shape[1:3])))
+    arr = arr.repeat(scale, axis=1).repeat(scale, axis=2)
+    N, H, W, _ = arr.shape
+    ncols = ncols or math.ceil(math.sqrt(N))
+    line = LABEL_PX + 6
+    tiles = np.full((N, H + line, W, 3), 255, np.uint8)
+    tiles[:, :H] = arr
+    grid = Image.fromarray(make_grid(tiles, ncols, pad=4))
+    out = Image.new("RGB", (grid.width, grid.height + line), "white")
+    out.paste(grid, (0, line))
+    draw, font = ImageDraw.Draw(out), ImageFont.load_default(size=LABEL_PX)
+    draw.text((2, 2), title, fill="black", font=font)
+    for i, text in enumerate(labels):
+        r, c = divmod(i, ncols)
+        draw.text((c * (W + 4) + 2, line + r * (H + line + 4) + H + 2), text, fill="black", font=font)
+    return np.asarray(out)
+
+
 @torch.no_grad()
-def render_frames(representation, views, chunk: int = 8) -> Tensor:
-    """rgb of each view, (N, H, W, 3) on the CPU, rendered in eval mode in chunks."""
+def render_frames(representation, views, chunk: int = 8, preview: bool = False) -> Tensor:
+    """rgb of each view, (N, H, W, 3) on the CPU, rendered in eval mode in chunks; ``preview``:
+    for the eye only, never for metrics (Representation.preview)."""
+    from contextlib import nullcontext
+
     was = representation.training
     representation.eval()
     try:
         out = []
-        for i in range(0, len(views), chunk):
-            out.append(representation.render(views.select(slice(i, i + chunk))).rgb.float().cpu())
+        with representation.preview() if preview else nullcontext():
+            for i in range(0, len(views), chunk):
+                out.append(representation.render(views.select(slice(i, i + chunk))).rgb.float().cpu())
         return torch.cat(out)
     finally:
         representation.train(was)
@@ -95,6 +141,9 @@ def render_frames(representation, views, chunk: int = 8) -> Tensor:
 # threestudio's turntable (``n_test_views`` 120 at 30 fps = 4 s); fewer frames on a CPU.
 DEFAULT_N_FRAMES = 24
 DEFAULT_FPS = 12
+# The turntable video has at least this many frames (issue 30: 24 frames read as a slide show;
+# threestudio renders 120), rendered as previews (Representation.preview).
+MIN_TURNTABLE_FRAMES = 60
 
 
 def default_turntable(n: int, resolution: int = 64):
@@ -103,6 +152,28 @@ def default_turntable(n: int, resolution: int = 64):
 
     full = lambda v: torch.full((n,), float(v))  # noqa: E731
     return make_views(turntable_azimuths(n), full(15.0), full(1.5), full(70.0), resolution, resolution)
+
+
+def dense_turntable(views, n_frames: int | None = None):
+    """A turntable of ``n_frames`` (default: max(MIN_TURNTABLE_FRAMES, len(views))) views at the
+    elevation, distance, fovy, resolution and object of ``views``, which must be a turntable
+    themselves (OrbitSampler's eval_views: constant elevation, distance and fovy, azimuths
+    turntable_azimuths(n)); else None (then the views make the video themselves)."""
+    from src.cameras_orbit import make_views, turntable_azimuths
+
+    n = len(views)
+    if views.azimuth_deg is None or views.c2w is None or n == 0:
+        return None
+    same = {name: getattr(views, name) for name in ("elevation_deg", "distance", "fovy_deg")}
+    if any(v is None or not bool((v == v[0]).all()) for v in same.values()):
+        return None
+    if not (torch.equal(views.index, views.index[:1].expand(n))
+            and torch.equal(views.azimuth_deg.float().cpu(), turntable_azimuths(n))):
+        return None
+    m = int(n_frames) if n_frames else max(MIN_TURNTABLE_FRAMES, n)
+    full = lambda v: torch.full((m,), float(v[0]))  # noqa: E731
+    return make_views(turntable_azimuths(m), *(full(v) for v in same.values()), views.height, views.width,
+                      views.index[:1].expand(m).clone().cpu())
 
 
 def write_frames(frames, views, path: Path) -> Path:
@@ -123,23 +194,26 @@ def write_turntables(representation, out_dir: Path, views=None, n_frames: int | 
     """turntable.mp4, views.png and turntable_frames.npz per object (object k > 0 with suffix
     _k) of a 3D representation.
 
-    views: the turntable cameras (the camera sampler's ``eval_views()``); their resolution is
-    used unless ``video_resolution`` is set."""
-    import logging
+    views: the evaluation cameras (the camera sampler's ``eval_views()``), whose renders go to
+    views.png and turntable_frames.npz (what the metrics read); the video turns at their
+    elevation with ``n_frames`` frames (default: at least MIN_TURNTABLE_FRAMES; dense_turntable),
+    rendered as previews (Representation.preview: a NeRF on the CPU skips empty space). Views
+    that are no turntable make the video themselves. Their resolution is used unless
+    ``video_resolution``."""
     from dataclasses import replace
 
     if views is None:
         views = default_turntable(n_frames or DEFAULT_N_FRAMES)
-    elif n_frames is not None and n_frames != len(views):
-        logging.getLogger(__name__).info("export: using the %d given views (n_frames=%d ignored)",
-                                         len(views), n_frames)
     if video_resolution:
         views = replace(views, height=int(video_resolution), width=int(video_resolution))
+    dense = dense_turntable(views, n_frames)
     paths: list[Path] = []
-    for k in range(representation.n_objects):
-        frames = render_frames(representation, replace(views, index=torch.full_like(views.index, k)))
-        sfx = "" if k == 0 else f"_{k}"
-        paths.append(write_video(frames, Path(out_dir) / f"turntable{sfx}.mp4", fps))
+    for obj in range(representation.n_objects):
+        at = lambda v, obj=obj: replace(v, index=torch.full_like(v.index, obj))  # noqa: E731
+        frames = render_frames(representation, at(views))
+        video = frames if dense is None else render_frames(representation, at(dense), preview=True)
+        sfx = "" if obj == 0 else f"_{obj}"
+        paths.append(write_video(video, Path(out_dir) / f"turntable{sfx}.mp4", fps))
         paths.append(write_grid(frames, Path(out_dir) / f"views{sfx}.png"))
         paths.append(write_frames(frames, views, Path(out_dir) / f"turntable_frames{sfx}.npz"))
     return paths

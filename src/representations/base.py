@@ -7,6 +7,7 @@ image backbones.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,6 +106,13 @@ class Representation(checks.Configurable, nn.Module):
 
     def render(self, views: ViewBatch) -> RenderOutput:
         raise NotImplementedError
+
+    @contextlib.contextmanager
+    def preview(self):
+        """``with rep.preview():`` renders inside are for the eye only (validation grids, the
+        turntable video), never for metrics: a representation may render them a cheaper way
+        (NeRF on the CPU: empty space skipped, NeRF.occupied_cells). Default: the same renders."""
+        yield
 
     def param_groups(self) -> list[dict]:
         """Optimizer parameter groups (lr per group)."""

@@ -40,6 +40,8 @@ reference and the CPU path; same values up to float32 summation order, determini
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 from pathlib import Path
@@ -75,10 +77,14 @@ TS_OCC_UPDATE_EVERY = 16  # nerfacc's update_every_n_steps default n
 # nerfacc's sampling default: stop marching once transmittance < 1e-4
 EARLY_STOP_EPS = 1e-4
 SQRT3 = 1.7320508  # box diagonal / side
-# checkpoint_chunks=auto checkpoints renders of this many rays or more: on the lent H100 with the
+# checkpoint_chunks=auto checkpoints renders of this many rays or more: on an H100 with the
 # fused grid lookup, VSD with a 512 px render needs checkpointing to fit 16 GB while at 256 px it
 # fits without and checkpointing only costs time (benchmarks/sd_gpu_fast_field/sd_gpu.md, notes)
 AUTO_CHECKPOINT_RAYS = 512 * 512
+# Preview renders (Representation.preview: validation grids, the turntable video; never the
+# metrics' renders) on the dense path (the CPU) skip empty space as the CUDA path's occupancy
+# grid does: a cell of an occ_grid_resolution^3 lattice is sampled when its centre's
+# sigma * render_step_size exceeds threestudio's TS_OCC_THRESHOLD, or a neighbour's does.
 
 
 class Field(nn.Module):
@@ -173,6 +179,8 @@ class NeRF(Representation):
         self.fast_field = bool(getattr(backbone, "fast", False) if fast_field is None else fast_field)
         for f in self.fields:
             f.encoding.fast = self.fast_field
+        self.occ_grid_resolution = int(occ_grid_resolution)
+        self._preview = False
         self.lr_grid = lr if lr_grid is None else lr_grid
         self.lr_net, self.lr_background = lr_net, lr_background
         self.export_cfg = dict(export or {})
@@ -298,7 +306,11 @@ class NeRF(Representation):
         B = origins.shape[0]
         o, d = origins.reshape(-1, 3), dirs.reshape(-1, 3)
         obj = views.index.to(device).repeat_interleave(H * W)
-        fn = self.render_rays_occgrid if self._use_occgrid() else self.render_rays_dense
+        if self._use_occgrid():
+            fn = self.render_rays_occgrid
+        else:
+            occupied = self.occupied_cells() if self._preview and not self.training else None
+            fn = functools.partial(self.render_rays_dense, occupied=occupied)
         outs = [fn(o[i : i + self.chunk_rays], d[i : i + self.chunk_rays], obj[i : i + self.chunk_rays],
                    checkpoint=self.checkpointed(o.shape[0]))
                 for i in range(0, o.shape[0], self.chunk_rays)]
@@ -315,22 +327,74 @@ class NeRF(Representation):
             return n_rays >= AUTO_CHECKPOINT_RAYS
         return bool(self.checkpoint_chunks)
 
+    @contextlib.contextmanager
+    def preview(self):
+        self._preview = True
+        try:
+            yield
+        finally:
+            self._preview = False
+
+    @torch.no_grad()
+    def occupied_cells(self) -> Tensor:
+        """(K, G, G, G) bool, G = occ_grid_resolution: the cells of each object's box that preview
+        renders sample (the comment above TS_OCC_THRESHOLD's use here). Axes (x, y, z)."""
+        G, r = self.occ_grid_resolution, self.radius
+        table = self.fields[0].encoding.table
+        c = ((torch.arange(G, device=table.device, dtype=table.dtype) + 0.5) / G * 2 - 1) * r
+        centres = torch.stack(torch.meshgrid(c, c, c, indexing="ij"), -1).reshape(-1, 3)
+        occ = [f(centres, need_rgb=False)[0] * self.render_step_size > TS_OCC_THRESHOLD for f in self.fields]
+        dense = torch.stack(occ)
+        return F.max_pool3d(dense.view(-1, 1, G, G, G).float(), 3, stride=1, padding=1)[:, 0] > 0
+
+    def _hits_cells(self, o: Tensor, d: Tensor, occupied: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """hit (R,) bool, t_in, t_out (R,): the rays that cross the cube around every occupied
+        cell and where they do (slab test)."""
+        G, r = occupied.shape[-1], self.radius
+        ijk = occupied.any(0).nonzero()
+        if ijk.numel() == 0:
+            zero = o.new_zeros(o.shape[0])
+            return zero.bool(), zero, zero
+        lo, hi = (ijk.amin(0).to(o.dtype) / G * 2 - 1) * r, ((ijk.amax(0) + 1).to(o.dtype) / G * 2 - 1) * r
+        t_in, t_out, hit = volume.ray_aabb(o - 0.5 * (lo + hi), d, float((hi - lo).amax()) / 2)
+        return hit, t_in, t_out
+
     def render_rays_dense(self, o: Tensor, d: Tensor, obj: Tensor, stratified: bool | None = None,
-                          checkpoint: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+                          checkpoint: bool = False, occupied: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Dense path: (R, 3), (R, 3), (R,) -> rgb (R, 3) without background, opacity, depth (R, 1).
-        checkpoint: recompute the field and compositing in backward (module docstring)."""
+        checkpoint: recompute the field and compositing in backward (module docstring);
+        occupied: occupied_cells(), whose other cells' samples get density 0 unqueried."""
         stratified = self.training if stratified is None else stratified
         t_near, t_far, hit = volume.ray_aabb(o, d, self.radius)
         t_near = t_near.clamp_min(self.near_plane)
         t_far = torch.where(hit, t_far, t_near)  # misses: zero-length intervals
         gen = self._generator if o.device.type == "cpu" else None
         t0, t1 = volume.dense_intervals(t_near, t_far, self.n_samples, stratified, gen)
+        if occupied is not None:  # only rays through the occupied cells' box: the others sample none
+            hit, t_in, t_out = self._hits_cells(o, d, occupied)
+            rgb, opacity, depth = o.new_zeros(o.shape[0], 3), o.new_zeros(o.shape[0], 1), o.new_zeros(o.shape[0], 1)
+            if bool(hit.any()):
+                t0, t1 = _samples_within(t0[hit], t1[hit], t_in[hit], t_out[hit])
+                parts = self._composite_dense(o[hit], d[hit], obj[hit], t0, t1, occupied)
+                rgb, opacity, depth = (x.index_put((hit,), p.view(-1, x.shape[1]))
+                                       for x, p in zip((rgb, opacity, depth), parts))
+            return rgb, opacity, depth
         return _maybe_checkpoint(self._composite_dense, checkpoint, o, d, obj, t0, t1)
 
-    def _composite_dense(self, o, d, obj, t0, t1):
+    def _composite_dense(self, o, d, obj, t0, t1, occupied: Tensor | None = None):
         R, S = t0.shape
         pts = o[:, None] + d[:, None] * (0.5 * (t0 + t1))[..., None]  # (R, S, 3)
-        sigma, rgb = self.query(pts.reshape(-1, 3), obj.repeat_interleave(S))
+        if occupied is None:
+            sigma, rgb = self.query(pts.reshape(-1, 3), obj.repeat_interleave(S))
+        else:
+            flat, objs = pts.reshape(-1, 3), obj.repeat_interleave(S)
+            G = occupied.shape[-1]
+            ijk = ((flat / self.radius + 1) * 0.5 * G).floor().long().clamp(0, G - 1)
+            keep = occupied[objs, ijk[:, 0], ijk[:, 1], ijk[:, 2]]
+            sigma, rgb = flat.new_zeros(flat.shape[0]), flat.new_zeros(flat.shape[0], 3)
+            if bool(keep.any()):
+                s, c = self.query(flat[keep], objs[keep])
+                sigma, rgb = sigma.index_put((keep,), s), rgb.index_put((keep,), c)
         rgb_out, opacity, depth, _ = volume.composite(t0, t1, sigma.view(R, S), rgb.view(R, S, 3))
         return rgb_out, opacity, depth
 
@@ -388,6 +452,21 @@ class NeRF(Representation):
         from src.export.nerf import export_nerf
 
         return export_nerf(self, Path(out_dir), views, **self.export_cfg)
+
+
+def _samples_within(t0: Tensor, t1: Tensor, t_in: Tensor, t_out: Tensor) -> tuple[Tensor, Tensor]:
+    """The intervals (R, S) of each ray whose midpoints lie in [t_in, t_out] (R,), as (R, L)
+    with L the most any ray has, rows padded with zero-length intervals (alpha 0: they change
+    no pixel). Those outside hold no occupied cell, so compositing only these is the same."""
+    mid = 0.5 * (t0 + t1)
+    inside = (mid >= t_in[:, None]) & (mid <= t_out[:, None])  # contiguous: the cube is convex
+    count = inside.sum(1)
+    length = max(int(count.max()), 1)
+    first = inside.float().argmax(1)
+    k = torch.arange(length, device=t0.device)
+    idx = (first[:, None] + k).clamp(max=t0.shape[1] - 1)
+    a, b = t0.gather(1, idx), t1.gather(1, idx)
+    return a, torch.where(k < count[:, None], b, a)
 
 
 def _maybe_checkpoint(fn, checkpoint: bool, *args):
