@@ -106,7 +106,7 @@ def resolve_checkpoint(path: str | None, cache_dir: str | None = None) -> Path:
     fetch = f"hf download {MVDREAM_REPO} {MVDREAM_FILE}"
     if path:
         p = Path(path).expanduser()
-        if p.is_file():
+        if p.is_file() or (p / "config.json").is_file():  # the file, or a diffusers UNet folder
             return p.resolve()
         raise weights.WeightsNotFound(
             f"MVDream weights are not available on this machine: no file {p}.\n"
@@ -195,9 +195,17 @@ class MVDream(StableDiffusion):
         super().check_config(cfg, key)
 
     def load_unet(self):
-        """The official checkpoint, converted, in SD 2.1-base's UNet architecture plus the camera MLP."""
+        """The official checkpoint, converted, in SD 2.1-base's UNet architecture plus the camera MLP;
+        or a diffusers UNet folder of that architecture (a converted copy, the benchmark's random one)."""
         from diffusers import UNet2DConditionModel
 
+        if self.checkpoint_path.is_dir():
+            unet = UNet2DConditionModel.from_pretrained(self.checkpoint_path, torch_dtype=self.dtype)
+            if unet.config.class_embed_type != "projection" or unet.config.projection_class_embeddings_input_dim != CAM_DIM:
+                raise ValueError(f"{self.checkpoint_path} is not an MVDream UNet: no camera MLP "
+                                 f"(class_embed_type={unet.config.class_embed_type!r})")
+            multiview_unet(unet)
+            return unet
         config = unet_config(UNet2DConditionModel.load_config(self.root, subfolder="unet"))
         with torch.device("meta"):
             unet = UNet2DConditionModel.from_config(config)
