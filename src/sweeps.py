@@ -182,7 +182,9 @@ def multirun_args(sweep: Sweep, launcher: str, sweep_dir: Path, extra: list[str]
     fixed = dict(sweep.overrides)
     if fixed.get("logger") == "wandb":
         fixed["logger.wandb.group"] = sweep.name  # one W&B group per sweep
-    exclude = _base_exclude_keys() + [k for k in fixed if k not in sweep.grid]
+    # a swept key names the run dirs even where conf/config.yaml leaves it out (experiment: the
+    # runs of two presets with the same other values would share one dir)
+    exclude = [k for k in _base_exclude_keys() if k not in sweep.grid] + [k for k in fixed if k not in sweep.grid]
     exclude += [o.split("=", 1)[0].lstrip("+~") for o in extra]
     args = ["-m"]
     args += [f"{k}={hydra_value(v)}" for k, v in fixed.items()]
