@@ -158,6 +158,14 @@ def test_multiview_config_and_checks():
         ShapesWorld.check_config(bad, "backbone")
     s = OrbitSampler(batch_size=8, views_per_set=4)
     assert len(s.sample(0, torch.Generator().manual_seed(0))) == 8
+    # the presets of sweeps/shapes_multiview.yaml: the issue's command, and "a cone" on 4-view sets
+    from omegaconf import OmegaConf
+
+    preset = compose(["experiment=shapes_janus_front_multiview"])
+    issue = compose(["experiment=shapes_janus_front", "backbone.view_conditioning=multiview", "camera=multiview"])
+    assert OmegaConf.to_container(preset, resolve=True) == OmegaConf.to_container(issue, resolve=True)
+    cone = compose(["experiment=shapes_modes_multiview", "representation=gaussians"])
+    assert (cone.prompt, cone.backbone.view_conditioning, cone.camera.views_per_set) == ("a cone", "multiview", 4)
 
 
 # every method on every 3D representation, a few steps through the trainer on camera=multiview
