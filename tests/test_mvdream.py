@@ -321,3 +321,19 @@ def test_each_method_runs_on_a_tiny_mvdream(method, repo, checkpoint, tmp_path):
         assert grads and all(torch.isfinite(g).all() for g in grads)
     if trainer.c.guidance.psi is not None:
         assert trainer.c.guidance.psi.backbone.unet is trainer.c.backbone.unet and "psi_loss" in logs
+
+
+def test_a_converted_unet_folder_loads_as_the_checkpoint(repo, checkpoint, tmp_path):
+    """backbone.checkpoint may name a diffusers UNet folder (a converted copy; the GPU benchmark's
+    random one): the same predictions; a plain SD UNet folder (no camera MLP) is refused."""
+    bb = make(repo, checkpoint)
+    bb.unet.save_pretrained(tmp_path / "converted")
+    again = MVDream(path=str(repo), checkpoint=str(tmp_path / "converted"), dtype="float32", embedding_cache=None)
+    g = torch.Generator().manual_seed(3)
+    x, t = torch.randn(4, 4, 8, 8, generator=g), torch.full((4,), 300)
+    views = OrbitSampler(batch_size=4, views_per_set=4).sample(0, g)
+    emb = bb.condition_on_views(bb.embed("a lion").expand(4, -1, -1), views)
+    with torch.no_grad():
+        torch.testing.assert_close(again.predict_eps(x, t, emb), bb.predict_eps(x, t, emb), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="is not an MVDream UNet: no camera MLP"):
+        MVDream(path=str(repo), checkpoint=str(repo / "unet"), dtype="float32", embedding_cache=None)

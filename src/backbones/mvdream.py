@@ -200,10 +200,11 @@ class MVDream(StableDiffusion):
         from diffusers import UNet2DConditionModel
 
         if self.checkpoint_path.is_dir():
-            unet = UNet2DConditionModel.from_pretrained(self.checkpoint_path, torch_dtype=self.dtype)
-            if unet.config.class_embed_type != "projection" or unet.config.projection_class_embeddings_input_dim != CAM_DIM:
+            cfg = UNet2DConditionModel.load_config(self.checkpoint_path)
+            if cfg.get("class_embed_type") != "projection" or cfg.get("projection_class_embeddings_input_dim") != CAM_DIM:
                 raise ValueError(f"{self.checkpoint_path} is not an MVDream UNet: no camera MLP "
-                                 f"(class_embed_type={unet.config.class_embed_type!r})")
+                                 f"(class_embed_type={cfg.get('class_embed_type')!r})")
+            unet = UNet2DConditionModel.from_pretrained(self.checkpoint_path, torch_dtype=self.dtype)
             multiview_unet(unet)
             return unet
         config = unet_config(UNet2DConditionModel.load_config(self.root, subfolder="unet"))
