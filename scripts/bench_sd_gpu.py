@@ -15,6 +15,11 @@ to it, e.g. ``backbone.compile=all``: benchmarks/sd_gpu_compile/). The text enco
     python scripts/bench_sd_gpu.py --out benchmarks            # on the GPU machine, ~6 min
     python scripts/bench_sd_gpu.py --arch tiny --device cpu --resolutions 16 --steps 1 --warmup 1 \
         --methods sds vsd --out /tmp/bench                     # smoke test of the script itself
+    python scripts/bench_sd_gpu.py --backbone mvdream --resolutions 256 --no-primitives \
+        --out benchmarks/sd_gpu_mvdream                        # MVDream (issue 28): 4 views x 256 px
+
+``--backbone mvdream``: MVDream's UNet (SD 2.1-base's with the camera MLP; src/backbones/mvdream.py),
+random, saved as a diffusers UNet folder beside the SD repository, each step a set of 4 views.
 
 Robustness: the jobs run in a worker subprocess, one at a time; a job that raises is recorded
 with its error, a CUDA error that poisons the process or a job over ``--job-timeout`` restarts
@@ -129,6 +134,29 @@ def write_random_sd(root: Path, arch: str = "sd21", seed: int = 0) -> Path:
     return root
 
 
+def write_random_mvdream(root: Path, arch: str = "sd21", seed: int = 0) -> Path:
+    """The random SD repository (VAE, text encoder, schedule) plus MVDream's UNet of the same size in
+    ``root/mvdream_unet`` (SD's UNet with the camera MLP; src/backbones/mvdream.py: unet_config)."""
+    from diffusers import UNet2DConditionModel
+
+    from src.backbones.mvdream import unet_config
+
+    write_random_sd(root, arch, seed)
+    torch.manual_seed(seed + 1)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        unet = UNet2DConditionModel(**unet_config(SD21_BASE_UNET if arch == "sd21" else TINY_UNET))
+    unet.half().save_pretrained(root / "mvdream_unet")
+    return root
+
+
+def backbone_overrides(args) -> list[str]:
+    """``--backbone``: SD through backbone=diffusers, or MVDream on sets of 4 views (camera=multiview)."""
+    if args.backbone == "mvdream":
+        return ["backbone=mvdream", f"backbone.path={args.repo}", f"backbone.checkpoint={args.repo}/mvdream_unet",
+                "camera=multiview"]
+    return ["backbone=diffusers", f"backbone.path={args.repo}"]
+
+
 def compose(overrides: list[str]):
     from src.api import compose as api_compose
 
@@ -186,7 +214,7 @@ def bench_step(job: dict, args, workdir: Path) -> dict:
 
     method, res, mode = job["method"], job["resolution"], job["mode"]
     cfg = compose([
-        "backbone=diffusers", f"backbone.path={args.repo}", f"backbone.dtype={args.dtype}",
+        *backbone_overrides(args), f"backbone.dtype={args.dtype}",
         f"backbone.embedding_cache={workdir / 'emb'}", "representation=nerf",
         f"representation.renderer={job.get('renderer', args.renderer)}", f"guidance={method}",
         f"camera.height={res}", f"camera.width={res}", f"device={args.device}",
@@ -484,12 +512,13 @@ def _verdict(line) -> str:
 def markdown(result: dict) -> str:
     env = result["env"]
     lines = [
-        f"# {'SD 2.1-base' if result['arch'] == 'sd21' else 'tiny'} architecture (random weights), NeRF, "
+        f"# {'MVDream ' if result.get('backbone') == 'mvdream' else ''}"
+        f"{'SD 2.1-base' if result['arch'] == 'sd21' else 'tiny'} architecture (random weights), NeRF, "
         f"{env['gpu']}: eager reference vs fast path",
         "",
         f"`{result['command']}`  ",
         f"torch {env['torch']}, diffusers {env['diffusers']}, peft {env.get('peft')}, dtype {result['dtype']}, "
-        f"batch 1 view, {result['steps']} timed steps after {result['warmup']} warm-up steps (the first step "
+        f"batch {result.get('views', 1)} view(s), {result['steps']} timed steps after {result['warmup']} warm-up steps (the first step "
         "captures the fast path's graphs); ms per full trainer step (render + VAE encode + guidance + "
         "backward + psi update), median; peak = torch.cuda.max_memory_allocated over the timed steps "
         "(graph pools included). eager: `backbone.fast=false`; fast: `backbone.fast=true` "
@@ -559,6 +588,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks"))
     ap.add_argument("--repo", default=None, help="where to write / reuse the random-weight repository")
     ap.add_argument("--arch", default="sd21", choices=("sd21", "tiny"))
+    ap.add_argument("--backbone", default="diffusers", choices=("diffusers", "mvdream"),
+                    help="mvdream: MVDream's multi-view UNet on sets of 4 views (camera=multiview)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
@@ -592,9 +623,9 @@ def main() -> None:
 
     repo = Path(args.repo or tempfile.mkdtemp(prefix=f"random-{args.arch}-"))
     args.repo = str(repo)
-    if not (repo / "unet").is_dir():
+    if not (repo / "unet").is_dir() or (args.backbone == "mvdream" and not (repo / "mvdream_unet").is_dir()):
         t0 = time.time()
-        write_random_sd(repo, args.arch)
+        (write_random_mvdream if args.backbone == "mvdream" else write_random_sd)(repo, args.arch)
         print(f"wrote random {args.arch} repository to {repo} in {time.time() - t0:.1f}s", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -609,7 +640,8 @@ def main() -> None:
         "command": "python scripts/bench_sd_gpu.py " + " ".join(sys.argv[1:]),
         "env": {"gpu": gpu, "torch": torch.__version__, "diffusers": diffusers.__version__,
                 "peft": peft.__version__},
-        "arch": args.arch, "dtype": args.dtype, "warmup": args.warmup, "steps": args.steps,
+        "arch": args.arch, "backbone": args.backbone, "views": 4 if args.backbone == "mvdream" else 1,
+        "dtype": args.dtype, "warmup": args.warmup, "steps": args.steps,
         "fast_extra": list(args.fast_extra),
         "checkpoint_from": args.checkpoint_from, "rows": [], "primitives": {}, "table": [],
         "targets": {"ms_64px": TARGET_MS_64, "dsd_x_sds_64px": TARGET_DSD_X_SDS,

@@ -186,7 +186,7 @@ def check_rays_fit(cfg, key: str, root) -> None:
 
 
 class OrbitSampler(checks.Configurable):
-    """threestudio-style random orbit cameras (camera group ``orbit``).
+    """threestudio-style random orbit cameras (camera groups ``orbit`` and ``multiview``).
 
     Each step: azimuth stratified over the batch (threestudio's
     ``batch_uniform_azimuth``: sample k in bin k of B equal bins), elevation uniform in
@@ -195,8 +195,14 @@ class OrbitSampler(checks.Configurable):
     camera position / look-at centre / up vector. Defaults are threestudio's (constants
     ``TS_*`` above); ``conf/camera/orbit.yaml`` adapts them to the backbone's world.
 
-    n_objects > 1 (several particles sharing one psi): sample k renders object
-    ``(k + offset) % n_objects`` with a random offset, so a batch of n_objects views
+    Multi-view sets (``views_per_set`` V > 1, MVDream-threestudio's
+    ``RandomMultiviewCameraIterableDataset``): the batch is B / V sets of V consecutive views;
+    a set's views sit at azimuths ``a0 + k 360 / V`` (k = 0..V-1) with one elevation, distance,
+    field of view and perturbation, each drawn once per set as above (a0 stratified over the
+    sets). V = 1 is the single-view sampler, draw for draw.
+
+    n_objects > 1 (several particles sharing one psi): set k renders object
+    ``(k + offset) % n_objects`` with a random offset, so a batch of n_objects sets
     renders each object once.
     """
 
@@ -218,8 +224,12 @@ class OrbitSampler(checks.Configurable):
         eval_distance: float | None = None,
         eval_fovy_deg: float | None = None,
         n_eval_views: int = 24,
+        views_per_set: int = 1,
     ):
         self.batch_size, self.height, self.width = int(batch_size), int(height), int(width)
+        self.views_per_set = int(views_per_set)
+        if self.views_per_set < 1 or self.batch_size % self.views_per_set:
+            raise ValueError(f"batch_size={batch_size} must be a multiple of views_per_set={views_per_set}")
         self.elevation_range = _as_range(elevation_range)
         self.azimuth_range = _as_range(azimuth_range)
         self.distance_range = _as_range(distance_range)
@@ -245,6 +255,9 @@ class OrbitSampler(checks.Configurable):
         check_image_size(cfg, key)
         for name in ("batch_size", "n_objects", "n_eval_views"):
             checks.number(cfg, name, f"{key}.{name}", lo=1, integer=True)
+        V = checks.number(cfg, "views_per_set", f"{key}.views_per_set", lo=1, integer=True, optional=True) or 1
+        checks.require(int(cfg.get("batch_size")) % int(V) == 0, f"{key}.batch_size", cfg.get("batch_size"),
+                       f"a multiple of {key}.views_per_set ({V}): the batch is sets of views_per_set views")
         bounds = {"elevation_range": (-90.0, 90.0), "azimuth_range": (-360.0, 360.0),
                   "distance_range": (0.0, None), "fovy_range": (0.0, 180.0)}
         for name, (lo, hi) in bounds.items():
@@ -264,35 +277,43 @@ class OrbitSampler(checks.Configurable):
         return r[0] + (r[1] - r[0]) * torch.rand(n, generator=g)
 
     def sample(self, step: int, generator: torch.Generator) -> ViewBatch:
-        B, g = self.batch_size, generator
+        V, g = self.views_per_set, generator
+        S = self.batch_size // V  # sets; every draw below is one per set
         az_lo, az_hi = self.azimuth_range
-        azimuth = az_lo + (az_hi - az_lo) * (torch.rand(B, generator=g) + torch.arange(B)) / B
+        azimuth = az_lo + (az_hi - az_lo) * (torch.rand(S, generator=g) + torch.arange(S)) / S
         # elevation: uniform in degrees, or (with elevation_sphere_prob) uniform in area
         lo, hi = self.elevation_range
-        el_deg = self._uniform(self.elevation_range, B, g)
-        p = torch.rand(B, generator=g)
-        u = self._uniform(((lo + 90.0) / 180.0, (hi + 90.0) / 180.0), B, g)
+        el_deg = self._uniform(self.elevation_range, S, g)
+        p = torch.rand(S, generator=g)
+        u = self._uniform(((lo + 90.0) / 180.0, (hi + 90.0) / 180.0), S, g)
         el_sphere = torch.rad2deg(torch.asin((2.0 * u - 1.0).clamp(-1.0, 1.0)))
         elevation = torch.where(p < self.elevation_sphere_prob, el_sphere, el_deg)
-        distance = self._uniform(self.distance_range, B, g)
-        fovy = self._uniform(self.fovy_range, B, g)
+        distance = self._uniform(self.distance_range, S, g)
+        fovy = self._uniform(self.fovy_range, S, g)
+        if V > 1:  # set s: views at a0_s + k 360 / V, the rest shared
+            per_view = lambda v: v.repeat_interleave(V, 0)  # noqa: E731
+            azimuth = per_view(azimuth) + (torch.arange(V) * (360.0 / V)).repeat(S)
+            elevation, distance, fovy = per_view(elevation), per_view(distance), per_view(fovy)
+        else:
+            per_view = lambda v: v  # noqa: E731
+        B = azimuth.shape[0]
 
         pos = orbit_position(azimuth, elevation, distance)
         center = torch.zeros(B, 3)
         up = torch.tensor(WORLD_UP).expand(B, 3).clone()
         if self.camera_perturb > 0:
-            pos = pos + (torch.rand(B, 3, generator=g) * 2 - 1) * self.camera_perturb
+            pos = pos + per_view((torch.rand(S, 3, generator=g) * 2 - 1) * self.camera_perturb)
         if self.center_perturb > 0:
-            center = center + torch.randn(B, 3, generator=g) * self.center_perturb
+            center = center + per_view(torch.randn(S, 3, generator=g) * self.center_perturb)
         if self.up_perturb > 0:
-            up = up + torch.randn(B, 3, generator=g) * self.up_perturb
+            up = up + per_view(torch.randn(S, 3, generator=g) * self.up_perturb)
         c2w = look_at(pos, center, up, azimuth)
 
         if self.n_objects == 1:
             index = torch.zeros(B, dtype=torch.long)
         else:
             offset = int(torch.randint(self.n_objects, (1,), generator=g))
-            index = (torch.arange(B) + offset) % self.n_objects
+            index = per_view((torch.arange(S) + offset) % self.n_objects)
         return make_views(azimuth, elevation, distance, fovy, self.height, self.width, index, c2w)
 
     def eval_views(self, n: int | None = None, object_index: int = 0) -> ViewBatch:

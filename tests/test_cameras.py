@@ -105,6 +105,89 @@ def test_sampler_perturbations_and_objects():
     torch.testing.assert_close(R.transpose(1, 2) @ R, torch.eye(3).expand(4, 3, 3), atol=1e-5, rtol=0)
 
 
+def _orbit_sample_before_multiview(s: OrbitSampler, g: torch.Generator):
+    """OrbitSampler.sample as it was before views_per_set (2026-12-07, 13e70db), kept verbatim as
+    the reference that views_per_set=1 must reproduce draw for draw."""
+    from src.cameras_orbit import WORLD_UP, look_at
+
+    B = s.batch_size
+    az_lo, az_hi = s.azimuth_range
+    azimuth = az_lo + (az_hi - az_lo) * (torch.rand(B, generator=g) + torch.arange(B)) / B
+    lo, hi = s.elevation_range
+    el_deg = s._uniform(s.elevation_range, B, g)
+    p = torch.rand(B, generator=g)
+    u = s._uniform(((lo + 90.0) / 180.0, (hi + 90.0) / 180.0), B, g)
+    el_sphere = torch.rad2deg(torch.asin((2.0 * u - 1.0).clamp(-1.0, 1.0)))
+    elevation = torch.where(p < s.elevation_sphere_prob, el_sphere, el_deg)
+    distance = s._uniform(s.distance_range, B, g)
+    fovy = s._uniform(s.fovy_range, B, g)
+    pos = orbit_position(azimuth, elevation, distance)
+    center = torch.zeros(B, 3)
+    up = torch.tensor(WORLD_UP).expand(B, 3).clone()
+    if s.camera_perturb > 0:
+        pos = pos + (torch.rand(B, 3, generator=g) * 2 - 1) * s.camera_perturb
+    if s.center_perturb > 0:
+        center = center + torch.randn(B, 3, generator=g) * s.center_perturb
+    if s.up_perturb > 0:
+        up = up + torch.randn(B, 3, generator=g) * s.up_perturb
+    c2w = look_at(pos, center, up, azimuth)
+    if s.n_objects == 1:
+        index = torch.zeros(B, dtype=torch.long)
+    else:
+        offset = int(torch.randint(s.n_objects, (1,), generator=g))
+        index = (torch.arange(B) + offset) % s.n_objects
+    return make_views(azimuth, elevation, distance, fovy, s.height, s.width, index, c2w)
+
+
+@pytest.mark.parametrize("kw", [dict(batch_size=1), dict(batch_size=6, n_objects=3),
+                                dict(batch_size=4, camera_perturb=0, center_perturb=0, up_perturb=0)])
+def test_one_view_per_set_is_the_orbit_sampler(kw):
+    """views_per_set=1 (camera=orbit) is the sampler before multi-view sets, draw for draw."""
+    s = OrbitSampler(height=8, width=8, views_per_set=1, **kw)
+    for step in range(3):
+        a = s.sample(step, torch.Generator().manual_seed(step))
+        b = _orbit_sample_before_multiview(s, torch.Generator().manual_seed(step))
+        for f in ("c2w", "cam", "azimuth_deg", "elevation_deg", "distance", "fovy_deg", "view_idx", "index"):
+            assert torch.equal(getattr(a, f), getattr(b, f)), f
+
+
+def test_multiview_sets():
+    """views_per_set=V: B / V sets of V consecutive views at a0 + k 360 / V, one elevation, distance,
+    field of view and perturbation per set (MVDream-threestudio's random multi-view camera), a0
+    stratified over the sets, one object per set."""
+    V, S = 4, 3
+    s = OrbitSampler(batch_size=V * S, height=8, width=8, views_per_set=V, n_objects=S)
+    v = s.sample(0, torch.Generator().manual_seed(1))
+    az = v.azimuth_deg.view(S, V)
+    torch.testing.assert_close(az - az[:, :1], torch.tensor([0.0, 90.0, 180.0, 270.0]).expand(S, V))
+    bins = torch.floor((az[:, 0] + 180.0) / (360.0 / S)).long()
+    assert bins.tolist() == list(range(S))  # a0 stratified over the sets
+    for f in ("elevation_deg", "distance", "fovy_deg", "index"):
+        per_set = getattr(v, f).view(S, V)
+        assert torch.equal(per_set, per_set[:, :1].expand(S, V)), f
+    assert sorted(v.index.view(S, V)[:, 0].tolist()) == [0, 1, 2]
+    # the perturbations are shared too: each view's camera centre is its set's orbit position
+    # rotated by k 360 / V about z plus the set's one position offset
+    unperturbed = orbit_position(v.azimuth_deg, v.elevation_deg, v.distance)
+    offset = (v.c2w[:, :3, 3] - unperturbed).view(S, V, 3)
+    torch.testing.assert_close(offset, offset[:, :1].expand(S, V, 3), atol=1e-5, rtol=0)
+    assert float(offset.abs().max()) > 0  # threestudio's camera_perturb is on by default
+    with pytest.raises(ValueError, match="batch_size=6 must be a multiple of views_per_set=4"):
+        OrbitSampler(batch_size=6, views_per_set=4)
+
+
+def test_multiview_camera_config():
+    """camera=multiview is orbit with sets of 4 views, one set per step; the check names the key."""
+    from src.checks import ConfigError
+
+    cfg = compose(["camera=multiview"])
+    assert cfg.camera.views_per_set == 4 and cfg.camera.batch_size == 4
+    assert cfg.camera._target_ == "src.cameras_orbit.OrbitSampler"
+    bad = OmegaConf.merge(cfg.camera, {"batch_size": 6})
+    with pytest.raises(ConfigError, match=r"camera.batch_size.*a multiple of camera.views_per_set \(4\)"):
+        OrbitSampler.check_config(bad, "camera")
+
+
 def test_eval_views_turntable():
     s = OrbitSampler(height=8, width=8, distance_range=(2, 2), fovy_range=(40, 40), eval_elevation_deg=20)
     v = s.eval_views(8)

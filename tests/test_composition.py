@@ -55,6 +55,7 @@ def translate(old: dict) -> tuple[dict, dict | None]:
         # issue 9: the prior knows the camera by default; the view prompt's bin alone before (and in the Janus worlds)
         old["backbone"]["view_conditioning"] = "prompt" if old["backbone"].get("marker") else "camera"
         old["backbone"]["azimuth_window"] = 360.0  # new knob (issue 9); every azimuth photographed, as before
+        old["backbone"]["views_per_set"] = 1  # new knob (issue 28): the multi-view prior's V (camera's sets)
         # Issue 9: the ShapesWorld tuning keeps every method's full timestep range (it capped
         # t_max at 0.5) and runs 600 steps (1000 before; the Gaussians preset keeps 1000)
         assert old["schedule"]["t_max"] == 0.5

@@ -344,6 +344,33 @@ def test_metrics_on_truth_and_janus():
     assert m3["precision"] == 0.0 and m3["mode_id"] == -1
 
 
+def test_face_recall_tells_a_faceless_object_from_a_janus_free_one():
+    """face_recall: the share of views where the truth shows its face and the render does too. The
+    truth recalls every face; a faceless object (the class rendered without its marker) has
+    janus_rate 0 like the truth but face_recall 0; a face on every side recalls every face too."""
+    world = ShapesWorld(resolution=32, marker=True, **SMALL)
+    red_cube = world.prompt_classes("a red cube")[0]
+    views = world.world_views().select(torch.arange(world.n_azimuths))  # the 0 deg ring
+    truth = world.render_classes([red_cube], views)[0]
+    seen, none, shows = world.face_views(truth, views, red_cube)
+    # the ring of 8 azimuths: the face shows at 0 and +-45 deg, not at all from 90 deg round the back
+    assert shows.nonzero().squeeze(1).tolist() == [0, 1, 7] and none.nonzero().squeeze(1).tolist() == [2, 3, 4, 5, 6]
+    assert torch.equal(seen, shows)
+    m = world.evaluate(truth, views, "a red cube")
+    assert (m["janus_rate"], m["face_recall"]) == (0.0, 1.0)
+    faceless = world.render_classes([red_cube], views, markers=[])[0]
+    m = world.evaluate(faceless, views, "a red cube")
+    assert (m["janus_rate"], m["face_recall"]) == (0.0, 0.0)
+    assert world.face_recall(faceless, views, red_cube) == 0.0
+    four = world.render_classes([red_cube], views, markers=[(1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0)])[0]
+    assert (world.janus_rate(four, views, red_cube), world.face_recall(four, views, red_cube)) == (1.0, 1.0)
+    # no view where the truth shows its face: nothing to recall
+    back = world.world_views().select(torch.tensor([4]))  # azimuth 180
+    assert world.face_recall(world.render_classes([red_cube], back)[0], back, red_cube) == 1.0
+    m3 = world.evaluate(torch.ones(1, 32, 32, 3), back, "a red cube")
+    assert m3["precision"] == 0.0 and m3["mode_id"] == -1
+
+
 def test_metrics_2d_compare_with_any_view():
     """representation=image: one fixed camera; an image of any data view counts."""
     from src.cameras_orbit import FixedSampler

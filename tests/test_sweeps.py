@@ -127,6 +127,11 @@ def test_multirun_args_one_command_with_group_and_short_run_dirs(tmp_path):
     assert "trainer.max_steps" in exclude and "prompt" in exclude and "guidance.lam" not in exclude
     with pytest.raises(ValueError, match="launcher"):
         multirun_args(s, "nope", tmp_path)
+    # a swept experiment names the run dirs (conf/config.yaml leaves a fixed one out of them)
+    mv = next(a for a in multirun_args(load_sweep("shapes_multiview"), "basic", tmp_path)
+              if a.startswith("hydra.job.config.override_dirname.exclude_keys="))
+    assert "experiment" not in mv.split("=", 1)[1].strip("[]").split(",") and "representation" in mv
+    assert "experiment" in exclude.split("=", 1)[1].strip("[]").split(",")
 
 
 def test_no_wandb_group_without_wandb_logger(tmp_path):

@@ -96,9 +96,10 @@ class Backbone(checks.Configurable, nn.Module):
         cond = torch.stack([self.embed(p) for p in prompts])
         return Conditioning(cond=cond, uncond=self.embed(negative), prompts=prompts)
 
-    def condition_on_views(self, emb: Tensor, views) -> Tensor:
+    def condition_on_views(self, emb: Tensor, views, null: bool = False) -> Tensor:
         """Per-sample conditioning (B, *E) given the rendering cameras: the view prompts' own
-        by default (a text prior knows the view only through its prompt's bin)."""
+        by default (a text prior knows the view only through its prompt's bin). ``null``: emb is
+        the null prompt's (a multi-view prior poses it too; the others leave it as it is)."""
         return emb
 
     # --- space ----------------------------------------------------------------

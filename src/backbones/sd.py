@@ -112,9 +112,9 @@ class StableDiffusion(Backbone):
         self.dtype = DTYPES[dtype]
         self.root, self.model_key = resolve_weights(path, revision, cache_dir, download)
 
-        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from diffusers import AutoencoderKL, DDPMScheduler
 
-        unet = UNet2DConditionModel.from_pretrained(self.root, subfolder="unet", torch_dtype=self.dtype)
+        unet = self.load_unet()
         vae = AutoencoderKL.from_pretrained(
             self.root, subfolder="vae", torch_dtype=DTYPES[vae_dtype or dtype]
         )
@@ -161,6 +161,17 @@ class StableDiffusion(Backbone):
         if self.fast:
             log.info("%s: fast path on (fused UNet calls%s)", name,
                      ", CUDA graphs where on a GPU" if self.graphs.enabled else "; CUDA graphs off")
+
+    def load_unet(self):
+        """The frozen UNet of ``self.root`` in ``self.dtype`` (MVDream reads its own file)."""
+        from diffusers import UNet2DConditionModel
+
+        return UNet2DConditionModel.from_pretrained(self.root, subfolder="unet", torch_dtype=self.dtype)
+
+    def with_psi_camera(self, emb: Tensor, cam: Tensor, psi_rows: Tensor | None = None) -> Tensor:
+        """psi's text embedding for its camera ``cam`` (B, 16): unchanged here (the LoRA psi adds its
+        own camera MLP); a prior with a native camera input (MVDream) writes it in."""
+        return emb
 
     @classmethod
     def check_config(cls, cfg, key):

@@ -57,6 +57,20 @@ where under ``camera`` they reach it (benchmarks/shapes_modes_prompt.md against
 benchmarks/shapes_modes.md, rows dsd and sim), so the modes study and the default job use
 ``camera``. The Janus worlds (``experiment=shapes_janus*``)
 keep ``prompt``: their face comes from view prompts that are only partly obeyed.
+
+The multi-view prior (``view_conditioning=multiview``, MVDream's exact analogue; use it with
+``camera=multiview``): the data are the world's V-view sets, each class k rendered from all around
+at the V cameras of a set (every azimuth, whatever the single-view collection's ``azimuth_window``
+/ ``front_bias`` / view prompts), and the V views of a batch set are denoised as one sample,
+
+    p_t(x^1..x^V) = sum_k pi_k prod_v N(x^v; alpha_t x_k(c_v), v_t I)
+
+(``multiview_eps``): one class posterior from the sum of the views' log-likelihoods, each view's
+eps its own residual under the shared weights. pi_k is the prompt's class marginal; x_k(c) is class
+k's image at the world camera nearest c (``condition_on_views``, which poses the null prompt too).
+V is ``views_per_set`` (the camera group's); rows of a call are taken in consecutive sets of V, a
+last set of fewer rows being the prior's marginal over that many views (the views are independent
+given the class). With V = 1 it is the camera prior with a = 1.
 """
 
 from __future__ import annotations
@@ -91,7 +105,7 @@ from src.diffusion import alpha_sigma, bcast, sd_alphas_cumprod
 ARTICLES = ("a", "an", "the")
 # How a view prompt's prior knows the rendering camera: through its bin (SD's four view
 # prompts) or the camera itself (ShapesWorld.condition_on_views)
-VIEW_CONDITIONING = ("prompt", "camera")
+VIEW_CONDITIONING = ("prompt", "camera", "multiview")
 ANY_SHAPE = "object"  # "a red object": every shape of that color
 DEFAULT_CHUNK = 512  # images per chunk of the online softmax
 MIN_RESOLUTION = 8  # pixels: below this the shapes are a few pixels wide
@@ -182,6 +196,53 @@ def ideal_eps(
     return (sigma / var)[:, None] * (x_t - alpha[:, None] * xbar)
 
 
+def multiview_eps(
+    x_t: Tensor,
+    alpha: Tensor,
+    sigma: Tensor,
+    data: Tensor,
+    weights: Tensor,
+    image_class: Tensor,
+    smoothing: float,
+    views_per_set: int,
+    data_norm2: Tensor | None = None,
+) -> Tensor:
+    """Exact epsilon of the V-view prior (module docstring), float64.
+
+    x_t: (B, D) views, taken in consecutive sets of V = views_per_set (the last set may be
+    shorter); alpha, sigma: (B,); data: (N, D); weights: (B, N) >= 0, row b the mixture of view b
+    (its sum over class k's images is pi_bk, over one image per class for a posed view);
+    image_class: (N,) long. Per view b and class k: log p(x_b | k) = logsumexp over k's images of
+    log(w_bi / pi_bk) - ||x_b - alpha x_i||^2 / (2 v); per set s: log r_sk = log pi_sk + sum_b
+    log p(x_b | k) + const (pi_sk: the set's mean of pi_bk), r_s = softmax_k; each view's
+    xbar_b = sum_i r_s,k(i) p(i | x_b, k(i)) x_i and eps_b = sigma (x_b - alpha xbar_b) / v. Keeps
+    x_t's graph (SIM differentiates the prior)."""
+    x_t, alpha, sigma = x_t.double(), alpha.double(), sigma.double()
+    w = weights.double()
+    var = alpha**2 * smoothing**2 + sigma**2
+    B, K = x_t.shape[0], int(image_class.max()) + 1
+    logits = mixture_logits(x_t, alpha, var, data.to(x_t), w.log(), data_norm2)  # (B, N)
+    cls = image_class.to(x_t.device).expand(B, -1)
+    # per-class logsumexp, shifted by each class's own max (a class far from x_b keeps its value)
+    m = torch.full((B, K), -torch.inf, dtype=x_t.dtype, device=x_t.device)
+    m = m.scatter_reduce(1, cls, logits.detach(), "amax")
+    m = torch.where(torch.isinf(m), torch.zeros_like(m), m)
+    p = torch.exp(logits - m.gather(1, cls))  # (B, N), 0 where w = 0
+    Z = torch.zeros(B, K, dtype=x_t.dtype, device=x_t.device).scatter_add(1, cls, p)
+    pi = torch.zeros(B, K, dtype=x_t.dtype, device=x_t.device).scatter_add(1, cls, w)
+    present = pi > 0
+    log_lik = torch.where(present, Z.clamp_min(1e-300).log() + m - pi.clamp_min(1e-300).log(), -torch.inf)
+    set_id = (torch.arange(B, device=x_t.device) // int(views_per_set))
+    S = int(set_id[-1]) + 1
+    J = torch.zeros(S, K, dtype=x_t.dtype, device=x_t.device).index_add(0, set_id, log_lik)
+    n = torch.zeros(S, dtype=x_t.dtype, device=x_t.device).index_add(0, set_id, torch.ones_like(alpha))
+    pi_set = torch.zeros(S, K, dtype=x_t.dtype, device=x_t.device).index_add(0, set_id, pi) / n[:, None]
+    r = torch.softmax(J + pi_set.log(), dim=1)  # (S, K) the shared class posterior
+    rho = r[set_id].gather(1, cls) * p / Z.gather(1, cls).clamp_min(1e-300)  # (B, N)
+    xbar = rho @ data.to(x_t)
+    return (sigma / var)[:, None] * (x_t - alpha[:, None] * xbar)
+
+
 # ---------------------------------------------------------------------------------------
 # prompts
 # ---------------------------------------------------------------------------------------
@@ -268,6 +329,7 @@ class ShapesWorld(ExactMetrics, Backbone):
         azimuth_window: float = 360.0,
         view_adherence: float | Mapping[str, float] = 1.0,
         view_conditioning: str = "camera",
+        views_per_set: int = 1,
         smoothing: float = 0.02,
         supersample: int = 2,
         precision_threshold: float = 0.06,
@@ -291,6 +353,7 @@ class ShapesWorld(ExactMetrics, Backbone):
         per_view = view_adherence if isinstance(view_adherence, Mapping) else dict.fromkeys(VIEW_NAMES, view_adherence)
         self.view_adherence = {v: float(per_view.get(v, 1.0)) for v in VIEW_NAMES}
         self.view_conditioning = view_conditioning
+        self.views_per_set = int(views_per_set)  # V of view_conditioning=multiview
         self.smoothing, self.supersample = float(smoothing), int(supersample)
         self.precision_threshold = float(precision_threshold)
         self.eval_elevation_deg = float(eval_elevation_deg)
@@ -390,6 +453,7 @@ class ShapesWorld(ExactMetrics, Backbone):
             checks.probability(cfg, "view_adherence", f"{key}.view_adherence")
         checks.number(cfg, "precision_threshold", f"{key}.precision_threshold", lo=0.0, lo_open=True)
         checks.choice(cfg, "view_conditioning", f"{key}.view_conditioning", VIEW_CONDITIONING)
+        checks.number(cfg, "views_per_set", f"{key}.views_per_set", lo=1, integer=True, optional=True)
 
     @property
     def data(self) -> Tensor:
@@ -592,26 +656,46 @@ class ShapesWorld(ExactMetrics, Backbone):
             w = a * w + (1.0 - a) * weights(False)
         return w.float()
 
-    def condition_on_views(self, emb: Tensor, views: ViewBatch) -> Tensor:
+    def condition_on_views(self, emb: Tensor, views: ViewBatch, null: bool = False) -> Tensor:
         """``view_conditioning=camera``: the view prompt's prior at camera c is a * (its images
         at the world camera nearest c) + (1 - a) * (the view prompt's prior), a = the adherence
         of c's view (a prior that knows the camera, obeying it as much as its view prompt; with
-        a = 1 the exact prior of the image seen from c). ``prompt``: the view prompt's prior."""
+        a = 1 the exact prior of the image seen from c). ``prompt``: the view prompt's prior.
+        ``multiview``: each class's image at the world camera nearest c, weighted by the prompt's
+        class marginal (whatever its view prompt); the null prompt too (``null``)."""
         if self.view_conditioning == "prompt" or views.azimuth_deg is None:
             return emb
+        if self.view_conditioning == "multiview":
+            return self._pose(emb, self._nearest_camera(views, torch.ones_like(emb, dtype=torch.bool)))
+        if null:
+            return emb
+        nearest = self._nearest_camera(views, emb > 0)  # the nearest camera among the prompt's images
+        at_cam = emb * nearest
+        at_cam = at_cam / at_cam.sum(1, keepdim=True)
+        adherence = torch.tensor([self.view_adherence[v] for v in VIEW_NAMES], device=emb.device)
+        a = adherence[view_prompt_index(views.azimuth_deg, views.elevation_deg).to(emb.device)][:, None]
+        return a * at_cam + (1.0 - a) * emb
+
+    def _nearest_camera(self, views: ViewBatch, allowed: Tensor) -> Tensor:
+        """(B, N) bool: image i is at the camera nearest view b's among the ``allowed`` images."""
         def direction(az: Tensor, el: Tensor) -> Tensor:  # unit camera directions (..., 3)
             az, el = az.double(), el.double()
             return orbit_position(az, el, torch.ones_like(az))
 
         own = direction(self.azimuth_deg, self.elevation_deg)  # (N, 3) each image's camera
         cam = direction(views.azimuth_deg.to(own.device), views.elevation_deg.to(own.device))  # (B, 3)
-        cos = (cam @ own.T).masked_fill(emb <= 0, -2.0)  # the nearest camera among the prompt's images
-        nearest = cos >= cos.max(dim=1, keepdim=True).values - 1e-6
-        at_cam = emb * nearest
-        at_cam = at_cam / at_cam.sum(1, keepdim=True)
-        adherence = torch.tensor([self.view_adherence[v] for v in VIEW_NAMES], device=emb.device)
-        a = adherence[view_prompt_index(views.azimuth_deg, views.elevation_deg).to(emb.device)][:, None]
-        return a * at_cam + (1.0 - a) * emb
+        cos = (cam @ own.T).masked_fill(~allowed.to(own.device), -2.0)
+        return cos >= cos.max(dim=1, keepdim=True).values - 1e-6
+
+    def _pose(self, emb: Tensor, nearest: Tensor) -> Tensor:
+        """Weights pi_k(emb) / (k's images in ``nearest``) on those images (B, N): a view's
+        multi-view mixture, one image per class unless two world cameras are equally near."""
+        B, N = emb.shape
+        cls = self.class_idx.to(emb.device).expand(B, N)
+        zeros = torch.zeros(B, self.n_classes, dtype=torch.float64, device=emb.device)
+        pi = zeros.scatter_add(1, cls, emb.double())  # the prompt's class marginal
+        count = zeros.scatter_add(1, cls, nearest.double().to(emb.device))
+        return (pi.gather(1, cls) * nearest.to(emb.device) / count.gather(1, cls)).to(emb.dtype)
 
     # --- the model -------------------------------------------------------------------------
     def predict_eps(self, x_t: Tensor, t: Tensor, emb: Tensor, chunk_size: int | None = None) -> Tensor:
@@ -623,6 +707,10 @@ class ShapesWorld(ExactMetrics, Backbone):
             )
         alpha, sigma = alpha_sigma(self.alphas_cumprod, t.long())
         data, norm2 = self._prior_data()
+        if self.view_conditioning == "multiview":
+            eps = multiview_eps(x_t.reshape(x_t.shape[0], -1), alpha, sigma, data, emb.to(x_t.device),
+                                self.class_idx, self.smoothing, self.views_per_set, norm2)
+            return eps.reshape(x_t.shape).to(x_t.dtype)
         eps = ideal_eps(
             x_t.reshape(x_t.shape[0], -1), alpha, sigma, data, emb.to(x_t.device),
             self.smoothing, self.chunk_size if chunk_size is None else chunk_size, norm2,
@@ -636,4 +724,4 @@ class ShapesWorld(ExactMetrics, Backbone):
         return (x_t - bcast(sigma, x_t) * eps) / bcast(alpha, x_t)
 
 
-__all__ = ["ShapesWorld", "ideal_eps", "mixture_log_density", "parse_prompt", "vocabulary"]
+__all__ = ["ShapesWorld", "ideal_eps", "mixture_log_density", "multiview_eps", "parse_prompt", "vocabulary"]

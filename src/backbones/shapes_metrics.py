@@ -34,6 +34,11 @@ same camera** (same ``ViewBatch``, same resolution), never with a nearby data vi
   the object's own shaded colour (within ``BODY_TOL`` of the truth per channel). Without the
   band test a uniformly dark object counted as a face on every side (SDS runs that painted
   the whole sphere black: docs/findings.md, the Janus world).
+- ``face_recall`` (marker worlds only): among the eval views where the truth shows its face (the
+  truth's marker covers at least ``MARKER_SEEN_FRACTION`` of its frontal area, so the truth itself
+  passes the face test there), the fraction where the render shows one too (the same test as
+  ``janus_rate``). A faceless object has janus_rate 0 and face_recall 0: janus_rate alone would
+  call it Janus-free.
 """
 
 from __future__ import annotations
@@ -117,6 +122,12 @@ def _dilate(mask: Tensor, radius: int) -> Tensor:
     return F.max_pool2d(mask.float()[:, None], k, stride=1, padding=radius)[:, 0] > 0
 
 
+def _share(flags: Tensor, where: Tensor, empty: float) -> float:
+    """Fraction of ``flags`` (B,) bool that hold among the views ``where`` (B,) bool; ``empty``
+    when there is no such view."""
+    return float(flags[where].float().mean()) if where.any() else empty
+
+
 def _is_fixed_camera(views: ViewBatch) -> bool:
     return views.c2w is None or bool((views.c2w == views.c2w[:1]).all())
 
@@ -131,9 +142,9 @@ class ExactMetrics:
         darkest = float(self.palette.max(-1).values.min()) * AMBIENT
         return max(MARKER_DARK_FLOOR, MARKER_DARK_FACTOR * darkest)
 
-    def janus_rate(self, samples: Tensor, views: ViewBatch, truth_class: int) -> float:
-        """Fraction of the views where ``truth_class`` shows no marker but ``samples`` show a face
-        (a dark patch on the object, see the module docstring)."""
+    def face_views(self, samples: Tensor, views: ViewBatch, truth_class: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Per view (B,) bool: (the render shows a face, the truth shows no marker, the truth shows
+        its face); a face is a dark patch on the object (module docstring)."""
         B, H, W, _ = samples.shape
         cov = self.truth_coverage(truth_class, views, H, W)  # (B, H, W, 4)
         truth_img = colorize(cov, self.palette[int(truth_class) % len(self.colors)], self.background)
@@ -149,11 +160,22 @@ class ExactMetrics:
         body = ring & ((samples - truth_img).abs().max(-1).values < BODY_TOL)
         n_ring = ring.float().sum((-1, -2))
         framed = (n_ring > 0) & (body.float().sum((-1, -2)) >= BODY_FRACTION * n_ring)
-        seen = (dark.float().sum((-1, -2)) >= max(1.0, MARKER_SEEN_FRACTION * ref_area)) & framed
-        none = cov[..., 3].sum((-1, -2)) < TRUTH_NONE_PIXELS
-        if not none.any():
-            return 0.0
-        return float(seen[none].float().mean())
+        min_area = max(1.0, MARKER_SEEN_FRACTION * ref_area)
+        seen = (dark.float().sum((-1, -2)) >= min_area) & framed
+        marker_px = cov[..., 3].sum((-1, -2))
+        return seen, marker_px < TRUTH_NONE_PIXELS, marker_px >= min_area
+
+    def janus_rate(self, samples: Tensor, views: ViewBatch, truth_class: int) -> float:
+        """Fraction of the views where ``truth_class`` shows no marker but ``samples`` show a face
+        (a dark patch on the object, see the module docstring)."""
+        seen, none, _ = self.face_views(samples, views, truth_class)
+        return _share(seen, none, empty=0.0)
+
+    def face_recall(self, samples: Tensor, views: ViewBatch, truth_class: int) -> float:
+        """Fraction of the views where ``truth_class`` shows its face and ``samples`` show one too
+        (module docstring); 1.0 when the truth shows its face at no view (nothing to recall)."""
+        seen, _, shows = self.face_views(samples, views, truth_class)
+        return _share(seen, shows, empty=1.0)
 
     @torch.no_grad()
     def evaluate(self, samples: Tensor, views: ViewBatch, prompt: str,
@@ -180,7 +202,9 @@ class ExactMetrics:
         if self.marker:
             mode_id = out["mode_id"]
             truth_cls = mode_id if mode_id >= 0 else out["nearest_class"]
-            out["janus_rate"] = self.janus_rate(samples, views, truth_cls)
+            seen, none, shows = self.face_views(samples, views, truth_cls)
+            out["janus_rate"] = _share(seen, none, empty=0.0)
+            out["face_recall"] = _share(seen, shows, empty=1.0)
         return out
 
     def _metrics_any_view(self, samples: Tensor, prompt: str, tau: float) -> dict[str, float]:

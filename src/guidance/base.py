@@ -95,7 +95,7 @@ class Guidance(checks.Configurable, nn.Module):
         """Per-sample (cond, null) embeddings for the views' view prompts (refined by the camera
         where the backbone's prior knows cameras: ShapesWorld's ``view_conditioning=camera``)."""
         emb = self.backbone.condition_on_views(self.cond.select(views.view_idx), views)
-        return emb, self.cond.null(emb.shape[0])
+        return emb, self.backbone.condition_on_views(self.cond.null(emb.shape[0]), views, null=True)
 
     # --- the estimator --------------------------------------------------------
     def forward(self, x: Tensor, views: ViewBatch, step: int, out=None) -> GuidanceOutput:

@@ -165,6 +165,7 @@ class LoRAScore(ScoreModel):
     def _eps(self, x_t: Tensor, t: Tensor, cam: Tensor, emb: Tensor, psi_rows: Tensor | None = None) -> Tensor:
         """The UNet with adapters on and the camera added; psi_rows (N,) 0/1 masks both per row."""
         self._cam_emb = self.camera(cam)
+        emb = self.backbone.with_psi_camera(emb, cam, psi_rows)  # MVDream: its native camera MLP too
         if psi_rows is not None:
             if self._mask_hooks is None:
                 self._mask_hooks = [layer.lora_B[self.adapter_name].register_forward_hook(self._mask_rows)

@@ -104,6 +104,19 @@ def dsd_section(data: dict) -> list[str]:
         ["seed", "plain ODE ends at (class, elevation, azimuth)", "per-camera ODEs: classes", "agreement"], rows)
 
 
+def hours(seconds) -> str:
+    return "" if seconds is None else (f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min")
+
+
+def objects_section(data: dict) -> list[str]:
+    head = ["object (paper's figure)", "eager", "fast", "eager GB", "fast GB", "fast target", "met"]
+    rows = [[f"{r['row']}: {r['paper']}", hours(r.get("eager_s")), hours(r.get("fast_s")),
+             fmt(r.get("eager_gb"), ".1f"), fmt(r.get("fast_gb"), ".1f"), r.get("target") or "",
+             {True: "yes", False: "no"}.get(r.get("pass"), "")] for r in data["table"]]
+    notes = [f"- {r['row']}: {r['notes'][:300]}" for r in data["table"] if r.get("notes")]
+    return provenance(data) + markdown_table(head, rows, right=head[1:5]) + (["", "Notes:", *notes] if notes else [])
+
+
 def generic_section(data: dict) -> list[str]:
     rows = data.get("rows") if isinstance(data.get("rows"), list) else None
     lines = provenance(data)
@@ -132,6 +145,12 @@ SECTIONS = [
             sd_gpu_section),
     Section("sd_gpu_compile/sd_gpu.json", "Stable Diffusion step time with torch.compile (GPU)",
             "The fast path with `backbone.compile=all`.", sd_gpu_section),
+    Section("sd_gpu_fast_field/sd_gpu.json", "Stable Diffusion step time with the fused grid lookup (GPU)",
+            "The fast path with the NeRF's hash-grid lookup as fused Triton kernels, at 64, 256 and 512 px.",
+            sd_gpu_section),
+    Section("objects.json", "Time to an object at the papers' settings (GPU)", "Whole runs at the papers' "
+            "step counts and resolutions, measured over a window of steps and extrapolated (the formula is "
+            "in each job of the JSON), against the papers' own times.", objects_section),
     Section("nerf_cpu.json", "NeRF on the CPU", "Training steps per second on ShapesWorld.", nerf_cpu_section),
 ]
 

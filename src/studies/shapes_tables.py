@@ -28,12 +28,12 @@ import yaml
 
 from src.metrics.modes import distinct_modes, mode_entropy
 from src.studies.runs import find_runs, machine_of
-from src.studies.tables import markdown_table, write_study
+from src.studies.tables import fmt, markdown_table, write_study
 
 DEFAULT_PRIOR = "camera"  # conf/backbone/shapes.yaml's view_conditioning
 # runs made before the knob existed (no view_conditioning in their config or row) knew the view by its bin
 LEGACY_PRIOR = "prompt"
-KEYS = ("mode_id", "nearest_class", "precision", "rmse", "janus_rate", "steps_per_s", "wall_time_s")
+KEYS = ("mode_id", "nearest_class", "precision", "rmse", "janus_rate", "face_recall", "steps_per_s", "wall_time_s")
 
 
 def prior_of(run_dir: Path, overrides: dict) -> str:
@@ -83,6 +83,7 @@ def summarize(rows: list[dict]) -> dict:
         modes = [r["mode_id"] for r in rs]
         entropy = mode_entropy(modes)
         janus = [r["janus_rate"] for r in rs if r.get("janus_rate") is not None]
+        recall = [r["face_recall"] for r in rs if r.get("face_recall") is not None]
         key = f"{method}/{rep}" + ("" if prior == DEFAULT_PRIOR else f"/{prior}")
         table[key] = {
             "method": method, "representation": rep, "prior": prior, "seeds": [r["seed"] for r in rs],
@@ -92,6 +93,8 @@ def summarize(rows: list[dict]) -> dict:
             "mode_entropy_bits": None if math.isnan(entropy) else entropy,
             "mean_precision": sum(r.get("precision") or 0.0 for r in rs) / len(rs),  # null: no mode
             "mean_janus_rate": sum(janus) / len(janus) if janus else None,
+            # a faceless object has janus_rate 0 too: where the truth shows its face, does the render?
+            **({"mean_face_recall": sum(recall) / len(recall)} if recall else {}),
         }
     return table
 
@@ -104,7 +107,9 @@ LEGEND = ("mode_id: the world class reached (shape * n_colors + color, -1 = none
 def table_lines(table: dict) -> list[str]:
     """The per-method table (a prior column only where some row is not the default prior)."""
     with_prior = any(t.get("prior", LEGACY_PRIOR) != DEFAULT_PRIOR for t in table.values())
-    numbers = ["distinct modes", "mode entropy (bits)", "mean precision", "mean janus_rate"]
+    with_recall = any("mean_face_recall" in t for t in table.values())
+    numbers = ["distinct modes", "mode entropy (bits)", "mean precision", "mean janus_rate",
+               *(["mean face_recall"] if with_recall else [])]
     head = ["method", "representation", *(["prior"] if with_prior else []), "mode_id per seed", *numbers]
     cells = []
     for t in table.values():
@@ -112,7 +117,8 @@ def table_lines(table: dict) -> list[str]:
         entropy = "-" if t["mode_entropy_bits"] is None else f"{t['mode_entropy_bits']:.2f}"
         cells.append([t["method"], t["representation"], *([t.get("prior", LEGACY_PRIOR)] if with_prior else []),
                       " ".join(map(str, t["mode_ids"])), str(t["distinct_modes"]), entropy,
-                      f"{t['mean_precision']:.2f}", janus])
+                      f"{t['mean_precision']:.2f}", janus,
+                      *([fmt(t.get("mean_face_recall"), ".2f")] if with_recall else [])])
     return markdown_table(head, cells, right=numbers)
 
 
