@@ -51,3 +51,9 @@ def generator(seed: int, stream: Stream, index: int = 0) -> torch.Generator:
 def seed_global(seed: int, stream: Stream, index: int = 0) -> None:
     """Seed torch's global RNG (CPU and CUDA) from (seed, stream, index)."""
     torch.manual_seed(derive(seed, stream, index))
+
+
+def plain(seed: int) -> torch.Generator:
+    """``torch.Generator().manual_seed(seed)`` itself, for diagnostics whose recorded draws were made
+    with it (src/studies/diagnostics/); runs use ``generator``'s named streams."""
+    return torch.Generator().manual_seed(int(seed))

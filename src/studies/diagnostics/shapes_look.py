@@ -21,6 +21,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from src import rng
 from src.build import build_components, load_checkpoint
 from src.cameras_orbit import make_views
 from src.diffusion import alpha_sigma
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
         with torch.no_grad():
             x = bb.encode(rep.samples(v))
         truth = bb.encode(bb.render_classes([cls], v)[0])
-        emb, g = bb.embed(a.prompt)[None], torch.Generator().manual_seed(0)
+        emb, g = bb.embed(a.prompt)[None], rng.plain(0)
         base = float(((x - truth) ** 2).mean())
         for t in PULL_TIMESTEPS:
             tt = torch.tensor([t])

@@ -24,6 +24,7 @@ import torch
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
+from src import rng
 from src.build import build_components
 from src.diffusion import add_noise, alpha_sigma, bcast, weighting
 from src.guidance.sim import SIM
@@ -84,10 +85,10 @@ def main(argv=None) -> int:
     ck = torch.load(args.checkpoint or args.run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
     c.representation.load_state_dict(ck["representation"])
     g.load_state_dict(ck["guidance"], strict=False)
-    views = c.cameras.sample(0, torch.Generator().manual_seed(args.camera_seed))
+    views = c.cameras.sample(0, rng.plain(args.camera_seed))
     with torch.no_grad():
         x = g.backbone.encode(c.representation.samples(views))
-    gen = torch.Generator().manual_seed(0)
+    gen = rng.plain(0)
     print(f"{args.run} step {ck['step']}: signal / noise of G over {args.draws} draws, one camera")
     print(f"{'t':>5} {'SIM (sds)':>17} {'SIM (sds_alpha)':>17} {'SIM, psi input cut':>19} {'VSD (sds)':>17}"
           f" {'psi Jacobian err':>17}")
