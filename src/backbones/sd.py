@@ -1,6 +1,8 @@
 """Stable Diffusion (any diffusers text-to-image UNet + VAE + CLIP) as a frozen latent prior.
 
-``backbone=sd21`` / ``sd15`` / ``diffusers backbone.path=<id or directory>``. METHODS.md
+``backbone=sd21`` / ``sd15`` / ``diffusers backbone.path=<id or directory>``. A model trained on an
+analytic world carries it beside its weights (``world.yaml``, ``backbone.world``): runs on it
+get that world's exact metrics (``evaluate``), its cameras and render size. METHODS.md
 conventions: ``x`` is the VAE latent times ``vae.config.scaling_factor``; ``predict_eps``
 returns an epsilon prediction (v-prediction models converted, ``eps = sigma x_t + alpha v``).
 
@@ -104,6 +106,7 @@ class StableDiffusion(Backbone):
         fast: bool = False,
         cuda_graphs: bool = True,
         compile: str = "none",
+        world=None,
     ):
         super().__init__()
         self.name, self.default_prompt, self.vae_mode = name, default_prompt, vae_mode
@@ -136,6 +139,13 @@ class StableDiffusion(Backbone):
         hold(self, "unet", unet)
         hold(self, "vae", vae)
         self._text: tuple | None = None  # (tokenizer, text_encoder), loaded on a cache miss
+        # the analytic world the model was trained on (<path>/world.yaml, src/configs.py:
+        # model_world), built on the first evaluate: its exact metrics score runs on this model
+        # (Hydra builds it from backbone.world's _target_; a plain config is built here, on demand)
+        self.world_config = None if isinstance(world, Backbone) or not world else dict(world)
+        self._world = None
+        if isinstance(world, Backbone):
+            hold(self, "_world", world)  # not a submodule: checkpoints stay without the world
 
         scheduler = DDPMScheduler.from_pretrained(self.root, subfolder="scheduler")
         self.prediction_type = scheduler.config.prediction_type
@@ -311,6 +321,21 @@ class StableDiffusion(Backbone):
         """Latents (B, 4, h, w) -> (B, H, W, 3) in [0, 1], keeping the graph (rewards)."""
         img = self.vae.decode((x / self.scaling_factor).to(self.vae.dtype)).sample
         return ((img.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1)
+
+    # --- exact metrics of a model trained on an analytic world ------------------------------
+    def world(self):
+        """The analytic backbone of ``world.yaml`` beside the weights (built once), or None."""
+        if self._world is None and self.world_config is not None:
+            from hydra.utils import instantiate
+
+            hold(self, "_world", instantiate(self.world_config))
+        return self._world
+
+    def evaluate(self, samples: Tensor, views, prompt: str) -> dict[str, float]:
+        """The world's exact metrics of renders ``samples`` at ``views`` (precision, mode_id, rmse,
+        janus_rate: src/backbones/shapes_metrics.py); {} for a model without a world."""
+        world = self.world()
+        return {} if world is None else world.evaluate(samples, views, prompt)
 
     # --- the model --------------------------------------------------------------------
     @contextlib.contextmanager
