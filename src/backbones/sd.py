@@ -63,6 +63,9 @@ from src.weights import WeightsNotFound  # noqa: F401  (re-exported: the error u
 log = logging.getLogger(__name__)
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+# backbone.dtype=auto: float16 where a GPU is visible (SD's habit), float32 otherwise: the CPU has
+# no fast float16 convolutions (models/shapes_ldm's UNet ran 1.7x slower in float16 on this CPU)
+AUTO_DTYPE = "auto"
 VAE_MODES = ("mean", "sample")
 # backbone.compile: which components the fast path hands to torch.compile (inductor, static
 # shapes) on a GPU, inside its CUDA graphs: the VAE's encoder, the UNet (prior and psi), or both
@@ -93,7 +96,7 @@ class StableDiffusion(Backbone):
         self,
         path: str,
         revision: str | None = None,
-        dtype: str = "float16",
+        dtype: str = AUTO_DTYPE,
         vae_dtype: str | None = None,
         vae_mode: str = "mean",
         vae_resolution: int | None = None,
@@ -115,14 +118,14 @@ class StableDiffusion(Backbone):
         self.compile = compile
         # the fast path's CUDA graphs (prior, VAE, and psi's calls on this UNet); eager off CUDA
         self.graphs = GraphCache(enabled=self.fast and bool(cuda_graphs), name=f"{name} graphs")
-        self.dtype = DTYPES[dtype]
+        self.dtype = auto_dtype() if dtype == AUTO_DTYPE else DTYPES[dtype]
         self.root, self.model_key = resolve_weights(path, revision, cache_dir, download)
 
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
         unet = UNet2DConditionModel.from_pretrained(self.root, subfolder="unet", torch_dtype=self.dtype)
         vae = AutoencoderKL.from_pretrained(
-            self.root, subfolder="vae", torch_dtype=DTYPES[vae_dtype or dtype]
+            self.root, subfolder="vae", torch_dtype=DTYPES[vae_dtype] if vae_dtype else self.dtype
         )
         for m in (unet, vae):
             m.eval().requires_grad_(False)
@@ -177,7 +180,7 @@ class StableDiffusion(Backbone):
     @classmethod
     def check_config(cls, cfg, key):
         """The trainer's pre-build check (no allocation, no writes), weights on disk last."""
-        checks.choice(cfg, "dtype", f"{key}.dtype", DTYPES)
+        checks.choice(cfg, "dtype", f"{key}.dtype", (*DTYPES, AUTO_DTYPE))
         if cfg.get("vae_dtype") is not None:
             checks.choice(cfg, "vae_dtype", f"{key}.vae_dtype", DTYPES)
         checks.choice(cfg, "vae_mode", f"{key}.vae_mode", VAE_MODES)
@@ -402,6 +405,11 @@ class StableDiffusion(Backbone):
     def _prior_eps(self, x_t: Tensor, t: Tensor, emb: Tensor) -> Tensor:
         with self.adapters(False):
             return self.unet_forward(x_t, t, emb)
+
+
+def auto_dtype() -> torch.dtype:
+    """backbone.dtype=auto (AUTO_DTYPE): float16 with a GPU, float32 on a CPU-only machine."""
+    return torch.float16 if torch.cuda.is_available() else torch.float32
 
 
 def _alphas_cumprod64(scheduler) -> Tensor:
