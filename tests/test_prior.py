@@ -147,3 +147,24 @@ def test_a_run_on_it_gets_the_exact_metrics(tiny_prior, tmp_path):
     assert metrics["status"] == "finished"
     assert {"precision", "mode_id", "rmse", "nearest_class"} <= set(metrics)
     assert 0.0 <= metrics["precision"] <= 1.0 and metrics["rmse"] > 0
+
+
+# --- the shipped model's sample quality (scripts/prior_quality.py) ------------------------------
+# Few samples and DDIM steps (seconds): the thresholds sit below what the shipped model gives
+# with these settings and far above an untrained model's (benchmarks/shapes_ldm_quality.md has
+# the full measurement: 50 DDIM steps, 32 samples a prompt, 256 of "a cone").
+QUICK = dict(n=2, n_cone=16, scale=7.5, steps=10, fid_weights=None)
+MIN_ACCURACY = 0.8
+MIN_CONE_ENTROPY_BITS = 1.5
+
+
+def test_shipped_model_draws_the_prompts_classes_and_an_untrained_one_does_not(tiny_prior):
+    from scripts.prior_quality import load, measure
+
+    bb, world = load(str(SHIPPED))
+    assert bb.resolution == world.resolution == 32 and bb.x_shape() == (4, 8, 8)
+    r = measure(bb, world, **QUICK)
+    assert r["accuracy_mean"] >= MIN_ACCURACY, r["accuracy"]
+    assert r["cone_entropy_bits"] >= MIN_CONE_ENTROPY_BITS, r["cone_colors"]
+    untrained = measure(*load(str(tiny_prior)), **QUICK)
+    assert untrained["accuracy_mean"] < MIN_ACCURACY / 4 and untrained["cone_entropy_bits"] < MIN_CONE_ENTROPY_BITS
