@@ -75,29 +75,20 @@ def measure(bb, world, n: int = 32, n_cone: int = 256, scale: float = 7.5, steps
     out: dict = {"scale": scale, "ddim_steps": steps, "n_per_prompt": n, "n_cone": n_cone, "seed": seed,
                  "threshold": tau}
     acc, all_samples = {}, []
-    for k in range(world.n_classes):
+    for k in range(world.n_classes if n > 0 else 0):
         prompt = f"a {world.class_name(k)}"
         g = rng.generator(seed, rng.Stream.EVAL, k)
         x = bb.prior_samples(prompt, n, g, scale=scale, steps=steps, batch=64)
         cls, dist = classify(world, x)
         acc[prompt] = float(((cls == k) & (dist <= tau)).float().mean())
         all_samples.append(x)
-    out["accuracy"] = acc
-    out["accuracy_mean"] = sum(acc.values()) / len(acc)
-    out["accuracy_min"] = min(acc.values())
-    shape = cone_prompt.split()[-1]
-    g = rng.generator(seed, rng.Stream.EVAL, world.n_classes)
-    x = bb.prior_samples(cone_prompt, n_cone, g, scale=scale, steps=steps, batch=64)
-    cls, dist = classify(world, x)
-    ok = dist <= tau
-    is_shape = ok & (cls // len(world.colors) == world.shapes.index(shape))
-    colors = Counter(world.colors[int(c) % len(world.colors)] for c in cls[is_shape])
-    counts = [colors.get(c, 0) for c in world.colors]
-    out["cone_prompt"] = cone_prompt
-    out["cone_colors"] = dict(zip(world.colors, counts))
-    out["cone_shape_rate"] = float(is_shape.float().mean())
-    out["cone_entropy_bits"] = entropy_bits(counts)
-    all_samples.append(x)
+    if acc:
+        out["accuracy"] = acc
+        out["accuracy_mean"] = sum(acc.values()) / len(acc)
+        out["accuracy_min"] = min(acc.values())
+    if n_cone > 0:
+        x = _cone(bb, world, out, n_cone, scale, steps, seed, cone_prompt)
+        all_samples.append(x)
     if fid_weights:
         from src.metrics.inception import fid, inception_outputs
         from src.metrics.models import load_inception
@@ -111,17 +102,35 @@ def measure(bb, world, n: int = 32, n_cone: int = 256, scale: float = 7.5, steps
     return out
 
 
+def _cone(bb, world, out: dict, n_cone: int, scale: float, steps: int, seed: int, cone_prompt: str):
+    """The color distribution of ``cone_prompt``'s samples into ``out``; returns the samples."""
+    shape = cone_prompt.split()[-1]
+    g = rng.generator(seed, rng.Stream.EVAL, world.n_classes)
+    x = bb.prior_samples(cone_prompt, n_cone, g, scale=scale, steps=steps, batch=64)
+    cls, dist = classify(world, x)
+    is_shape = (dist <= world.precision_threshold) & (cls // len(world.colors) == world.shapes.index(shape))
+    colors = Counter(world.colors[int(c) % len(world.colors)] for c in cls[is_shape])
+    counts = [colors.get(c, 0) for c in world.colors]
+    out["cone_prompt"] = cone_prompt
+    out["cone_colors"] = dict(zip(world.colors, counts))
+    out["cone_shape_rate"] = float(is_shape.float().mean())
+    out["cone_entropy_bits"] = entropy_bits(counts)
+    return x
+
+
 def markdown(r: dict, command: str, model: str) -> str:
     lines = [f"# Sample quality of `{model}`", "", f"Command: `{command}`", "",
              f"{r['ddim_steps']} DDIM steps, CFG scale {r['scale']}, seed {r['seed']}; a sample counts when "
              f"its nearest data image (blurred RMSE, ShapesWorld's rule) is of the prompt's class and within "
-             f"{r['threshold']}. {r.get('device', '')}", "",
-             "| prompt | accuracy |", "|---|---|"]
-    lines += [f"| {p} | {a:.2f} |" for p, a in r["accuracy"].items()]
-    lines += ["", f"Mean accuracy {r['accuracy_mean']:.3f}, min {r['accuracy_min']:.3f} "
-                  f"({r['n_per_prompt']} samples a prompt).", "",
-              f"\"{r['cone_prompt']}\" over {r['n_cone']} samples: {r['cone_shape_rate']:.3f} are a cone; their "
-              f"colors {r['cone_colors']}, entropy {r['cone_entropy_bits']:.3f} bits (truth 2.0)."]
+             f"{r['threshold']}. {r.get('device', '')}"]
+    if "accuracy" in r:
+        lines += ["", "| prompt | accuracy |", "|---|---|"]
+        lines += [f"| {p} | {a:.2f} |" for p, a in r["accuracy"].items()]
+        lines += ["", f"Mean accuracy {r['accuracy_mean']:.3f}, min {r['accuracy_min']:.3f} "
+                      f"({r['n_per_prompt']} samples a prompt)."]
+    if "cone_colors" in r:
+        lines += ["", f"\"{r['cone_prompt']}\" over {r['n_cone']} samples: {r['cone_shape_rate']:.3f} are a "
+                      f"cone; their colors {r['cone_colors']}, entropy {r['cone_entropy_bits']:.3f} bits (truth 2.0)."]
     if "fid" in r:
         note = "" if r["fid_weights"] == "real" else (" (random test features, not InceptionV3: the weights are "
                                                       "not on this machine; a plumbing number only)")
