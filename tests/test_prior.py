@@ -168,3 +168,32 @@ def test_shipped_model_draws_the_prompts_classes_and_an_untrained_one_does_not(t
     assert r["cone_entropy_bits"] >= MIN_CONE_ENTROPY_BITS, r["cone_colors"]
     untrained = measure(*load(str(tiny_prior)), **QUICK)
     assert untrained["accuracy_mean"] < MIN_ACCURACY / 4 and untrained["cone_entropy_bits"] < MIN_CONE_ENTROPY_BITS
+
+
+# --- methods on the shipped model -----------------------------------------------------------------
+def test_vsd_trains_its_lora_psi_on_the_shipped_unet(tmp_path):
+    from src.api import compose
+    from src.trainer import Trainer
+
+    cfg = compose(["backbone=diffusers", f"backbone.path={SHIPPED}", "backbone.embedding_cache=null",
+                   "guidance=vsd", "prompt=a red cone", "device=cpu", "trainer.max_steps=2", "trainer.progress=false",
+                   "trainer.export=false", "trainer.val_every=0"])
+    trainer = Trainer(cfg, tmp_path / "run")
+    bb, psi = trainer.c.backbone, trainer.c.guidance.psi
+    assert bb.unet.dtype == torch.float32  # dtype auto on a CPU-only machine
+    assert type(psi).__name__ == "LoRAScore" and psi.backbone.unet is bb.unet
+    lora_b = {n: p.detach().clone() for n, p in bb.unet.named_parameters() if "lora_B" in n}
+    assert lora_b and all(float(p.abs().max()) == 0.0 for p in lora_b.values())  # psi = the prior at step 0
+    for step in range(2):
+        logs = trainer.train_step(step)
+        assert torch.isfinite(torch.tensor(float(logs["psi_loss"])))
+    moved = [n for n, p in bb.unet.named_parameters() if "lora_B" in n and float(p.detach().abs().max()) > 0]
+    assert len(moved) == len(lora_b)  # every LoRA B left zero: psi was fitted on the learned UNet
+    from diffusers import UNet2DConditionModel
+
+    base = UNet2DConditionModel.from_pretrained(SHIPPED, subfolder="unet", torch_dtype=torch.float32).eval()
+    base.to(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([100, 700])
+    emb = bb.embed("a red cone").expand(2, -1, -1)
+    assert torch.equal(bb.predict_eps(x, t, emb), base(x, t, encoder_hidden_states=emb).sample)  # prior = base
