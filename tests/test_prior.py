@@ -156,6 +156,9 @@ def test_a_run_on_it_gets_the_exact_metrics(tiny_prior, tmp_path):
 QUICK = dict(n=2, n_cone=16, scale=7.5, steps=10, fid_weights=None)
 MIN_ACCURACY = 0.8
 MIN_CONE_ENTROPY_BITS = 1.5
+# the shortened SDS run: steps, and the factor by which the exact rmse must fall
+SDS_STEPS = 40
+SDS_RMSE_GAIN = 0.8
 
 
 def test_shipped_model_draws_the_prompts_classes_and_an_untrained_one_does_not(tiny_prior):
@@ -197,3 +200,21 @@ def test_vsd_trains_its_lora_psi_on_the_shipped_unet(tmp_path):
     x, t = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([100, 700])
     emb = bb.embed("a red cone").expand(2, -1, -1)
     assert torch.equal(bb.predict_eps(x, t, emb), base(x, t, encoder_hidden_states=emb).sample)  # prior = base
+
+
+def test_sds_on_the_shipped_model_moves_a_nerf_toward_the_red_cone(tmp_path):
+    """A shortened `python -m src.train backbone=shapes_ldm prompt="a red cone"` (NeRF, SDS): after
+    SDS_STEPS steps the render is nearer the true red cone (the world's exact rmse over the eval
+    turntable) than the initial blob by SDS_RMSE_GAIN. The full run: benchmarks/shapes_ldm_sds.md."""
+    from src.api import compose
+    from src.trainer import Trainer
+
+    cfg = compose(["backbone=shapes_ldm", f"backbone.path={SHIPPED}", "backbone.embedding_cache=null",
+                   "prompt=a red cone", "device=cpu", f"trainer.max_steps={SDS_STEPS}", "trainer.progress=false",
+                   "trainer.export=false", "trainer.val_every=0", "camera.n_eval_views=8"])
+    trainer = Trainer(cfg, tmp_path / "run")
+    before = trainer.evaluate()
+    for step in range(SDS_STEPS):
+        trainer.train_step(step)
+    after = trainer.evaluate()
+    assert after["rmse"] < SDS_RMSE_GAIN * before["rmse"], (before, after)
