@@ -134,7 +134,7 @@ def markdown(r: dict, command: str, model: str) -> str:
     if "fid" in r:
         note = "" if r["fid_weights"] == "real" else (" (random test features, not InceptionV3: the weights are "
                                                       "not on this machine; a plumbing number only)")
-        lines += ["", f"FID {r['fid']:.2f} between {r['fid_samples'][0]} samples and the world's "
+        lines += ["", f"FID {r['fid']:.3g} between {r['fid_samples'][0]} samples and the world's "
                       f"{r['fid_samples'][1]} images{note}."]
     return "\n".join(lines) + "\n"
 
