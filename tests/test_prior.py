@@ -156,9 +156,10 @@ def test_a_run_on_it_gets_the_exact_metrics(tiny_prior, tmp_path):
 QUICK = dict(n=2, n_cone=16, scale=7.5, steps=10, fid_weights=None)
 MIN_ACCURACY = 0.8
 MIN_CONE_ENTROPY_BITS = 1.5
-# the shortened SDS run: steps, and the factor by which the exact rmse must fall
-SDS_STEPS = 40
-SDS_RMSE_GAIN = 0.8
+# the shortened SDS run (backbone=shapes_ldm, its tuned s = 7.5): steps, and the factor by which the
+# exact rmse of the turntable must fall from the initial blob
+SDS_STEPS = 100
+SDS_RMSE_GAIN = 0.9  # with a margin over what 100 steps give on seed 0 (benchmarks/shapes_ldm_sds.md)
 
 
 def test_shipped_model_draws_the_prompts_classes_and_an_untrained_one_does_not(tiny_prior):
@@ -205,7 +206,7 @@ def test_vsd_trains_its_lora_psi_on_the_shipped_unet(tmp_path):
 def test_sds_on_the_shipped_model_moves_a_nerf_toward_the_red_cone(tmp_path):
     """A shortened `python -m src.train backbone=shapes_ldm prompt="a red cone"` (NeRF, SDS): after
     SDS_STEPS steps the render is nearer the true red cone (the world's exact rmse over the eval
-    turntable) than the initial blob by SDS_RMSE_GAIN. The full run: benchmarks/shapes_ldm_sds.md."""
+    turntable) than the initial blob by SDS_RMSE_GAIN. The full runs: benchmarks/shapes_ldm_sds.md."""
     from src.api import compose
     from src.trainer import Trainer
 

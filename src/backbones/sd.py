@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 # backbone.dtype=auto: float16 where a GPU is visible (SD's habit), float32 otherwise: the CPU has
-# no fast float16 convolutions (models/shapes_ldm's UNet ran 1.7x slower in float16 on this CPU)
+# no fast float16 convolutions (docs/learned_prior.md: models/shapes_ldm's UNet on the CPU)
 AUTO_DTYPE = "auto"
 VAE_MODES = ("mean", "sample")
 # backbone.compile: which components the fast path hands to torch.compile (inductor, static
