@@ -12,7 +12,7 @@ of the nearest data image after the metric's blur, counted only within the world
 - ``accuracy``: per "a <color> <shape>" prompt, the fraction of samples of that class within the
   threshold (``--n`` samples each), and their mean / min;
 - ``cone_colors``: the colors of "a cone"'s samples (``--n-cone``), counted over the samples that
-  are a cone within the threshold, and their entropy in bits (the truth: 2.0, uniform);
+  are a cone within the threshold, and their entropy in bits (the world's own: 2.0 for four equally likely colors);
 - ``fid``: FID (src/metrics/inception.py) between every sample above and the world's images,
   with ``--weights`` real (torch-fidelity's InceptionV3 from disk) or random (test features: a
   plumbing number only, named so in the output).
@@ -115,6 +115,8 @@ def _cone(bb, world, out: dict, n_cone: int, scale: float, steps: int, seed: int
     out["cone_colors"] = dict(zip(world.colors, counts))
     out["cone_shape_rate"] = float(is_shape.float().mean())
     out["cone_entropy_bits"] = entropy_bits(counts)
+    w = world.embed(cone_prompt).double().cpu()  # the world's own color distribution of the prompt
+    out["cone_truth_bits"] = entropy_bits([float(w[world.color_idx.cpu() == c].sum()) for c in range(len(world.colors))])
     return x
 
 
@@ -130,7 +132,8 @@ def markdown(r: dict, command: str, model: str) -> str:
                       f"({r['n_per_prompt']} samples a prompt)."]
     if "cone_colors" in r:
         lines += ["", f"\"{r['cone_prompt']}\" over {r['n_cone']} samples: {r['cone_shape_rate']:.3f} are a "
-                      f"cone; their colors {r['cone_colors']}, entropy {r['cone_entropy_bits']:.3f} bits (truth 2.0)."]
+                      f"cone; their colors {r['cone_colors']}, entropy {r['cone_entropy_bits']:.3f} bits (the world's: "
+                      f"{r.get('cone_truth_bits', 2.0):.3f})."]
     if "fid" in r:
         note = "" if r["fid_weights"] == "real" else (" (random test features, not InceptionV3: the weights are "
                                                       "not on this machine; a plumbing number only)")
