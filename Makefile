@@ -6,7 +6,7 @@ PIP     ?= .venv/bin/pip
 TORCH_PINS = torch==2.14.1 torchvision==0.29.1
 STAMP   = .venv/.installed
 
-.PHONY: help install demo test test-cuda test-slurm lint format toy-figures sweep report evaluate clean
+.PHONY: help install demo test test-cuda test-slurm lint format toy-figures sweep report evaluate clean prior prior-quality
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -41,6 +41,16 @@ toy-figures: install ## ESD Fig. 3, SSD Fig. 7 and the 4-mode per-method panel i
 
 clean:
 	rm -rf outputs multirun .pytest_cache
+
+# --- the learned prior (docs/learned_prior.md): a latent diffusion model of ShapesWorld in SD's layout ---
+# PRIOR_DEVICE=cuda trains on a GPU (the same recipe); training state in outputs/prior/ (resumable)
+PRIOR_DEVICE ?= cpu
+prior: install ## train models/shapes_ldm and its front-biased Janus twin (scripts/train_prior.py; resumable)
+	$(PY) scripts/train_prior.py --out models/shapes_ldm --device $(PRIOR_DEVICE)
+	$(PY) scripts/train_prior.py --out models/shapes_ldm_janus_front --device $(PRIOR_DEVICE) experiment=shapes_janus_front
+
+prior-quality: install ## sample quality of models/shapes_ldm -> benchmarks/shapes_ldm_quality.{json,md}
+	$(PY) scripts/prior_quality.py models/shapes_ldm --out benchmarks/shapes_ldm_quality
 
 # --- sweeps (sweeps/*.yaml, scripts/sweep.py, scripts/evaluate.py, scripts/report.py; README "Sweeps") ---
 SWEEP    ?= esd_lambda

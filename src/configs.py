@@ -96,3 +96,30 @@ def unknown_option(group: str, value) -> str | None:
     near = difflib.get_close_matches(value, known, n=MAX_SUGGESTIONS, cutoff=SUGGESTION_CUTOFF)
     hint = f"did you mean {' or '.join(f'{group}={n}' for n in near)}? " if near else ""
     return f"{group}={value} is not an option of {group}: {hint}options: {', '.join(known)}"
+
+# --- the world a learned prior was trained on -------------------------------------------------
+# A diffusers model trained on an analytic world (scripts/train_prior.py) carries that world's
+# backbone config beside its weights; conf/backbone/diffusers.yaml reads it into backbone.world,
+# where the camera and representation groups find the world's resolution, cameras and
+# background as they find ShapesWorld's own keys, and StableDiffusion.evaluate its exact metrics.
+WORLD_FILE = "world.yaml"
+
+
+def model_world(path):
+    """<path>/world.yaml of a local model directory (a DictConfig); {} for a Hub id or no file."""
+    from omegaconf import OmegaConf
+
+    file = Path(str(path)).expanduser() / WORLD_FILE
+    if not file.is_file():
+        return {}
+    return OmegaConf.load(file)
+
+
+def _register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("model_world"):
+        OmegaConf.register_new_resolver("model_world", model_world)
+
+
+_register_resolvers()

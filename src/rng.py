@@ -35,6 +35,7 @@ class Stream(enum.IntEnum):
     INIT = 10  # once: parameter initialisation (representation, psi, camera MLPs)
     EVAL = 11  # once: fixed evaluation inputs (the affine toy's evaluation codes)
     METRICS = 12  # once: draws of the metrics over finished runs (surface points, KID subsets)
+    PRIOR = 13  # per step: a training batch of a learned prior (scripts/train_prior.py)
 
 
 def derive(seed: int, stream: Stream, index: int = 0) -> int:

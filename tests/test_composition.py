@@ -87,6 +87,9 @@ def translate(old: dict) -> tuple[dict, dict | None]:
     # Issue 12: the fast path's switches, off by default (the eager path is the reference)
     if old["backbone"]["_target_"].endswith("StableDiffusion"):
         old["backbone"].update(fast=False, cuda_graphs=True, compile="none")
+        # Issue 27: the world a learned model carries ({} for SD's own), and dtype auto (float16
+        # with a GPU, float32 on a CPU-only machine, as diffusers' default)
+        old["backbone"].update(world={}, dtype="auto")
     if old["representation"]["_target_"].endswith("NeRF"):
         old["representation"]["checkpoint_chunks"] = False
         # Issue 31: the fused grid lookup; null follows the backbone's fast path (src/representations/nerf.py)
@@ -150,13 +153,20 @@ def test_camera_tuning_files_compose_the_same_values_as_the_camera_groups_select
     if new["representation"]["_target_"].endswith(".NeRF"):
         # issue 31, after the fixture: the fused grid lookup's switch (null: the backbone's fast path)
         before["representation"]["fast_field"] = None
+    if before["backbone"]["_target_"].endswith("StableDiffusion"):  # issue 27, after the fixture
+        before["backbone"].update(world={}, dtype="auto")
+    if before["backbone"]["_target_"].endswith("ShapesWorld"):  # issue 28, after the fixture
+        before["backbone"]["views_per_set"] = new["camera"].get("views_per_set", 1)
     assert new == before
 
 
 def test_no_group_reads_a_world_with_a_fallback():
-    """One way a world tunes its parts: conf/tuning/, chosen by name; no `oc.select` in conf/."""
+    """One way a world tunes its parts: conf/tuning/, chosen by name; no group's own file reads a
+    world (no `oc.select` outside conf/tuning/, where a diffusers model's world.yaml, when it has
+    one, tunes its cameras: conf/tuning/camera/diffusers_orbit.yaml)."""
     conf = Path(__file__).parents[1] / "conf"
-    assert [str(p.relative_to(conf)) for p in conf.rglob("*.yaml") if "oc.select" in p.read_text()] == []
+    assert [str(p.relative_to(conf)) for p in conf.rglob("*.yaml")
+            if "oc.select:backbone." in p.read_text() and p.relative_to(conf).parts[0] != "tuning"] == []
     # without the world's tuning the cameras are threestudio's (conf/camera/orbit.yaml)
     untuned = compose(["~tuning/camera"]).camera
     assert (untuned.height, list(untuned.elevation_range), untuned.eval_elevation_deg) == (64, [-10.0, 90.0], 15.0)

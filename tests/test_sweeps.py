@@ -17,7 +17,7 @@ from src.sweeps import Sweep, hydra_value, load_sweep, multirun_args
 # conf/hydra/launcher/submitit_local.yaml shares its name with the plugin's schema (on purpose).
 pytestmark = pytest.mark.filterwarnings("ignore:(?s).*automatic_schema_matching:UserWarning")
 REPO = Path(__file__).resolve().parents[1]
-STUDIES = ("esd_lambda", "fsd_beta", "ssd_threshold", "dive3d_gamma_lambda", "diversity_benchmark")
+STUDIES = ("esd_lambda", "fsd_beta", "ssd_threshold", "dive3d_gamma_lambda", "diversity_benchmark", "shapes_ldm")
 TOY_STEPS = 5
 
 

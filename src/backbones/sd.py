@@ -1,6 +1,9 @@
 """Stable Diffusion (any diffusers text-to-image UNet + VAE + CLIP) as a frozen latent prior.
 
-``backbone=sd21`` / ``sd15`` / ``diffusers backbone.path=<id or directory>``. docs/methods.md
+``backbone=sd21`` / ``sd15`` / ``diffusers backbone.path=<id or directory>``. A model trained on an
+analytic world carries it beside its weights (``world.yaml``, ``backbone.world``): runs on it
+get that world's exact metrics (``evaluate``); its preset's tuning files give them the world's
+cameras and render size (conf/tuning/camera/shapes_ldm_orbit.yaml). docs/methods.md
 conventions: ``x`` is the VAE latent times ``vae.config.scaling_factor``; ``predict_eps``
 returns an epsilon prediction (v-prediction models converted, ``eps = sigma x_t + alpha v``).
 
@@ -58,6 +61,9 @@ from src.weights import WeightsNotFound  # noqa: F401  (re-exported: the error u
 log = logging.getLogger(__name__)
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+# backbone.dtype=auto: float16 where a GPU is visible (SD's habit), float32 otherwise: the CPU has
+# no fast float16 convolutions (docs/learned_prior.md: models/shapes_ldm's UNet on the CPU)
+AUTO_DTYPE = "auto"
 VAE_MODES = ("mean", "sample")
 # backbone.compile: which components the fast path hands to torch.compile (inductor, static
 # shapes) on a GPU, inside its CUDA graphs: the VAE's encoder, the UNet (prior and psi), or both
@@ -88,7 +94,7 @@ class StableDiffusion(Backbone):
         self,
         path: str,
         revision: str | None = None,
-        dtype: str = "float16",
+        dtype: str = AUTO_DTYPE,
         vae_dtype: str | None = None,
         vae_mode: str = "mean",
         vae_resolution: int | None = None,
@@ -101,6 +107,7 @@ class StableDiffusion(Backbone):
         fast: bool = False,
         cuda_graphs: bool = True,
         compile: str = "none",
+        world=None,
     ):
         super().__init__()
         self.name, self.default_prompt, self.vae_mode = name, default_prompt, vae_mode
@@ -109,14 +116,14 @@ class StableDiffusion(Backbone):
         self.compile = compile
         # the fast path's CUDA graphs (prior, VAE, and psi's calls on this UNet); eager off CUDA
         self.graphs = GraphCache(enabled=self.fast and bool(cuda_graphs), name=f"{name} graphs")
-        self.dtype = DTYPES[dtype]
+        self.dtype = auto_dtype() if dtype == AUTO_DTYPE else DTYPES[dtype]
         self.root, self.model_key = resolve_weights(path, revision, cache_dir, download)
 
         from diffusers import AutoencoderKL, DDPMScheduler
 
         unet = self.load_unet()
         vae = AutoencoderKL.from_pretrained(
-            self.root, subfolder="vae", torch_dtype=DTYPES[vae_dtype or dtype]
+            self.root, subfolder="vae", torch_dtype=DTYPES[vae_dtype] if vae_dtype else self.dtype
         )
         for m in (unet, vae):
             m.eval().requires_grad_(False)
@@ -133,6 +140,13 @@ class StableDiffusion(Backbone):
         hold(self, "unet", unet)
         hold(self, "vae", vae)
         self._text: tuple | None = None  # (tokenizer, text_encoder), loaded on a cache miss
+        # the analytic world the model was trained on (<path>/world.yaml, src/configs.py:
+        # model_world), built on the first evaluate: its exact metrics score runs on this model
+        # (Hydra builds it from backbone.world's _target_; a plain config is built here, on demand)
+        self.world_config = None if isinstance(world, Backbone) or not world else dict(world)
+        self._world = None
+        if isinstance(world, Backbone):
+            hold(self, "_world", world)  # not a submodule: checkpoints stay without the world
 
         scheduler = DDPMScheduler.from_pretrained(self.root, subfolder="scheduler")
         self.prediction_type = scheduler.config.prediction_type
@@ -176,7 +190,7 @@ class StableDiffusion(Backbone):
     @classmethod
     def check_config(cls, cfg, key):
         """The trainer's pre-build check (no allocation, no writes), weights on disk last."""
-        checks.choice(cfg, "dtype", f"{key}.dtype", DTYPES)
+        checks.choice(cfg, "dtype", f"{key}.dtype", (*DTYPES, AUTO_DTYPE))
         if cfg.get("vae_dtype") is not None:
             checks.choice(cfg, "vae_dtype", f"{key}.vae_dtype", DTYPES)
         checks.choice(cfg, "vae_mode", f"{key}.vae_mode", VAE_MODES)
@@ -322,6 +336,21 @@ class StableDiffusion(Backbone):
         img = self.vae.decode((x / self.scaling_factor).to(self.vae.dtype)).sample
         return ((img.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1)
 
+    # --- exact metrics of a model trained on an analytic world ------------------------------
+    def world(self):
+        """The analytic backbone of ``world.yaml`` beside the weights (built once), or None."""
+        if self._world is None and self.world_config is not None:
+            from hydra.utils import instantiate
+
+            hold(self, "_world", instantiate(self.world_config))
+        return self._world
+
+    def evaluate(self, samples: Tensor, views, prompt: str) -> dict[str, float]:
+        """The world's exact metrics of renders ``samples`` at ``views`` (precision, mode_id, rmse,
+        janus_rate: src/backbones/shapes_metrics.py); {} for a model without a world."""
+        world = self.world()
+        return {} if world is None else world.evaluate(samples, views, prompt)
+
     # --- the model --------------------------------------------------------------------
     @contextlib.contextmanager
     def adapters(self, enabled: bool):
@@ -387,6 +416,11 @@ class StableDiffusion(Backbone):
     def _prior_eps(self, x_t: Tensor, t: Tensor, emb: Tensor) -> Tensor:
         with self.adapters(False):
             return self.unet_forward(x_t, t, emb)
+
+
+def auto_dtype() -> torch.dtype:
+    """backbone.dtype=auto (AUTO_DTYPE): float16 with a GPU, float32 on a CPU-only machine."""
+    return torch.float16 if torch.cuda.is_available() else torch.float32
 
 
 def _alphas_cumprod64(scheduler) -> Tensor:
