@@ -39,6 +39,7 @@ if str(ROOT) not in sys.path:
 from src import rng  # noqa: E402
 from src.backbones.shapes_metrics import BLUR_PX_AT_32, gaussian_blur, rmse  # noqa: E402
 from src.fileio import to_json  # noqa: E402
+from src.studies.tables import markdown_table  # noqa: E402
 
 
 def load(path: str, threads: int | None = None):
@@ -126,8 +127,8 @@ def markdown(r: dict, command: str, model: str) -> str:
              f"its nearest data image (blurred RMSE, ShapesWorld's rule) is of the prompt's class and within "
              f"{r['threshold']}. {r.get('device', '')}"]
     if "accuracy" in r:
-        lines += ["", "| prompt | accuracy |", "|---|---|"]
-        lines += [f"| {p} | {a:.2f} |" for p, a in r["accuracy"].items()]
+        lines += [""] + markdown_table(["prompt", "accuracy"], [[p, f"{a:.2f}"] for p, a in r["accuracy"].items()],
+                                       right=["accuracy"])
         lines += ["", f"Mean accuracy {r['accuracy_mean']:.3f}, min {r['accuracy_min']:.3f} "
                       f"({r['n_per_prompt']} samples a prompt)."]
     if "cone_colors" in r:
