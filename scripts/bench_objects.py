@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 from hydra_plugins.distillery_launchers.isolation import run_command  # noqa: E402
-from src.studies.tables import markdown_table  # noqa: E402
+from src.studies.tables import markdown_table, write_study  # noqa: E402
 
 # threestudio's ImplicitVolume hash grid (configs/dreamfusion-sd.yaml, prolificdreamer.yaml):
 # the papers' field, not the CPU-sized default of conf/representation/nerf.yaml
@@ -328,9 +328,7 @@ def markdown(result: dict) -> str:
 
 def write(result: dict, out: Path) -> None:
     result["table"] = table(result)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "objects.json").write_text(json.dumps(result, indent=2))
-    (out / "objects.md").write_text(markdown(result))
+    write_study(out / "objects", result, markdown(result))
 
 
 def main() -> None:

@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's src, also in the worker subproc
 
 from hydra_plugins.distillery_launchers.isolation import Worker, answer  # noqa: E402
 from src.configs import guidance_names  # noqa: E402
-from src.studies.tables import markdown_table  # noqa: E402
+from src.studies.tables import markdown_table, write_study  # noqa: E402
 
 METHODS = guidance_names()  # conf/guidance/: every estimator
 RESOLUTIONS = (64, 512)  # 256 px on request (--resolutions 64 256 512): the run must fit ~6 minutes
@@ -578,9 +578,7 @@ def compact(result: dict) -> str:
 
 
 def write(result: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sd_gpu.json").write_text(json.dumps(result, indent=2))
-    (out / "sd_gpu.md").write_text(markdown(result))
+    write_study(out / "sd_gpu", result, markdown(result))
 
 
 def main() -> None:
