@@ -48,3 +48,13 @@ def test_no_measured_result_in_code_or_config_comments():
     found = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}" for p in files
              for i, line in enumerate(p.read_text().splitlines(), 1) if MEASURED.search(line)]
     assert not found, "\n".join(found)
+
+
+def test_readme_groups_table_lists_every_option():
+    """The README's config groups table names each group's options as conf/<group>/ holds them."""
+    from src.configs import options
+
+    rows = re.findall(r"^\| `(\w+)` \| `([^`]*)`", (ROOT / "README.md").read_text(), flags=re.M)
+    assert len(rows) >= 8
+    for group, listed in rows:
+        assert set(listed.split()) == set(options(group)), group
