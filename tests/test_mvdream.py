@@ -293,7 +293,7 @@ def test_psi_starts_as_the_prior_at_every_camera(repo, checkpoint):
     with torch.no_grad():
         prior = bb.predict_eps(x_t, t, emb)
         torch.testing.assert_close(vsd.psi_eps(x_t, t, views.cam), prior, rtol=1e-5, atol=1e-5)
-        e_c, _, (e_psi,) = vsd.prior_psi_eps(x_t, t, emb, None, [views.cam])
+        e_c, _, (e_psi,) = bb.eps_pair_with_psi(x_t, t, emb, None, vsd.psi, vsd.psi_text(4), [views.cam])
         torch.testing.assert_close(e_c, prior, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(e_psi, prior, rtol=1e-5, atol=1e-5)
 
