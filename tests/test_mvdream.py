@@ -23,6 +23,7 @@ from src.backbones.mvdream import (  # noqa: E402
 )
 from src.cameras_orbit import OrbitSampler  # noqa: E402
 from src.weights import WeightsNotFound  # noqa: E402
+from tests.helpers import one_thread, two_finite_steps  # noqa: F401  (one_thread: autouse fixture)
 from tests.test_sd import write_tiny_sd  # noqa: E402
 
 # the tiny UNet of tests/test_sd.py: channels (32, 64), one ResNet per level, attention on level 0
@@ -139,12 +140,6 @@ def checkpoint(tmp_path_factory) -> tuple[Path, dict]:
     return path, state
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make(repo, checkpoint, **kw) -> MVDream:
@@ -314,11 +309,7 @@ def test_each_method_runs_on_a_tiny_mvdream(method, repo, checkpoint, tmp_path):
     ])
     assert cfg.backbone.views_per_set == 4
     trainer = Trainer(cfg, tmp_path / "run")
-    for step in range(2):
-        logs = trainer.train_step(step)
-        assert all(torch.isfinite(torch.tensor(float(v))) for v in logs.values()), logs
-        grads = [p.grad for p in trainer.c.representation.parameters() if p.grad is not None]
-        assert grads and all(torch.isfinite(g).all() for g in grads)
+    logs = two_finite_steps(trainer)
     if trainer.c.guidance.psi is not None:
         assert trainer.c.guidance.psi.backbone.unet is trainer.c.backbone.unet and "psi_loss" in logs
 

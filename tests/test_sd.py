@@ -19,6 +19,7 @@ from src.cameras import ViewBatch  # noqa: E402
 from src.configs import guidance_names  # noqa: E402
 from src.diffusion import alpha_sigma, bcast  # noqa: E402
 from src.metrics.models import char_bpe_files  # noqa: E402
+from tests.helpers import one_thread, two_finite_steps  # noqa: F401  (one_thread: autouse fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 # tiny CLIP: 77 positions like the real one would make the text encoder the slowest part
@@ -65,14 +66,6 @@ def write_tiny_sd(root: Path, prediction_type: str = "epsilon", seed: int = 0) -
     return root
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a loaded 2-core machine OpenMP
-    barriers turned a 10 ms forward into 2 s."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -281,11 +274,7 @@ def test_each_method_runs_on_a_tiny_sd(method, representation, tiny_repo, tmp_pa
         "trainer.progress=false", "trainer.export=false", *REPRESENTATIONS[representation],
     ])
     trainer = Trainer(cfg, tmp_path / "run")
-    for step in range(2):
-        logs = trainer.train_step(step)
-        assert all(torch.isfinite(torch.tensor(float(v))) for v in logs.values()), logs
-        grads = [p.grad for p in trainer.c.representation.parameters() if p.grad is not None]
-        assert grads and all(torch.isfinite(g).all() for g in grads)
+    logs = two_finite_steps(trainer)
     if trainer.c.guidance.psi is not None:  # VSD / ESD / SIM: psi is the LoRA on the same UNet
         assert type(trainer.c.guidance.psi).__name__ == "LoRAScore"
         assert trainer.c.guidance.psi.backbone.unet is trainer.c.backbone.unet

@@ -19,6 +19,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 from src.backbones.graphs import GraphCache, rel_diff  # noqa: E402
 from src.configs import guidance_names  # noqa: E402
+from tests.helpers import one_thread  # noqa: F401  (autouse fixture)
 from tests.test_sd import _compose, _latents, _psi, _views, make_backbone, write_tiny_sd  # noqa: E402
 
 # float32 on the CPU: the fused and separate calls run the same kernels on different batch
@@ -28,12 +29,6 @@ from tests.test_sd import _compose, _latents, _psi, _views, make_backbone, write
 FP32_RTOL = 5e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from src.diffusion import sd_alphas_cumprod
 from src.representations.base import Representation
 from src.scoremodels.lora import LoRAScore
 from src.scoremodels.unet import UNetScore
+from tests.helpers import one_thread  # noqa: F401  (autouse fixture)
 
 
 class Pixel(Backbone):
@@ -31,12 +32,6 @@ class Latent(Pixel):
 REP = Representation()  # cam_dim 16: flattened camera-to-world
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny network; threads only add barrier waits on a busy CPU
-    yield
-    torch.set_num_threads(n)
 
 
 def _views(B: int, seed: int = 0) -> ViewBatch:
