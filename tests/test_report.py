@@ -194,6 +194,26 @@ def test_shapes_tables_keeps_the_priors_apart(tmp_path):
     assert "| dsd | nerf | prompt | -1 14 | 1 | 0.00 | 0.25 |  |" in md
 
 
+def test_shapes_tables_keeps_experiments_and_learned_models_apart(tmp_path):
+    """A sweep over two worlds (sweeps/shapes_multiview.yaml: the cone and the Janus world) and
+    runs on a learned model of a world (backbone.path, sweeps/shapes_ldm.yaml) give one row group
+    each: the experiment is a column and a key suffix, the model directory names the prior."""
+    sweep = tmp_path / "s"
+    for exp, seed, mode in [("cone_world", 0, 12), ("cone_world", 1, 13), ("janus_world", 0, 0)]:
+        fake_run(sweep, [f"experiment={exp}", "guidance=sds", f"seed={seed}"],
+                 {"status": "finished", "mode_id": mode, "precision": 1.0, "janus_rate": 0.0})
+    learned = fake_run(sweep, ["guidance=sds", "seed=0", "backbone=shapes_ldm"],
+                       {"status": "finished", "mode_id": 14, "precision": 0.5})
+    (learned / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"backbone": {"path": "models/shapes_ldm"}}))
+    assert shapes_tables.main([str(sweep), "--out", str(tmp_path / "t")]) == 0
+    table = json.loads((tmp_path / "t.json").read_text())["table"]
+    assert sorted(table) == ["sds/nerf/learned (shapes_ldm)", "sds/nerf@cone_world", "sds/nerf@janus_world"]
+    assert table["sds/nerf@cone_world"]["mode_ids"] == [12, 13] and table["sds/nerf@janus_world"]["mode_ids"] == [0]
+    md = (tmp_path / "t.md").read_text()
+    assert "| cone_world | sds | nerf | camera | 12 13 | 2 | 1.00 | 1.00 | 0.00 |" in md
+    assert "|  | sds | nerf | learned (shapes_ldm) | 14 | 1 | 0.00 | 0.50 |  |" in md
+
+
 def test_shapes_tables_joins_an_earlier_table_with_new_runs_and_refuses_a_run_twice(tmp_path, capsys):
     """A table assembled from two machines: the rows of an earlier table JSON (rows without a
     prior are view-prompt, written before the field) plus a sweep dir; a seed present in both
@@ -216,7 +236,7 @@ def test_shapes_tables_joins_an_earlier_table_with_new_runs_and_refuses_a_run_tw
     assert gs[0]["device"] == "cpu" and gs[0]["git"] == "0123456"  # which machine, which revision
     fake_run(tmp_path / "again", ["guidance=sds", "seed=0"], {"status": "finished", "mode_id": 13, "precision": 1.0})
     assert shapes_tables.main([str(earlier), str(tmp_path / "again"), "--out", str(tmp_path / "u")]) == 2
-    assert "runs in more than one source: [('camera', 'nerf', 'sds', 0)]" in capsys.readouterr().err
+    assert "runs in more than one source: [('', 'camera', 'nerf', 'sds', 0)]" in capsys.readouterr().err
     assert not (tmp_path / "u.json").exists()
 
 

@@ -37,17 +37,23 @@ KEYS = ("mode_id", "nearest_class", "precision", "rmse", "janus_rate", "face_rec
 
 
 def prior_of(run_dir: Path, overrides: dict) -> str:
-    """The run's ShapesWorld view conditioning: its composed config, else its overrides."""
+    """The run's prior: ShapesWorld's view conditioning (its composed config, else its overrides),
+    or ``learned (<model dir>)`` for a diffusers model of a world (backbone.path: e.g.
+    models/shapes_ldm, scored by the same exact metrics through its world.yaml)."""
     config = run_dir / ".hydra" / "config.yaml"
     if config.exists():
         backbone = (yaml.safe_load(config.read_text()) or {}).get("backbone") or {}
+        if backbone.get("path"):
+            return f"learned ({Path(str(backbone['path'])).name})"
         return str(backbone.get("view_conditioning", LEGACY_PRIOR))
     return overrides.get("backbone.view_conditioning", DEFAULT_PRIOR)
 
 
 def row_order(r: dict) -> tuple:
-    """(prior, representation, method, seed): rows sort by it, tables group by its first three."""
-    return r["prior"], r["representation"], r["method"], r["seed"]
+    """(experiment, prior, representation, method, seed): rows sort by it, tables group by its
+    first four (a sweep over experiments, e.g. the cone and the Janus world, keeps them apart;
+    "" for a run without one)."""
+    return r.get("experiment", ""), r["prior"], r["representation"], r["method"], r["seed"]
 
 
 def collect(sweep_dir: Path) -> tuple[list[dict], list[str]]:
@@ -58,7 +64,8 @@ def collect(sweep_dir: Path) -> tuple[list[dict], list[str]]:
             missing.append(f"{run.dir} ({run.status}{': ' + run.error if run.error else ''})")
             continue
         row = {"method": ov.get("guidance", "?"), "representation": ov.get("representation", "nerf"),
-               "prior": prior_of(run.dir, ov), "seed": int(ov.get("seed", 0))}
+               "prior": prior_of(run.dir, ov), "seed": int(ov.get("seed", 0)),
+               **({"experiment": ov["experiment"]} if ov.get("experiment") else {})}
         row.update({k: run.metrics.get(k) for k in KEYS if k in run.metrics})
         row.update(machine_of(run.dir))
         if row.get("mode_id") is not None:
@@ -77,16 +84,18 @@ def rows_of_table(path: Path) -> tuple[list[dict], list[str]]:
 def summarize(rows: list[dict]) -> dict:
     groups: dict[tuple, list[dict]] = {}
     for r in sorted(rows, key=row_order):
-        groups.setdefault(row_order(r)[:3], []).append(r)
+        groups.setdefault(row_order(r)[:4], []).append(r)
     table = {}
-    for (prior, rep, method), rs in groups.items():
+    for (experiment, prior, rep, method), rs in groups.items():
         modes = [r["mode_id"] for r in rs]
         entropy = mode_entropy(modes)
         janus = [r["janus_rate"] for r in rs if r.get("janus_rate") is not None]
         recall = [r["face_recall"] for r in rs if r.get("face_recall") is not None]
-        key = f"{method}/{rep}" + ("" if prior == DEFAULT_PRIOR else f"/{prior}")
+        key = (f"{method}/{rep}" + ("" if prior == DEFAULT_PRIOR else f"/{prior}")
+               + (f"@{experiment}" if experiment else ""))
         table[key] = {
-            "method": method, "representation": rep, "prior": prior, "seeds": [r["seed"] for r in rs],
+            "method": method, "representation": rep, "prior": prior,
+            **({"experiment": experiment} if experiment else {}), "seeds": [r["seed"] for r in rs],
             "mode_ids": modes,
             "distinct_modes": distinct_modes(modes),
             # NaN (no seed reached a mode) is written null: the JSON stays strict
@@ -108,14 +117,17 @@ def table_lines(table: dict) -> list[str]:
     """The per-method table (a prior column only where some row is not the default prior)."""
     with_prior = any(t.get("prior", LEGACY_PRIOR) != DEFAULT_PRIOR for t in table.values())
     with_recall = any("mean_face_recall" in t for t in table.values())
+    with_experiment = any(t.get("experiment") for t in table.values())
     numbers = ["distinct modes", "mode entropy (bits)", "mean precision", "mean janus_rate",
                *(["mean face_recall"] if with_recall else [])]
-    head = ["method", "representation", *(["prior"] if with_prior else []), "mode_id per seed", *numbers]
+    head = [*(["experiment"] if with_experiment else []), "method", "representation",
+            *(["prior"] if with_prior else []), "mode_id per seed", *numbers]
     cells = []
     for t in table.values():
         janus = "" if t["mean_janus_rate"] is None else f"{t['mean_janus_rate']:.2f}"
         entropy = "-" if t["mode_entropy_bits"] is None else f"{t['mode_entropy_bits']:.2f}"
-        cells.append([t["method"], t["representation"], *([t.get("prior", LEGACY_PRIOR)] if with_prior else []),
+        cells.append([*([t.get("experiment", "")] if with_experiment else []), t["method"], t["representation"],
+                      *([t.get("prior", LEGACY_PRIOR)] if with_prior else []),
                       " ".join(map(str, t["mode_ids"])), str(t["distinct_modes"]), entropy,
                       f"{t['mean_precision']:.2f}", janus,
                       *([fmt(t.get("mean_face_recall"), ".2f")] if with_recall else [])])
