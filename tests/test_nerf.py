@@ -106,6 +106,26 @@ def test_hashed_levels_in_range_and_continuous():
     assert d < 1e-6
 
 
+def test_int32_corner_indices_equal_instant_ngps_int64_hash():
+    """The lookup indexes in int32 where the rows fit (fields.MultiResGrid.index_dtype): the hash
+    keeps the low log2_hashmap_size bits of each coordinate x prime product, which the prime's
+    low bits decide, so features and gradients equal the int64 hash bit for bit (corners at the
+    box's faces included); a grid too large for int32 indexes in int64."""
+    g32 = MultiResGrid(n_levels=6, log2_hashmap_size=12, base_resolution=8, per_level_scale=1.6)
+    assert g32.index_dtype == torch.int32 and 0 < g32.n_dense < 6  # dense and hashed levels
+    g64 = MultiResGrid(n_levels=6, log2_hashmap_size=12, base_resolution=8, per_level_scale=1.6)
+    g64.load_state_dict(g32.state_dict())
+    g64.index_dtype = torch.long
+    x = torch.cat([torch.rand(2000, 3), torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.5]])])
+    y32, y64 = g32(x), g64(x)
+    assert torch.equal(y32, y64)
+    y32.square().sum().backward()
+    y64.square().sum().backward()
+    assert torch.equal(g32.table.grad, g64.table.grad)
+    big = MultiResGrid(n_levels=16, log2_hashmap_size=19, base_resolution=16, per_level_scale=1.447269)
+    assert big.index_dtype == torch.long  # threestudio's grid: coordinate x (prime mod 2^19) can pass 2^31
+
+
 def test_render_shapes_dtypes_and_ranges():
     nerf = tiny_nerf()
     out = nerf.render(views(2, res=8))

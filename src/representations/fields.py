@@ -65,26 +65,33 @@ class MultiResGrid(nn.Module):
         self.n_dense = sum(not h for h in hashed)
         if any(hashed[: self.n_dense]) or not all(hashed[self.n_dense :]):
             raise ValueError("per_level_scale must be >= 1 (dense levels first, then hashed)")
+        # int32 corner indices where they fit (half the memory traffic of int64, the same rows):
+        # the table's rows and every hash product (coordinate <= R times prime mod T < T)
+        fits = offsets[-1] < 2**31 and (max(res) + 1) * max_entries < 2**31
+        self.index_dtype = torch.int32 if fits else torch.long
         self.table = nn.Parameter(
             torch.empty(offsets[-1], n_features).uniform_(-GRID_INIT_SCALE, GRID_INIT_SCALE)
         )
 
-    def _corner_index(self, b2: Tensor, levels: slice, hashed: bool) -> Tensor:
-        """Table rows of the 8 corners, from per-axis corner coordinates.
+    def _corner_index(self, b2: Tensor, levels: slice, hashed: bool, out: Tensor) -> None:
+        """Table rows of the 8 corners, from per-axis corner coordinates, written into ``out``.
 
-        b2: (N, l, 3, 2) integer coordinates (cell, cell + 1) per axis -> (N, l, 2, 2, 2).
+        b2: (N, l, 3, 2) integer coordinates (cell, cell + 1) per axis -> out (N, l, 2, 2, 2).
         Per-axis products are formed once (2 values per axis instead of 8 x 3) and combined
-        by broadcasting: this is most of the CPU time of the lookup.
+        by broadcasting: this is most of the CPU time of the lookup, hence index_dtype.
         """
+        off = self.offsets[levels].to(out.dtype).view(1, -1, 1)
         if hashed:  # Instant-NGP: (x p0) xor (y p1) xor (z p2) mod T, T a power of two
-            a = b2 * self.primes.view(1, 1, 3, 1)
-            idx = a[:, :, 0, :, None, None] ^ a[:, :, 1, None, :, None] ^ a[:, :, 2, None, None, :]
-            idx = idx & (self.sizes[levels].view(1, -1, 1, 1, 1) - 1)
+            mask = (self.sizes[levels] - 1).view(1, -1, 1, 1)
+            # (x p) mod T = (x (p mod T)) mod T: the primes' low bits decide the hash
+            a = (b2 * (self.primes.view(1, 1, 3, 1) & mask).to(b2.dtype)) & mask.to(b2.dtype)
+            torch.bitwise_xor((a[:, :, 0, :, None] ^ a[:, :, 1, None, :])[..., None], a[:, :, 2, None, None, :], out=out)
+            out += off[..., None, None]
         else:  # row-major (x, y, z) over the (R+1)^3 vertices, no collisions
             r1 = (self.resolutions[levels] + 1).view(1, -1, 1)
-            a = b2 * torch.stack([r1 * r1, r1, torch.ones_like(r1)], 2)
-            idx = a[:, :, 0, :, None, None] + a[:, :, 1, None, :, None] + a[:, :, 2, None, None, :]
-        return idx + self.offsets[levels].view(1, -1, 1, 1, 1)
+            a = b2 * torch.stack([r1 * r1, r1, torch.ones_like(r1)], 2).to(b2.dtype)
+            torch.add((a[:, :, 0, :, None] + off[..., None] + a[:, :, 1, None, :])[..., None],
+                      a[:, :, 2, None, None, :], out=out)
 
     # representation.fast_field: the lookup through fused Triton kernels on CUDA
     # (hashgrid_triton.py; this method stays the reference, and the path on the CPU)
@@ -96,20 +103,19 @@ class MultiResGrid(nn.Module):
 
             if hashgrid_triton.available():
                 return hashgrid_triton.encode(self, x)
-        N, L = x.shape[0], self.n_levels
+        N, L, it = x.shape[0], self.n_levels, self.index_dtype
         pos = x.clamp(0.0, 1.0)[:, None, :] * self.resolutions[:, None].to(x.dtype)  # (N, L, 3)
-        base = pos.floor().long().clamp_max(self.resolutions[:, None] - 1)  # cell, (N, L, 3)
+        base = pos.floor().to(it).clamp_max(self.resolutions[:, None].to(it) - 1)  # cell, (N, L, 3)
         frac = pos - base.to(x.dtype)  # (N, L, 3) in [0, 1]
         b2 = torch.stack([base, base + 1], -1)  # (N, L, 3, 2)
         f2 = torch.stack([1.0 - frac, frac], -1)  # (N, L, 3, 2): linear weights per axis
         w = f2[:, :, 0, :, None, None] * f2[:, :, 1, None, :, None] * f2[:, :, 2, None, None, :]
         nd = self.n_dense  # levels [0, nd) are dense, [nd, L) hashed (resolution grows)
-        parts = []
+        idx = torch.empty(N, L, 2, 2, 2, dtype=it, device=x.device)
         if nd > 0:
-            parts.append(self._corner_index(b2[:, :nd], slice(0, nd), hashed=False))
+            self._corner_index(b2[:, :nd], slice(0, nd), False, idx[:, :nd])
         if nd < L:
-            parts.append(self._corner_index(b2[:, nd:], slice(nd, L), hashed=True))
-        idx = torch.cat(parts, 1) if len(parts) > 1 else parts[0]  # (N, L, 2, 2, 2)
+            self._corner_index(b2[:, nd:], slice(nd, L), True, idx[:, nd:])
         out = weighted_gather(self.table, idx.view(N * L, 8), w.reshape(N * L, 8).to(self.table.dtype))
         return out.view(N, self.output_dim)
 
