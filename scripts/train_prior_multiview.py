@@ -48,6 +48,7 @@ from omegaconf import OmegaConf
 from scripts import train_prior as tp
 from src.backbones.mvdream import MVDREAM_VIEWS, multiview_unet, normalize_camera
 from src.cameras import CAM_DIM
+from src.studies.tables import markdown_table
 
 # MVDream-threestudio's guidance draws one t per step for the whole set; the project's schedules
 # draw one per row: half the sets train each case
@@ -190,6 +191,23 @@ def model_card(name: str, log: dict, world) -> str:
     sets = size["unet_batch"] // V
     vae_loss = "" if loss.get("vae") is None else f"; VAE reconstruction MSE {loss['vae']:.4g}"
     n_sets = world.n_classes * world.n_elevations * world.n_azimuths
+    sets_s = f"{sets} set{'s' if sets > 1 else ''}"
+    rows = [
+        ("data", f"the world's {V}-view sets ({n_sets} = {world.n_classes} classes x {world.n_elevations} "
+                 f"elevations x {world.n_azimuths} azimuths a0, views at a0 + k 360 / {V}), cameras drawn as "
+                 "`camera=multiview` draws them, each view the class's image at the nearest world camera; "
+                 f"{log['captions']} captions (no view phrase)"),
+        ("origin", origin),
+        ("UNet", f"{_m(params['unet'])} parameters, {size['unet_steps']} steps at batch {size['unet_batch']} views "
+                 f"({sets_s}), lr {size['unet_lr']:g}, EMA {log['rates']['ema_decay']}; one t per set with "
+                 f"probability {log['p_shared_t']}, else one per view"),
+        ("VAE, text encoder", f"{_m(params['vae'])}, {_m(params['text_encoder'])} parameters"),
+        ("schedule", "SD's scaled-linear DDPM, 1000 steps, epsilon prediction"),
+        ("final losses", f"UNet epsilon MSE {loss['unet']:.4g}{vae_loss} (mean of the last 5 % of steps, "
+                         "`train_log.json`, `loss.png`)"),
+        ("trained", f"seed {log['seed']}, {log['train_seconds']:.0f} s on {log['device']}"),
+    ]
+    table = "\n".join(markdown_table(["", ""], rows))
     return f"""# {name}: a multi-view latent diffusion model of a ShapesWorld, in MVDream's layout
 
 MVDream's form of the project's learned prior (docs/mvdream.md, docs/learned_prior.md): a
@@ -203,15 +221,7 @@ python -m src.train backbone=shapes_mvdream camera=multiview prompt="a red cone"
 python -m src.train backbone=mvdream backbone.path=models/{name} backbone.checkpoint=models/{name}/unet camera=multiview
 ```
 
-| | |
-|---|---|
-| data | the world's {V}-view sets ({n_sets} = {world.n_classes} classes x {world.n_elevations} elevations x {world.n_azimuths} azimuths a0, views at a0 + k 360 / {V}), cameras drawn as `camera=multiview` draws them, each view the class's image at the nearest world camera; {log['captions']} captions (no view phrase) |
-| origin | {origin} |
-| UNet | {_m(params['unet'])} parameters, {size['unet_steps']} steps at batch {size['unet_batch']} views ({sets} set{'s' if sets > 1 else ''}), lr {size['unet_lr']:g}, EMA {log['rates']['ema_decay']}; one t per set with probability {log['p_shared_t']}, else one per view |
-| VAE, text encoder | {_m(params['vae'])}, {_m(params['text_encoder'])} parameters |
-| schedule | SD's scaled-linear DDPM, 1000 steps, epsilon prediction |
-| final losses | UNet epsilon MSE {loss['unet']:.4g}{vae_loss} (mean of the last 5 % of steps, `train_log.json`, `loss.png`) |
-| trained | seed {log['seed']}, {log['train_seconds']:.0f} s on {log['device']} |
+{table}
 
 ## How it was made
 
