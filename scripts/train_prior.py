@@ -550,6 +550,8 @@ def main(argv=None) -> int:
         size = Size(**{**asdict(size), "unet_batch": args.unet_batch})
     if not args.multiview and (args.views is not None or args.init_from is not None):
         ap.error("--views and --init-from go with --multiview")
+    if args.init_from is not None and args.vae_from is not None:
+        ap.error("--init-from takes the VAE of its model: leave --vae-from out")
     work = args.work or ROOT / "outputs" / "prior" / args.out.name
     if args.multiview:
         from scripts.train_prior_multiview import MultiViewPriorTrainer

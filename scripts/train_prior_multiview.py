@@ -180,8 +180,8 @@ def model_card(name: str, log: dict, world) -> str:
     size, params, loss = log["size"], log["parameters"], log["final_loss"]
     V = log["views_per_set"]
     src = log.get("init_from") or log.get("vae_from")
-    origin = (f"fine-tuned from `{log['init_from']}` (its VAE, tokenizer, text encoder frozen, and UNet; "
-              "the camera MLP added with its output at zero), MVDream's recipe" if log.get("init_from") else
+    origin = (f"fine-tuned from `{log['init_from']}` (its VAE, tokenizer and text encoder, frozen, and its "
+              "UNet; the camera MLP added with its output at zero), MVDream's recipe" if log.get("init_from") else
               f"the VAE of `{log['vae_from']}`; UNet and text encoder trained from scratch" if log.get("vae_from")
               else "VAE, UNet and text encoder trained from scratch")
     flags = f" --init-from {log['init_from']}" if log.get("init_from") else (
@@ -193,8 +193,8 @@ def model_card(name: str, log: dict, world) -> str:
     n_sets = world.n_classes * world.n_elevations * world.n_azimuths
     sets_s = f"{sets} set{'s' if sets > 1 else ''}"
     rows = [
-        ("data", f"the world's {V}-view sets ({n_sets} = {world.n_classes} classes x {world.n_elevations} "
-                 f"elevations x {world.n_azimuths} azimuths a0, views at a0 + k 360 / {V}), cameras drawn as "
+        ("data", f"the world's {V}-view sets ({n_sets} ordered sets = {world.n_classes} classes x "
+                 f"{world.n_elevations} elevations x {world.n_azimuths} first azimuths a0, views at a0 + k 360 / {V}), cameras drawn as "
                  "`camera=multiview` draws them, each view the class's image at the nearest world camera; "
                  f"{log['captions']} captions (no view phrase)"),
         ("origin", origin),
@@ -217,7 +217,7 @@ numbers) that denoises the {V} views of a set jointly (self-attention over the v
 `view_conditioning: multiview`). `backbone=mvdream` loads it as MVDream's own weights:
 
 ```bash
-python -m src.train backbone=shapes_mvdream camera=multiview prompt="a red cone"
+python -m src.train backbone=shapes_mvdream backbone.path=models/{name} camera=multiview prompt="a red cone"
 python -m src.train backbone=mvdream backbone.path=models/{name} backbone.checkpoint=models/{name}/unet camera=multiview
 ```
 

@@ -58,7 +58,7 @@ def test_the_repository_is_mvdreams_unet_with_the_world_and_its_card(models):
     card = (mv / "README.md").read_text()
     assert f"UNet epsilon MSE {log['final_loss']['unet']:.4g}" in card and "{" not in card.replace("```", "")
     assert f"--multiview --views 4 --init-from {sd} --unet-steps 2 --unet-batch 4 --out models/mv --device cpu" in card
-    assert "128 = 16 classes x 2 elevations x 4 azimuths" in card
+    assert "128 ordered sets = 16 classes x 2 elevations x 4 first azimuths" in card
 
 
 def test_bad_input_is_refused_before_training(models, tmp_path, capsys):
@@ -66,6 +66,9 @@ def test_bad_input_is_refused_before_training(models, tmp_path, capsys):
     with pytest.raises(SystemExit):
         _main("--views", "4", "--out", str(tmp_path / "x"))
     assert "--views and --init-from go with --multiview" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _main("--multiview", "--init-from", str(sd), "--vae-from", str(sd), "--out", str(tmp_path / "x"))
+    assert "--init-from takes the VAE of its model: leave --vae-from out" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="must be a multiple of --views 4"):
         _main("--multiview", "--unet-batch", "6", "--out", str(tmp_path / "x"), "--work", str(tmp_path / "w"))
     # a VAE of another world (the small world at 16 px, this one at 8 px): named, nothing trained
