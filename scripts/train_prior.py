@@ -4,6 +4,11 @@ as a diffusers Stable Diffusion repository:
     python scripts/train_prior.py --out models/shapes_ldm                    # the shipped model
     python scripts/train_prior.py --out models/shapes_ldm_janus_front experiment=shapes_janus_front
 
+    python scripts/train_prior.py --multiview --init-from models/shapes_ldm --out models/shapes_mvdream
+
+``--multiview``: MVDream's layout, trained on the world's view sets (scripts/train_prior_multiview.py);
+``--vae-from DIR``: the VAE of a model of the same world, its stage skipped.
+
 Trailing ``key=value`` words are the project's config overrides (``src.api.compose``): the world
 is ``backbone`` of that config (default: ``conf/backbone/shapes.yaml``, the default job's world).
 
