@@ -138,6 +138,27 @@ def test_sds_on_it_through_backbone_mvdream_gets_the_exact_metrics(models, tmp_p
     assert 0.0 <= metrics["precision"] <= 1.0
 
 
+def test_vsd_fits_its_lora_psi_on_the_learned_multiview_unet(models, tmp_path):
+    """VSD on it: psi is the LoRA on the model's own multi-view UNet, zero at step 0, fitted after two
+    steps of camera=multiview sets."""
+    from src.api import compose
+    from src.trainer import Trainer
+
+    _, mv = models
+    cfg = compose(["backbone=shapes_mvdream", f"backbone.path={mv}", "backbone.dtype=float32",
+                   "backbone.embedding_cache=null", "camera=multiview", "guidance=vsd", "prompt=a red cone",
+                   "device=cpu", "trainer.max_steps=2", "trainer.progress=false", "trainer.export=false",
+                   "trainer.val_every=0"])
+    trainer = Trainer(cfg, tmp_path / "run")
+    bb, psi = trainer.c.backbone, trainer.c.guidance.psi
+    assert type(psi).__name__ == "LoRAScore" and psi.backbone.unet is bb.unet
+    lora_b = [p for n, p in bb.unet.named_parameters() if "lora_B" in n]
+    assert lora_b and all(float(p.abs().max()) == 0.0 for p in lora_b)
+    for step in range(2):
+        assert torch.isfinite(torch.tensor(float(trainer.train_step(step)["psi_loss"])))
+    assert all(float(p.detach().abs().max()) > 0 for p in lora_b)
+
+
 def test_init_from_starts_as_the_single_view_unet(models, tmp_path):
     """--init-from (MVDream's recipe): before any step the multi-view UNet is the single-view one
     wherever the views do not meet (one view a set): the camera MLP's output is zero, every other
