@@ -278,6 +278,11 @@ class PriorTrainer:
         self.device = torch.device(device)
         self.vae, self.unet, self.text = (m.to(self.device) for m in build_models(
             world, size, self.tokenizer, seed, self.camera_dim))
+        if self.vae_from is not None:  # that model's VAE, its architecture whatever the size's
+            from diffusers import AutoencoderKL
+
+            self.vae = AutoencoderKL.from_pretrained(self.vae_from, subfolder="vae", torch_dtype=torch.float32)
+            self.vae.to(self.device)
         images = world.images().permute(0, 3, 1, 2).float() * 2.0 - 1.0  # (N, 3, R, R) in [-1, 1]
         self.images = images.to(self.device)
         self.set_captions()
@@ -296,10 +301,8 @@ class PriorTrainer:
         """A fresh run: the VAE stage first, or (``vae_from``) that model's VAE and the UNet stage."""
         state = {"stage": "vae", "step": 0, "losses": {"vae": [], "unet": []}, "seconds": 0.0}
         if self.vae_from is not None:
-            from diffusers import AutoencoderKL
-
-            vae = AutoencoderKL.from_pretrained(self.vae_from, subfolder="vae", torch_dtype=torch.float32)
-            state.update(stage="unet", vae=vae.state_dict(), scaling_factor=float(vae.config.scaling_factor))
+            state.update(stage="unet", vae={k: v.cpu() for k, v in self.vae.state_dict().items()},
+                         scaling_factor=float(self.vae.config.scaling_factor))
         return state
 
     # one batch: caption indices (B,), image indices (B,), from the PRIOR stream of (stage, step)
@@ -533,6 +536,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda (the same recipe; other rounding)")
     ap.add_argument("--unet-batch", type=int, default=None, help="images a UNet step (views with --multiview)")
+    ap.add_argument("--unet-lr", type=float, default=None, help="the UNet stage's learning rate (default: the size's)")
     ap.add_argument("--vae-from", type=Path, default=None,
                     help="take the VAE of this model directory (trained on the same world) and skip the VAE stage")
     ap.add_argument("--multiview", action="store_true",
@@ -553,14 +557,19 @@ def main(argv=None) -> int:
         size = Size(**{**asdict(size), "unet_steps": args.unet_steps})
     if args.unet_batch is not None:
         size = Size(**{**asdict(size), "unet_batch": args.unet_batch})
+    if args.unet_lr is not None:
+        size = Size(**{**asdict(size), "unet_lr": args.unet_lr})
     if not args.multiview and (args.views is not None or args.init_from is not None):
         ap.error("--views and --init-from go with --multiview")
     if args.init_from is not None and args.vae_from is not None:
         ap.error("--init-from takes the VAE of its model: leave --vae-from out")
     work = args.work or ROOT / "outputs" / "prior" / args.out.name
     if args.multiview:
-        from scripts.train_prior_multiview import MultiViewPriorTrainer
+        from scripts.train_prior_multiview import FINETUNE_LR, MultiViewPriorTrainer
         from src.backbones.mvdream import MVDREAM_VIEWS
+
+        if args.init_from is not None and args.unet_lr is None:
+            size = Size(**{**asdict(size), "unet_lr": FINETUNE_LR})
 
         world, world_cfg, camera_cfg = world_from(args.overrides, camera="multiview")
         trainer = MultiViewPriorTrainer(

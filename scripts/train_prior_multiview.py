@@ -50,6 +50,10 @@ from src.backbones.mvdream import MVDREAM_VIEWS, multiview_unet, normalize_camer
 from src.cameras import CAM_DIM
 from src.studies.tables import markdown_table
 
+# --init-from's UNet learning rate (unless --unet-lr): a fine-tune from a trained model at the
+# from-scratch rate (Size.unet_lr) ended 400 steps worse than it began on held-out sets, one at
+# this rate better (benchmarks/shapes_mvdream_lr.md, rows "trained")
+FINETUNE_LR = 1e-4
 # MVDream-threestudio's guidance draws one t per step for the whole set; the project's schedules
 # draw one per row: half the sets train each case
 P_SHARED_T = 0.5
@@ -157,7 +161,7 @@ class MultiViewPriorTrainer(tp.PriorTrainer):
 
     def log_extra(self) -> dict:
         extra = {"views_per_set": self.views, "p_shared_t": P_SHARED_T, "captions_without_view": True,
-                 "overrides": self.overrides}
+                 "overrides": self.overrides, "out": str(self.out)}
         if self.init_from is not None:
             extra["init_from"] = str(self.init_from)
         elif self.vae_from is not None:
@@ -169,6 +173,18 @@ class MultiViewPriorTrainer(tp.PriorTrainer):
         log = json.loads((out / "train_log.json").read_text())
         (out / "README.md").write_text(model_card(out.name, log, self.world))
         return out
+
+
+def train_command(log: dict) -> str:
+    """The command that trains the model of ``log`` (its train_log.json) again."""
+    size = log["size"]
+    flags = f" --init-from {log['init_from']}" if log.get("init_from") else (
+        f" --vae-from {log['vae_from']}" if log.get("vae_from") else "")
+    device = "cpu" if log["device"].startswith("cpu") else "cuda"
+    words = "".join(f" {w}" for w in log.get("overrides", []))
+    return (f"python scripts/train_prior.py --multiview --views {log['views_per_set']}{flags} --unet-steps "
+            f"{size['unet_steps']} --unet-batch {size['unet_batch']} --unet-lr {size['unet_lr']:g} --seed "
+            f"{log['seed']} --out {log.get('out', 'OUT')} --device {device}{words}")
 
 
 def _m(n: int) -> str:
@@ -184,10 +200,6 @@ def model_card(name: str, log: dict, world) -> str:
               "UNet; the camera MLP added with its output at zero), MVDream's recipe" if log.get("init_from") else
               f"the VAE of `{log['vae_from']}`; UNet and text encoder trained from scratch" if log.get("vae_from")
               else "VAE, UNet and text encoder trained from scratch")
-    flags = f" --init-from {log['init_from']}" if log.get("init_from") else (
-        f" --vae-from {log['vae_from']}" if log.get("vae_from") else "")
-    device = "cpu" if log["device"].startswith("cpu") else "cuda"
-    words = "".join(f" {w}" for w in log.get("overrides", []))
     sets = size["unet_batch"] // V
     vae_loss = "" if loss.get("vae") is None else f"; VAE reconstruction MSE {loss['vae']:.4g}"
     n_sets = world.n_classes * world.n_elevations * world.n_azimuths
@@ -226,7 +238,7 @@ python -m src.train backbone=mvdream backbone.path=models/{name} backbone.checkp
 ## How it was made
 
 ```bash
-python scripts/train_prior.py --multiview --views {V}{flags} --unet-steps {size['unet_steps']} --unet-batch {size['unet_batch']} --out models/{name} --device {device}{words}
+{train_command(log)}
 ```
 
 {'The VAE comes from `' + src + '`. ' if src else ''}The sampler of plain `StableDiffusionPipeline` does not pass

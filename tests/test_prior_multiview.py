@@ -57,7 +57,8 @@ def test_the_repository_is_mvdreams_unet_with_the_world_and_its_card(models):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), sub
     card = (mv / "README.md").read_text()
     assert f"UNet epsilon MSE {log['final_loss']['unet']:.4g}" in card and "{" not in card.replace("```", "")
-    assert f"--multiview --views 4 --init-from {sd} --unet-steps 2 --unet-batch 4 --out models/mv --device cpu" in card
+    assert (f"--multiview --views 4 --init-from {sd} --unet-steps 2 --unet-batch 4 --unet-lr 0.0001 --seed 0 "
+            f"--out {mv} --device cpu {' '.join(SMALL_WORLD)}\n") in card
     assert "128 ordered sets = 16 classes x 2 elevations x 4 first azimuths" in card
 
 
@@ -178,3 +179,21 @@ def test_init_from_starts_as_the_single_view_unet(models, tmp_path):
                            cross_attention_kwargs={"num_views": 1}).sample
         torch.testing.assert_close(got, source(x, t, encoder_hidden_states=emb).sample, rtol=0, atol=0)
     assert trainer.trainable() == list(trainer.unet.parameters())  # the text encoder stays frozen
+
+
+def test_the_check_sees_no_camera_at_step_0(models, tmp_path):
+    """scripts/prior_multiview_check.py on the tiny model: a row for the model it was fine-tuned from
+    (step 0: its camera MLP's output is zero, so every camera gives the same MSE, exactly) and one
+    for the model; written as <out>.json / .md with the command and how the model was made."""
+    from scripts import prior_multiview_check
+
+    _, mv = models
+    out = tmp_path / "check"
+    assert prior_multiview_check.main([str(mv), "--out", str(out), "--batches", "1", "--batch", "4"]) == 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    step0, trained = data["rows"]
+    assert (step0["variant"], trained["variant"], trained["unet_steps"]) == ("step 0", "trained", 2)
+    assert step0["true"] == step0["az+180"] == step0["zero camera"] > 0
+    assert all(trained[c] > 0 for c in prior_multiview_check.COLUMNS)
+    md = out.with_suffix(".md").read_text()
+    assert data["command"] in md and f"--init-from {models[0]} --unet-steps 2" in md
