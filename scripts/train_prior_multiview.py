@@ -114,13 +114,17 @@ class MultiViewPriorTrainer(tp.PriorTrainer):
         self.text = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=torch.float32)
         self.text.to(self.device).requires_grad_(False)
         source = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=torch.float32)
+        if source.config.class_embed_type is not None:
+            raise SystemExit(f"--init-from {model}: a single-view model (train_prior.py without --multiview) is "
+                             f"fine-tuned; this UNet has class_embed_type={source.config.class_embed_type!r}")
         cfg = {k: v for k, v in dict(source.config).items() if not k.startswith("_")}
         cfg.update(class_embed_type="projection", projection_class_embeddings_input_dim=CAM_DIM)
         with torch.random.fork_rng(devices=[]):
             tp.rng.seed_global(self.seed, tp.rng.Stream.INIT)
             unet = UNet2DConditionModel.from_config(cfg)
-        result = unet.load_state_dict(source.state_dict(), strict=False)
-        assert not result.unexpected_keys and all(k.startswith("class_embedding.") for k in result.missing_keys)
+        result = unet.load_state_dict(source.state_dict(), strict=False)  # all but the new camera MLP
+        if result.unexpected_keys or any(not k.startswith("class_embedding.") for k in result.missing_keys):
+            raise SystemExit(f"--init-from {model}: its UNet does not load into the multi-view UNet ({result})")
         torch.nn.init.zeros_(unet.class_embedding.linear_2.weight)
         torch.nn.init.zeros_(unet.class_embedding.linear_2.bias)
         self.unet = unet.to(self.device)
@@ -141,8 +145,9 @@ class MultiViewPriorTrainer(tp.PriorTrainer):
         N = len(self.world.class_idx)
         nearest = self.world._nearest_camera(views, torch.ones(len(views), N, dtype=torch.bool))
         view_id = nearest[:, : self.world.n_views].float().argmax(1)  # class 0's images: the world cameras
-        i = cls.repeat_interleave(V) * self.world.n_views + view_id.cpu()
-        z0 = mean[i] + std[i] * self.randn(mean[i].shape, g)
+        i = cls.repeat_interleave(V) * self.world.n_views + view_id
+        at = i.to(self.device)
+        z0 = mean[at] + std[at] * self.randn(mean[at].shape, g)
         t_set, t_view = torch.randint(0, tp.T, (S,), generator=g), torch.randint(0, tp.T, (S * V,), generator=g)
         shared = (torch.rand(S, generator=g) < P_SHARED_T).repeat_interleave(V)
         t = torch.where(shared, t_set.repeat_interleave(V), t_view).to(self.device)

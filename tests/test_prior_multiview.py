@@ -77,6 +77,9 @@ def test_bad_input_is_refused_before_training(models, tmp_path, capsys):
         train_prior.main(["--size", "tiny", "--multiview", "--init-from", str(sd), "--out", str(tmp_path / "y"),
                           *SMALL_WORLD, "backbone.resolution=8"])
     assert not (tmp_path / "y").exists()
+    # a multi-view model is not fine-tuned again (its camera MLP would be zeroed)
+    with pytest.raises(SystemExit, match="a single-view model .* is fine-tuned"):
+        _main("--multiview", "--init-from", str(models[1]), "--out", str(tmp_path / "z"), "--work", str(tmp_path / "wz"))
 
 
 def test_training_sets_are_the_worlds_view_sets_told_the_inference_camera(models, tmp_path):
