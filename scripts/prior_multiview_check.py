@@ -107,10 +107,10 @@ def main(argv=None) -> int:
                 tr = trainer_for(model, Path(tmp) / f"{model.name}-{variant}", args.batch, init)
                 rows.append({"model": str(model), "variant": variant, **check(tr, args.batches),
                              "unet_steps": 0 if init else log["size"]["unet_steps"],
-                             "unet_lr": log["size"]["unet_lr"]})
+                             "unet_lr": None if init else log["size"]["unet_lr"]})
     command = "python scripts/prior_multiview_check.py " + " ".join(sys.argv[1:] if argv is None else argv)
     table = markdown_table(["model", "variant", "UNet steps", "lr", *COLUMNS],
-                           [[r["model"], r["variant"], str(r["unet_steps"]), f"{r['unet_lr']:g}",
+                           [[r["model"], r["variant"], str(r["unet_steps"]), r["unet_lr"],
                              *(r[c] for c in COLUMNS)] for r in rows], right=COLUMNS)
     made = "\n".join(dict.fromkeys(train_command(json.loads((m / "train_log.json").read_text())) for m in args.models))
     md = ("# Held-out epsilon MSE of learned multi-view priors\n\n"
