@@ -6,7 +6,7 @@ PIP     ?= .venv/bin/pip
 TORCH_PINS = torch==2.14.1 torchvision==0.29.1
 STAMP   = .venv/.installed
 
-.PHONY: help install demo test test-cuda test-slurm lint format toy-figures sweep report evaluate clean prior prior-quality
+.PHONY: help install demo test test-cuda test-slurm lint format toy-figures sweep report evaluate clean prior prior-multiview prior-multiview-check prior-quality
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -48,6 +48,16 @@ PRIOR_DEVICE ?= cpu
 prior: install ## train models/shapes_ldm and its front-biased Janus twin (scripts/train_prior.py; resumable)
 	$(PY) scripts/train_prior.py --out models/shapes_ldm --device $(PRIOR_DEVICE)
 	$(PY) scripts/train_prior.py --out models/shapes_ldm_janus_front --device $(PRIOR_DEVICE) experiment=shapes_janus_front
+
+# The multi-view twin (docs/mvdream.md "A learned MVDream of ShapesWorld"): models/shapes_ldm fine-tuned
+# as MVDream fine-tuned SD 2.1 (camera MLP + cross-view attention), at FINETUNE_LR
+# (scripts/train_prior_multiview.py). 6000 steps of 16 sets of 4 views (384k views, 1.5x the
+# 8000 x 32 images of shapes_ldm's recipe: every set is 4 images).
+prior-multiview: install ## train models/shapes_mvdream from models/shapes_ldm (scripts/train_prior.py --multiview; resumable)
+	$(PY) scripts/train_prior.py --multiview --init-from models/shapes_ldm --unet-steps 6000 --unet-batch 64 --out models/shapes_mvdream --device $(PRIOR_DEVICE)
+
+prior-multiview-check: install ## does models/shapes_mvdream use its cameras and views? -> benchmarks/shapes_mvdream_check.{json,md}
+	$(PY) scripts/prior_multiview_check.py models/shapes_mvdream --out benchmarks/shapes_mvdream_check
 
 prior-quality: install ## sample quality of models/shapes_ldm -> benchmarks/shapes_ldm_quality.{json,md}
 	$(PY) scripts/prior_quality.py models/shapes_ldm --out benchmarks/shapes_ldm_quality

@@ -4,6 +4,11 @@ as a diffusers Stable Diffusion repository:
     python scripts/train_prior.py --out models/shapes_ldm                    # the shipped model
     python scripts/train_prior.py --out models/shapes_ldm_janus_front experiment=shapes_janus_front
 
+    python scripts/train_prior.py --multiview --init-from models/shapes_ldm --out models/shapes_mvdream
+
+``--multiview``: MVDream's layout, trained on the world's view sets (scripts/train_prior_multiview.py);
+``--vae-from DIR``: the VAE of a model of the same world, its stage skipped.
+
 Trailing ``key=value`` words are the project's config overrides (``src.api.compose``): the world
 is ``backbone`` of that config (default: ``conf/backbone/shapes.yaml``, the default job's world).
 
@@ -119,22 +124,24 @@ def caption(shape: str | None, color: str | None, view: str | None) -> str:
     return f"{text}, {view} view" if view else text
 
 
-def captions(world) -> list[str]:
-    """Every caption of the grammar (shape or "object") x (color or none) x (view or none); "" last."""
+def captions(world, views: tuple[str, ...] = VIEW_NAMES) -> list[str]:
+    """Every caption of the grammar (shape or "object") x (color or none) x (view or none); "" last.
+    ``views=()``: no view phrases (the multi-view model is told the camera instead)."""
     out = [caption(s, c, v) for s in (*world.shapes, None) for c in (*world.colors, None)
-           for v in (*VIEW_NAMES, None)]
+           for v in (*views, None)]
     return out + [""]
 
 
-def caption_probs(world) -> torch.Tensor:
-    """P(caption) over ``captions(world)`` from the drop rates (module docstring)."""
+def caption_probs(world, views: tuple[str, ...] = VIEW_NAMES) -> torch.Tensor:
+    """P(caption) over ``captions(world, views)`` from the drop rates (module docstring)."""
+    p_view = P_VIEW if views else 0.0
     p = []
     for s in (*world.shapes, None):
         ps = (1 - P_DROP_SHAPE) / len(world.shapes) if s else P_DROP_SHAPE
         for c in (*world.colors, None):
             pc = (1 - P_DROP_COLOR) / len(world.colors) if c else P_DROP_COLOR
-            for v in (*VIEW_NAMES, None):
-                pv = P_VIEW / len(VIEW_NAMES) if v else 1 - P_VIEW
+            for v in (*views, None):
+                pv = p_view / len(views) if v else 1 - p_view
                 p.append((1 - P_UNCOND) * ps * pc * pv)
     return torch.tensor(p + [P_UNCOND], dtype=torch.float64)
 
@@ -190,8 +197,10 @@ def write_tokenizer(world, out: Path, max_tokens: int = MAX_TOKENS):
 
 
 # --- the networks -----------------------------------------------------------------------------
-def build_models(world, size: Size, tokenizer, seed: int):
-    """(vae, unet, text_encoder), initial weights from the INIT stream."""
+def build_models(world, size: Size, tokenizer, seed: int, camera_dim: int | None = None):
+    """(vae, unet, text_encoder), initial weights from the INIT stream. ``camera_dim``: the UNet
+    gets MVDream's camera MLP (a projection class embedding of that width; scripts/
+    train_prior_multiview.py)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -210,6 +219,8 @@ def build_models(world, size: Size, tokenizer, seed: int):
             down_block_types=("CrossAttnDownBlock2D",) * levels, up_block_types=("CrossAttnUpBlock2D",) * levels,
             cross_attention_dim=size.text_dim, attention_head_dim=size.unet_heads,
             norm_num_groups=size.norm_groups,
+            **({} if camera_dim is None else {"class_embed_type": "projection",
+                                              "projection_class_embeddings_input_dim": camera_dim}),
         )
         text = CLIPTextModel(CLIPTextConfig(
             vocab_size=len(tokenizer), hidden_size=size.text_dim, intermediate_size=2 * size.text_dim,
@@ -225,6 +236,20 @@ def token_ids(tokenizer, texts: list[str]) -> torch.Tensor:
                      return_tensors="pt").input_ids
 
 
+def check_same_world(model: Path, world) -> None:
+    """``model`` (a directory this script wrote) was trained on ``world``'s images: its world.yaml
+    renders the same pixels (``ShapesWorld.world_key``), else SystemExit naming both."""
+    from hydra.utils import instantiate
+
+    file = Path(model) / "world.yaml"
+    if not file.is_file():
+        raise SystemExit(f"{model} has no world.yaml: its VAE was not trained on a ShapesWorld by this script")
+    theirs = instantiate(OmegaConf.load(file))
+    if theirs.world_key() != world.world_key():
+        raise SystemExit(f"{model} was trained on another world ({file}: {theirs.world_spec()}); this one is "
+                         f"{world.world_spec()}: train on its world's overrides or leave the VAE to train")
+
+
 # --- training state (resumable) ---------------------------------------------------------------
 def save_state(path: Path, state: dict) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
@@ -237,26 +262,48 @@ def load_state(path: Path) -> dict | None:
 class PriorTrainer:
     """The two stages over one world; ``run()`` resumes from ``work/state.pt`` when present."""
 
+    camera_dim: int | None = None  # the UNet's camera input (the multi-view trainer's)
+
     def __init__(self, world, world_cfg, out: Path, work: Path, size: Size, seed: int = 0,
-                 checkpoint_every: int = 500, device: str = "cpu"):
+                 checkpoint_every: int = 500, device: str = "cpu", vae_from: Path | None = None):
         self.world, self.world_cfg, self.size, self.seed = world, world_cfg, size, seed
         self.out, self.work = Path(out), Path(work)
         self.checkpoint_every = int(checkpoint_every)
+        self.vae_from = None if vae_from is None else Path(vae_from)
+        if self.vae_from is not None:
+            check_same_world(self.vae_from, world)
         self.out.mkdir(parents=True, exist_ok=True)
         self.work.mkdir(parents=True, exist_ok=True)
         self.tokenizer = write_tokenizer(world, self.out / "tokenizer")
         self.device = torch.device(device)
-        self.vae, self.unet, self.text = (m.to(self.device) for m in build_models(world, size, self.tokenizer, seed))
+        self.vae, self.unet, self.text = (m.to(self.device) for m in build_models(
+            world, size, self.tokenizer, seed, self.camera_dim))
+        if self.vae_from is not None:  # that model's VAE, its architecture whatever the size's
+            from diffusers import AutoencoderKL
+
+            self.vae = AutoencoderKL.from_pretrained(self.vae_from, subfolder="vae", torch_dtype=torch.float32)
+            self.vae.to(self.device)
         images = world.images().permute(0, 3, 1, 2).float() * 2.0 - 1.0  # (N, 3, R, R) in [-1, 1]
         self.images = images.to(self.device)
-        texts = captions(world)
-        keep, self.image_w = caption_image_weights(world, texts)
-        self.texts = [t for t, k in zip(texts, keep.tolist()) if k]
-        self.caption_p = caption_probs(world)[keep]
+        self.set_captions()
         self.ids = token_ids(self.tokenizer, self.texts).to(self.device)
         self.abar = sd_alphas_cumprod(T, BETA_START, BETA_END).float().to(self.device)
-        self.state = load_state(self.work / STATE) or {"stage": "vae", "step": 0, "losses": {"vae": [], "unet": []},
-                                                       "seconds": 0.0}
+        self.state = load_state(self.work / STATE) or self.initial_state()
+
+    def set_captions(self) -> None:
+        """``texts`` (K,), their probabilities ``caption_p`` (K,) and image weights ``image_w`` (K, N)."""
+        texts = captions(self.world)
+        keep, self.image_w = caption_image_weights(self.world, texts)
+        self.texts = [t for t, k in zip(texts, keep.tolist()) if k]
+        self.caption_p = caption_probs(self.world)[keep]
+
+    def initial_state(self) -> dict:
+        """A fresh run: the VAE stage first, or (``vae_from``) that model's VAE and the UNet stage."""
+        state = {"stage": "vae", "step": 0, "losses": {"vae": [], "unet": []}, "seconds": 0.0}
+        if self.vae_from is not None:
+            state.update(stage="unet", vae={k: v.cpu() for k, v in self.vae.state_dict().items()},
+                         scaling_factor=float(self.vae.config.scaling_factor))
+        return state
 
     # one batch: caption indices (B,), image indices (B,), from the PRIOR stream of (stage, step)
     def batch(self, stage: int, step: int, B: int) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
@@ -323,7 +370,7 @@ class PriorTrainer:
         with torch.no_grad():
             post = self.vae.encode(self.images).latent_dist
         mean, std = post.mean * self.vae.config.scaling_factor, post.std * self.vae.config.scaling_factor
-        params = [*self.unet.parameters(), *self.text.parameters()]
+        params = self.trainable()
         opt = torch.optim.AdamW(params, lr=s.unet_lr)
         ema = EMAModel(params, decay=EMA_DECAY, foreach=True)
         if self.state["step"] > 0:
@@ -337,22 +384,15 @@ class PriorTrainer:
         progress = Progress(s.unet_steps, self.state["step"], "prior unet")
         t0 = time.monotonic()
         for step in range(self.state["step"], s.unet_steps):
-            k, i, g = self.batch(1, step, s.unet_batch)
             _warmup(opt, s.unet_lr, step)
-            z0 = mean[i] + std[i] * self.randn(mean[i].shape, g)
-            t = torch.randint(0, T, (len(i),), generator=g).to(self.device)
-            eps = self.randn(z0.shape, g)
-            a = self.abar[t].view(-1, 1, 1, 1)
-            z_t = a.sqrt() * z0 + (1 - a).sqrt() * eps
-            emb = self.text(self.ids[k])[0]
-            loss = F.mse_loss(self.unet(z_t, t, encoder_hidden_states=emb).sample, eps)
+            loss, t = self.unet_loss(step, mean, std)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             ema.step(params)
             self.state["losses"]["unet"].append(loss.item())
             self.state["step"] = step + 1
-            progress.update({"loss": self.state["losses"]["unet"][-1], "t": int(t[0])})
+            progress.update({"loss": self.state["losses"]["unet"][-1], "t": t})
             if (step + 1) % self.checkpoint_every == 0 or step + 1 == s.unet_steps:
                 self.state["seconds"] += time.monotonic() - t0
                 t0 = time.monotonic()
@@ -360,6 +400,22 @@ class PriorTrainer:
         progress.close()
         self.state["stage"] = "done"
         self._checkpoint({"unet": self.unet, "text": self.text}, opt, {"ema": ema.state_dict()})
+
+    def trainable(self) -> list[torch.nn.Parameter]:
+        """The weights of the UNet stage: the UNet and the text encoder, trained together."""
+        return [*self.unet.parameters(), *self.text.parameters()]
+
+    def unet_loss(self, step: int, mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(epsilon MSE of step ``step``'s batch, its first t); ``mean``, ``std`` (N, 4, h, w): the
+        scaled VAE posterior of every image."""
+        k, i, g = self.batch(1, step, self.size.unet_batch)
+        z0 = mean[i] + std[i] * self.randn(mean[i].shape, g)
+        t = torch.randint(0, T, (len(i),), generator=g).to(self.device)
+        eps = self.randn(z0.shape, g)
+        a = self.abar[t].view(-1, 1, 1, 1)
+        z_t = a.sqrt() * z0 + (1 - a).sqrt() * eps
+        emb = self.text(self.ids[k])[0]
+        return F.mse_loss(self.unet(z_t, t, encoder_hidden_states=emb).sample, eps), int(t[0])
 
     def run(self) -> Path:
         if self.state["stage"] == "done" and self.state["step"] < self.size.unet_steps:
@@ -374,7 +430,7 @@ class PriorTrainer:
         self.text.load_state_dict(self.state["text"])
         from diffusers.training_utils import EMAModel
 
-        params = [*self.unet.parameters(), *self.text.parameters()]
+        params = self.trainable()
         ema = EMAModel(params, decay=EMA_DECAY, foreach=True)
         ema.load_state_dict(self.state["ema"])
         ema.copy_to(params)  # the EMA weights are the model
@@ -413,8 +469,13 @@ class PriorTrainer:
             "rates": {"p_drop_color": P_DROP_COLOR, "p_drop_shape": P_DROP_SHAPE, "p_view": P_VIEW,
                       "p_uncond": P_UNCOND, "kl_weight": KL_WEIGHT, "ema_decay": EMA_DECAY},
             "final_loss": {k: _tail_mean(v) for k, v in self.state["losses"].items()},
+            **self.log_extra(),
         }, indent=2) + "\n")
         return self.out
+
+    def log_extra(self) -> dict:
+        """More of the recipe for train_log.json (where the VAE came from)."""
+        return {} if self.vae_from is None else {"vae_from": str(self.vae_from)}
 
     def plot_losses(self, path: Path) -> None:
         import matplotlib
@@ -448,17 +509,19 @@ def _tail_mean(v: list[float], frac: float = 0.05) -> float | None:
     return round(sum(tail) / len(tail), 6)
 
 
-def world_from(overrides: list[str]):
-    """(ShapesWorld, its backbone config) of ``python -m src.train <overrides>``."""
+def world_from(overrides: list[str], camera: str | None = None):
+    """(ShapesWorld, its backbone config, the camera group's config) of ``python -m src.train
+    <overrides> [camera=<camera>]``, resolved."""
     from hydra.utils import instantiate
 
     from src.api import compose
 
-    cfg = compose(overrides).backbone
+    root = compose([*overrides, *([f"camera={camera}"] if camera else [])])
+    cfg = root.backbone
     if not str(cfg.get("_target_", "")).endswith("ShapesWorld"):
         raise SystemExit(f"the world must be a ShapesWorld backbone; got {cfg.get('_target_')!r}")
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    return instantiate(cfg), cfg
+    cfg, cam = (OmegaConf.create(OmegaConf.to_container(c, resolve=True)) for c in (cfg, root.camera))
+    return instantiate(cfg), cfg, cam
 
 
 def main(argv=None) -> int:
@@ -472,7 +535,16 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint-every", type=int, default=500)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda (the same recipe; other rounding)")
-    ap.add_argument("--unet-batch", type=int, default=None)
+    ap.add_argument("--unet-batch", type=int, default=None, help="images a UNet step (views with --multiview)")
+    ap.add_argument("--unet-lr", type=float, default=None, help="the UNet stage's learning rate (default: the size's)")
+    ap.add_argument("--vae-from", type=Path, default=None,
+                    help="take the VAE of this model directory (trained on the same world) and skip the VAE stage")
+    ap.add_argument("--multiview", action="store_true",
+                    help="MVDream's layout: a camera-conditioned UNet on the world's view sets "
+                         "(scripts/train_prior_multiview.py)")
+    ap.add_argument("--views", type=int, default=None, help="with --multiview: views a set (MVDream's 4)")
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="with --multiview: fine-tune this single-view model of the same world (MVDream's recipe)")
     ap.add_argument("overrides", nargs="*", help="config overrides choosing the world, e.g. experiment=...")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -485,9 +557,30 @@ def main(argv=None) -> int:
         size = Size(**{**asdict(size), "unet_steps": args.unet_steps})
     if args.unet_batch is not None:
         size = Size(**{**asdict(size), "unet_batch": args.unet_batch})
-    world, world_cfg = world_from(args.overrides)
+    if args.unet_lr is not None:
+        size = Size(**{**asdict(size), "unet_lr": args.unet_lr})
+    if not args.multiview and (args.views is not None or args.init_from is not None):
+        ap.error("--views and --init-from go with --multiview")
+    if args.init_from is not None and args.vae_from is not None:
+        ap.error("--init-from takes the VAE of its model: leave --vae-from out")
     work = args.work or ROOT / "outputs" / "prior" / args.out.name
-    out = PriorTrainer(world, world_cfg, args.out, work, size, args.seed, args.checkpoint_every, args.device).run()
+    if args.multiview:
+        from scripts.train_prior_multiview import FINETUNE_LR, MultiViewPriorTrainer
+        from src.backbones.mvdream import MVDREAM_VIEWS
+
+        if args.init_from is not None and args.unet_lr is None:
+            size = Size(**{**asdict(size), "unet_lr": FINETUNE_LR})
+
+        world, world_cfg, camera_cfg = world_from(args.overrides, camera="multiview")
+        trainer = MultiViewPriorTrainer(
+            world, world_cfg, camera_cfg, args.out, work, size, args.seed, args.checkpoint_every, args.device,
+            views=args.views or MVDREAM_VIEWS, vae_from=args.vae_from, init_from=args.init_from,
+            overrides=args.overrides)
+    else:
+        world, world_cfg, _ = world_from(args.overrides)
+        trainer = PriorTrainer(world, world_cfg, args.out, work, size, args.seed, args.checkpoint_every,
+                               args.device, vae_from=args.vae_from)
+    out = trainer.run()
     log.info("wrote %s", out)
     return 0
 
