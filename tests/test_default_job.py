@@ -39,7 +39,9 @@ def test_default_preset_leaves_other_backbones_and_experiments_alone():
 
 
 def test_default_job_short_run_leaves_metrics_and_export(tmp_path):
-    cfg = compose(["trainer.max_steps=3", "camera.n_eval_views=6",
+    # the video at its frames floor is tests/test_export.py's (test_nerf_export_video_is_a_preview...):
+    # here 6 frames, which only make the file
+    cfg = compose(["trainer.max_steps=3", "camera.n_eval_views=6", "+representation.export.n_frames=6",
                    "representation.export.mesh_resolution=48", "representation.export.video_resolution=64"])
     assert cfg.camera.height == 32 and cfg.trainer.val_every == "auto"
     metrics, _ = train(cfg, tmp_path)
