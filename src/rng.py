@@ -50,8 +50,15 @@ def generator(seed: int, stream: Stream, index: int = 0) -> torch.Generator:
 
 
 def seed_global(seed: int, stream: Stream, index: int = 0) -> None:
-    """Seed torch's global RNG (CPU and CUDA) from (seed, stream, index)."""
-    torch.manual_seed(derive(seed, stream, index))
+    """Seed torch's global RNG (CPU and CUDA) from (seed, stream, index).
+
+    What ``torch.manual_seed`` does for the two devices a run may use, without its other half: on
+    a machine without CUDA it queues the CUDA, XPU and MTIA seeds for a later initialization,
+    with a formatted stack each (about a millisecond; the trainer seeds every step)."""
+    s = derive(seed, stream, index)
+    torch.default_generator.manual_seed(s)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(s)
 
 
 def plain(seed: int) -> torch.Generator:

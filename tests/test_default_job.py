@@ -39,8 +39,11 @@ def test_default_preset_leaves_other_backbones_and_experiments_alone():
 
 
 def test_default_job_short_run_leaves_metrics_and_export(tmp_path):
-    cfg = compose(["trainer.max_steps=3", "camera.n_eval_views=6",
-                   "representation.export.mesh_resolution=48", "representation.export.video_resolution=64"])
+    # a small export: 6 video frames (the 60-frame preview video is asserted in tests/test_export.py,
+    # test_nerf_export_video_is_a_preview_and_the_npz_holds_the_exact_eval_views; here only its file)
+    # at 48 px, a video_resolution other than the camera's 32 px and a multiple of the mp4's 16 px blocks
+    cfg = compose(["trainer.max_steps=3", "camera.n_eval_views=6", "+representation.export.n_frames=6",
+                   "representation.export.mesh_resolution=48", "representation.export.video_resolution=48"])
     assert cfg.camera.height == 32 and cfg.trainer.val_every == "auto"
     metrics, _ = train(cfg, tmp_path)
     saved = json.loads((tmp_path / "metrics.json").read_text())
@@ -55,7 +58,7 @@ def test_default_job_short_run_leaves_metrics_and_export(tmp_path):
     glb = trimesh.load(out / "mesh.glb", force="mesh")  # the blob, floaters removed: one piece
     assert len(glb.split(only_watertight=False)) == 1
     with np.load(out / "turntable_frames.npz") as z:
-        assert z["rgb"].shape == (6, 64, 64, 3)
+        assert z["rgb"].shape == (6, 48, 48, 3)  # video_resolution, not the camera's 32 px
     # validation grids: auto = every 10% of the steps (at least 1) but not the last, which
     # would show the export's views.png; the loss curve from metrics.jsonl
     assert sorted(p.name for p in (tmp_path / "val").iterdir()) == ["step_000001.png", "step_000002.png"]

@@ -113,18 +113,22 @@ def test_nerf_export_bundle(tmp_path):
 
 
 @pytest.mark.slow
-def test_reexport_cli_from_a_run(tmp_path):
-    """Train 2 steps on a one-class ShapesWorld, then ``python -m src.reexport RUN_DIR``."""
+def test_reexport_cli_from_a_run(tmp_path, monkeypatch):
+    """Train 2 steps on a one-class ShapesWorld (in-process: the run dir src.train leaves, its
+    .hydra/config.yaml and checkpoint; the CLI's own process is tests/test_faults.py's), then
+    ``python -m src.reexport RUN_DIR`` as a process."""
+    from src.api import compose
+    from src.api import train as train_run
+
     run = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "DISTILLERY_CACHE": str(tmp_path / "cache"),
            "PYTHONPATH": str(ROOT)}
-    train = [sys.executable, "-m", "src.train", "representation=nerf", "backbone=shapes",
-             "backbone.shapes=[cube]", "backbone.colors=[red]", "backbone.n_azimuths=4",
-             "backbone.n_elevations=2", "prompt=a red cube", "trainer.max_steps=2",
-             "trainer.progress=false", "trainer.export=false", "representation.n_samples=8",
-             "representation.grid.n_levels=2", "camera.n_eval_views=3", f"hydra.run.dir={run}"]
-    r = subprocess.run(train, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    monkeypatch.setenv("DISTILLERY_CACHE", env["DISTILLERY_CACHE"])
+    train_run(compose(["representation=nerf", "backbone=shapes", "backbone.shapes=[cube]", "backbone.colors=[red]",
+                       "backbone.n_azimuths=4", "backbone.n_elevations=2", "prompt=a red cube",
+                       "trainer.max_steps=2", "trainer.progress=false", "trainer.export=false",
+                       "representation.n_samples=8", "representation.grid.n_levels=2",
+                       "camera.n_eval_views=3"]), run)
     assert (run / "checkpoints" / "last.pt").exists()
     r = subprocess.run([sys.executable, "-m", "src.reexport", str(run), "--n-frames", "4"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -43,9 +43,10 @@ def test_owner_refusals_sigterm_resume_and_divergence(tmp_path):
     ref, _ = train(compose(TOY), tmp_path / "ref")  # uninterrupted, in-process
     run, bad = tmp_path / "run", tmp_path / "diverges"
     # the owner: slow steps (step_sleep), no periodic checkpoint before the end, progress on
-    # with its output a pipe (a log file, not a terminal); beside it, a run that diverges (sgd
-    # at a huge lr, a checkpoint every step)
-    owner = start(run, "trainer.step_sleep=1.0")
+    # with its output a pipe (a log file, not a terminal), a metrics.jsonl line from step 1 on (so
+    # the test goes on after one slow step, not ten; log_every does not define the run); beside
+    # it, a run that diverges (sgd at a huge lr, a checkpoint every step)
+    owner = start(run, "trainer.step_sleep=1.0", "trainer.log_every=1")
     diverging = start(bad, "trainer.optimizer=sgd", "representation.lr=1e200", "trainer.checkpoint_every=1",
                       "trainer.progress=false")
     deadline = time.time() + START_TIMEOUT_S

@@ -540,8 +540,9 @@ def test_train_20_steps_through_the_api(tmp_path, monkeypatch):
     from src.api import compose, train
 
     monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))
+    # a 4-frame video: only its file is checked here (the 60-frame default: tests/test_export.py)
     cfg = compose(["representation=gaussians", "backbone=shapes", "guidance=sds", "trainer.max_steps=20",
-                   "representation.n_gaussians=1024", "backbone.shapes=[cone]", "backbone.colors=[red]",
+                   "+representation.export.n_frames=4", "representation.n_gaussians=1024", "backbone.shapes=[cone]", "backbone.colors=[red]",
                    "backbone.n_azimuths=4", "backbone.n_elevations=2", "prompt=a red cone",
                    "camera.n_eval_views=4", "trainer.checkpoint_every=20", "trainer.log_every=5",
                    "representation.densify.refine_every=10", "representation.densify.grow_grad2d=0.05",

@@ -26,8 +26,11 @@ from src.weights import WeightsNotFound  # noqa: E402
 from tests.helpers import one_thread, two_finite_steps  # noqa: F401  (one_thread: autouse fixture)
 from tests.test_sd import write_tiny_sd  # noqa: E402
 
-# the tiny UNet of tests/test_sd.py: channels (32, 64), one ResNet per level, attention on level 0
-TINY = dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(0,), context_dim=32)
+# the tiny UNet of tests/test_sd.py (channels (32, 64), one ResNet per level) with its attention on
+# level 1 instead of 0: MVDream's latents are 32 x 32 whatever the renders' size, so attention on
+# level 0 would attend over 4 x 1024 tokens a set, most of these tests' time, for the same code
+TINY = dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), context_dim=32)
+DOWN_BLOCKS, UP_BLOCKS = ("DownBlock2D", "CrossAttnDownBlock2D"), ("CrossAttnUpBlock2D", "UpBlock2D")
 
 
 def ldm_unet_shapes(model_channels: int, channel_mult: tuple[int, ...], num_res_blocks: int,
@@ -125,10 +128,13 @@ def official_state_dict(seed: int = 0, **size) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    """A tiny SD 2.1-shaped repository (linear projections in the transformers, as SD 2.x)."""
+    """A tiny SD 2.1-shaped repository (linear projections in the transformers, as SD 2.x), its
+    attention on level 1 (TINY). The random weights of the folder are never used: MVDream loads
+    the UNet from the checkpoint."""
     root = write_tiny_sd(tmp_path_factory.mktemp("tiny-sd21"))
     cfg_path = root / "unet" / "config.json"
-    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "use_linear_projection": True}))
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "use_linear_projection": True,
+                                    "down_block_types": DOWN_BLOCKS, "up_block_types": UP_BLOCKS}))
     return root
 
 
@@ -228,9 +234,9 @@ def test_multiview_self_attention_against_the_reference(repo, checkpoint):
     """attn1 attends over all V views' tokens (the reference), cross-attention stays per view, a
     last shorter set attends over its own views; the UNet couples the views of a set only."""
     bb = make(repo, checkpoint, views_per_set=2)
-    block = bb.unet.down_blocks[0].attentions[0].transformer_blocks[0]
+    block = bb.unet.down_blocks[1].attentions[0].transformer_blocks[0]
     g = torch.Generator().manual_seed(1)
-    h = torch.randn(5, 16, 32, generator=g)
+    h = torch.randn(5, 16, 64, generator=g)
     with torch.no_grad():
         got = block.attn1.processor(block.attn1, h, num_views=2)
         want = torch.cat([_reference_attention(block.attn1, h[:4], 2), _reference_attention(block.attn1, h[4:], 1)])

@@ -42,7 +42,8 @@ def test_resume_by_name_continues_a_default_folder_run(tmp_path):
     work.mkdir(), elsewhere.mkdir()
 
     # no hydra.run.dir: the default folder outputs/<date>/<time>_vsd under the working directory
-    owner = python(["-m", "src.train", *TOY, "num_threads=1", "trainer.step_sleep=0.5"], work)
+    # slow steps, and a metrics.jsonl line from step 1 on: stopped after one step, not ten
+    owner = python(["-m", "src.train", *TOY, "num_threads=1", "trainer.step_sleep=0.5", "trainer.log_every=1"], work)
     started, deadline = "", time.time() + START_TIMEOUT_S
     while "run dir: " not in started and time.time() < deadline and owner.poll() is None:
         started += owner.stdout.readline()
@@ -68,7 +69,9 @@ def test_resume_by_name_continues_a_default_folder_run(tmp_path):
     assert code == 2 and f"no run there ({elsewhere}/.hydra/config.yaml is missing)" in out, out[-2000:]
 
     # the printed command, run from another directory, continues the run from its checkpoint
-    code, out = finish(python(["-m", "src.train", *shlex.split(command)[3:]], elsewhere))
+    # (with the recorded step_sleep set to 0, a key=value change resume= takes that does not
+    # define the run: else the remaining steps would sleep)
+    code, out = finish(python(["-m", "src.train", *shlex.split(command)[3:], "trainer.step_sleep=0"], elsewhere))
     assert code == 0, out[-2000:]
     assert f"finished: {run_dir}" in out
     res = json.loads((run_dir / "metrics.json").read_text())

@@ -20,7 +20,7 @@ from src.trainer import CHECKPOINT
 REPO = Path(__file__).resolve().parents[1]
 TOY = ["backbone=mog2d", "representation=particles", "representation.n_particles=16", "guidance=vsd",
        "trainer.dtype=float64", "trainer.max_steps=20", "trainer.checkpoint_every=1000",
-       "trainer.export=false", "trainer.progress=false", "num_threads=1"]
+       "trainer.export=false", "trainer.progress=false", "trainer.log_every=1", "num_threads=1"]
 SEEDS = "seed=0,1,2,3,4,5"
 START_TIMEOUT_S = 180  # interpreter start-up on a loaded 2-core machine
 
@@ -28,7 +28,8 @@ START_TIMEOUT_S = 180  # interpreter start-up on a loaded 2-core machine
 def stop_and_resume(tmp_path: Path, launcher: list[str], rerun_env: dict):
     sweep = tmp_path / "sweep"
     env = {**os.environ, "DISTILLERY_LOCAL_PARALLELISM": "1"}
-    # slow steps, left out of the run dirs' names (so that the rerun may drop them)
+    # slow steps, left out of the run dirs' names (so that the rerun may drop them); TOY logs from
+    # step 1, so the first job is stopped after one slow step
     cmd = [sys.executable, "-m", "src.train", "-m", *TOY, SEEDS, *launcher, "trainer.step_sleep=0.5",
            "hydra.job.config.override_dirname.exclude_keys=[trainer.step_sleep]", f"hydra.sweep.dir={sweep}"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

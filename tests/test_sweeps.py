@@ -327,7 +327,7 @@ def test_slurm_sbatch_script_has_the_requested_resources(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_toy_sweep_runs_one_dir_per_point_and_reports(tmp_path):
+def test_toy_sweep_runs_one_dir_per_point_and_reports(tmp_path, capsys):
     spec = {
         "overrides": {
             "backbone": "mog2d",
@@ -342,12 +342,16 @@ def test_toy_sweep_runs_one_dir_per_point_and_reports(tmp_path):
     cmd = [sys.executable, str(REPO / "scripts" / "sweep.py"), str(tmp_path / "tiny.yaml"),
            "--launcher", "basic", "--sweep-dir", str(sweep_dir)]
     # a typo in a fixed override and one bad grid value: every invalid point is listed, nothing
-    # is recorded or launched...
+    # is recorded or launched (the script's main in-process: it refuses before it starts any
+    # process; its refusals as a process: tests/test_filesystem.py)...
+    from scripts.sweep import main
+
     typo = {**spec, "overrides": {**spec["overrides"], "guidance.scale": -1.0}}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(typo))
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert out.returncode == 2 and "2 of 2 grid points are invalid" in out.stderr
-    assert "guidance.scale=-1.0 is invalid" in out.stderr and "Traceback" not in out.stderr
+    assert main(cmd[2:]) == 2
+    err = capsys.readouterr().err
+    assert "2 of 2 grid points are invalid" in err
+    assert "guidance.scale=-1.0 is invalid" in err and "Traceback" not in err
     assert not sweep_dir.exists()
     # ...and the corrected file runs in the same directory
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(spec))
@@ -361,9 +365,13 @@ def test_toy_sweep_runs_one_dir_per_point_and_reports(tmp_path):
 
 
 @pytest.mark.slow
-def test_local_launcher_reports_failures_and_skips_finished_runs(tmp_path):
+def test_local_launcher_reports_failures_and_skips_finished_runs(tmp_path, monkeypatch, capfd):
     """submitit_local: a run that fails (here: diverges) is reported with its log and the other
-    runs still run; a resubmission skips finished and diverged runs, and lists the latter."""
+    runs still run; a resubmission skips finished and diverged runs, and lists the latter.
+    scripts/sweep.py's main runs in-process (its multirun and the jobs are processes, as from the
+    command line; the script as a process: test_toy_sweep_runs_one_dir_per_point_and_reports)."""
+    from scripts.sweep import main
+
     spec = {
         "overrides": {
             "backbone": "mog2d",
@@ -378,18 +386,10 @@ def test_local_launcher_reports_failures_and_skips_finished_runs(tmp_path):
     }  # lr 1e20 overflows float32 at step 2
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(spec))
     sweep_dir = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        str(REPO / "scripts" / "sweep.py"),
-        str(tmp_path / "tiny.yaml"),
-        "--launcher",
-        "submitit_local",
-        "--sweep-dir",
-        str(sweep_dir),
-    ]
-    env = {**os.environ, "DISTILLERY_LOCAL_PARALLELISM": "2"}
-    first = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=180, env=env)
-    assert first.returncode != 0
+    args = [str(tmp_path / "tiny.yaml"), "--launcher", "submitit_local", "--sweep-dir", str(sweep_dir)]
+    monkeypatch.setenv("DISTILLERY_LOCAL_PARALLELISM", "2")
+    assert main(args) != 0
+    capfd.readouterr()
     failed = (sweep_dir / "failed.txt").read_text()
     assert "representation.lr=1e+20" in failed and "representation.lr=0.01" not in failed
     assert "diverged at step 2" in failed
@@ -401,10 +401,11 @@ def test_local_launcher_reports_failures_and_skips_finished_runs(tmp_path):
     report = (sweep_dir / "report.md").read_text()
     assert "Failed jobs" in report and "representation.lr=1e+20" in report
 
-    second = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=180, env=env)
-    assert "skip, finished" in second.stdout + second.stderr
-    assert "skip, diverged" in second.stdout + second.stderr
-    assert second.returncode != 0  # the bad run is still bad, and still reported
+    second = main(args)
+    out = "".join(capfd.readouterr())
+    assert "skip, finished" in out
+    assert "skip, diverged" in out
+    assert second != 0  # the bad run is still bad, and still reported
     assert "diverged at step 2" in (sweep_dir / "failed.txt").read_text()
 
 

@@ -12,16 +12,30 @@ def run(tmp_path, *overrides):
     return metrics, trainer
 
 
+@pytest.fixture(scope="module")
+def shared_run(tmp_path_factory):
+    """run(), once per module for each list of overrides: a run is a function of its config (same
+    seed, same result), so tests asking for the same run share it instead of training it again."""
+    done = {}
+
+    def get(*overrides):
+        if overrides not in done:
+            done[overrides] = run(tmp_path_factory.mktemp("toy"), *overrides)
+        return done[overrides]
+
+    return get
+
+
 class TestESDAppendixB:
     """experiment=esd_toy: SDS and VSD collapse to the mean; ESD(lam=1) recovers Sigma*."""
 
-    def test_sds_and_vsd_collapse(self, tmp_path):
+    def test_sds_and_vsd_collapse(self, shared_run):
         for method in ("sds", "vsd"):
-            m, _ = run(tmp_path / method, "experiment=esd_toy", f"guidance={method}")
+            m, _ = shared_run("experiment=esd_toy", f"guidance={method}")
             assert m["cov_trace_ratio"] < 0.1, (method, m)
             assert m["mean_error"] < 0.1  # they do find the mean
 
-    def test_esd_recovers_covariance_and_lambda_interpolates(self, tmp_path):
+    def test_esd_recovers_covariance_and_lambda_interpolates(self, tmp_path, shared_run):
         ratios = {}
         for lam in (0.5, 1.0):
             m, tr = run(tmp_path / str(lam), "experiment=esd_toy", "guidance=esd", f"guidance.lam={lam}")
@@ -32,7 +46,7 @@ class TestESDAppendixB:
                 cov = tr.c.representation.covariance.detach()
                 target = tr.c.backbone.covs[0]
                 assert torch.linalg.norm(cov - target) / torch.linalg.norm(target) < 0.2
-        m_sds, _ = run(tmp_path / "sds", "experiment=esd_toy", "guidance=sds")
+        m_sds, _ = shared_run("experiment=esd_toy", "guidance=sds")
         assert m_sds["cov_trace_ratio"] < ratios[0.5] < ratios[1.0]
 
 
