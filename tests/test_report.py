@@ -214,6 +214,26 @@ def test_shapes_tables_keeps_experiments_and_learned_models_apart(tmp_path):
     assert "|  | sds | nerf | learned (shapes_ldm) | 14 | 1 | 0.00 | 0.50 |  |" in md
 
 
+def test_shapes_tables_shows_earlier_tables_beside_without_joining_them(tmp_path):
+    """--beside: another table's NeRF groups (e.g. the exact prior of the world whose learned twin
+    this sweep ran) appear per method in columns of their own, never in this table's rows."""
+    exact = tmp_path / "exact.json"
+    exact.write_text(json.dumps({"rows": [], "table": {
+        "sds/nerf": {"method": "sds", "representation": "nerf", "prior": "camera", "distinct_modes": 1,
+                     "mode_entropy_bits": 0.0, "mean_precision": 1.0, "mean_janus_rate": None},
+        "sds/gaussians": {"method": "sds", "representation": "gaussians", "prior": "camera", "distinct_modes": 1,
+                          "mode_entropy_bits": 0.0, "mean_precision": 0.9, "mean_janus_rate": None}}}))
+    sweep = tmp_path / "s"
+    fake_run(sweep, ["guidance=sds", "seed=0"], {"status": "finished", "mode_id": 12, "precision": 0.75})
+    fake_run(sweep, ["guidance=sds", "seed=1"], {"status": "finished", "mode_id": 13, "precision": 0.25})
+    assert shapes_tables.main([str(sweep), "--beside", str(exact), "--out", str(tmp_path / "t")]) == 0
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert [r["seed"] for r in data["rows"]] == [0, 1] and list(data["beside"][str(exact)]) == ["sds/nerf"]
+    md = (tmp_path / "t.md").read_text()
+    assert ("| sds | nerf | 2 modes, 1.00 bits, precision 0.50 | 1 modes, 0.00 bits, precision 1.00 |" in md)
+    assert f"| method | representation | this study: camera | {exact}: camera |" in md
+
+
 def test_shapes_tables_joins_an_earlier_table_with_new_runs_and_refuses_a_run_twice(tmp_path, capsys):
     """A table assembled from two machines: the rows of an earlier table JSON (rows without a
     prior are view-prompt, written before the field) plus a sweep dir; a seed present in both

@@ -134,8 +134,36 @@ def table_lines(table: dict) -> list[str]:
     return markdown_table(head, cells, right=numbers)
 
 
-def markdown(title: str, table: dict, missing: list[str], command: str) -> str:
+def cell(t: dict | None) -> str:
+    """One group's summary in one cell: distinct modes, entropy, mean precision (, janus_rate)."""
+    if t is None:
+        return ""
+    entropy = "-" if t["mode_entropy_bits"] is None else f"{t['mode_entropy_bits']:.2f}"
+    janus = "" if t["mean_janus_rate"] is None else f", janus {t['mean_janus_rate']:.2f}"
+    return f"{t['distinct_modes']} modes, {entropy} bits, precision {t['mean_precision']:.2f}{janus}"
+
+
+def beside_lines(table: dict, beside: dict[str, dict]) -> list[str]:
+    """Per method, this study's groups beside the groups of earlier tables (e.g. the exact prior of
+    the same world beside its learned twin): one column per (source, prior, experiment) group."""
+    columns: dict[str, dict] = {"this study": table, **beside}
+    heads, cells = [], {}
+    for source, tab in columns.items():
+        for t in tab.values():
+            head = f"{source}: {t.get('prior', LEGACY_PRIOR)}" + (f" @ {t['experiment']}" if t.get("experiment") else "")
+            if head not in heads:
+                heads.append(head)
+            cells[(t["method"], t["representation"], head)] = t
+    keys = sorted({(m, r) for m, r, _ in cells})
+    body = [[m, r, *(cell(cells.get((m, r, h))) for h in heads)] for m, r in keys]
+    return markdown_table(["method", "representation", *heads], body)
+
+
+def markdown(title: str, table: dict, missing: list[str], command: str, beside: dict | None = None) -> str:
     lines = [f"# {title}", "", f"`{command}`", "", LEGEND, ""] + table_lines(table)
+    if beside:
+        lines += ["", "Beside: " + ", ".join(f"`{k}`" for k in beside) + " (each group's distinct modes, mode "
+                  "entropy, mean precision and mean janus_rate over its seeds)", ""] + beside_lines(table, beside)
     if missing:
         lines += ["", f"Unfinished or failed runs ({len(missing)}):", ""] + [f"- `{m}`" for m in missing]
     return "\n".join(lines) + "\n"
@@ -146,6 +174,8 @@ def main(argv=None) -> int:
     p.add_argument("sources", type=Path, nargs="+", help="sweep dirs, or table JSONs written by this script")
     p.add_argument("--out", default=None, help="default: benchmarks/<first source's name>")
     p.add_argument("--title", default=None)
+    p.add_argument("--beside", type=Path, nargs="*", default=[],
+                   help="table JSONs shown per method beside this one (their NeRF groups), not joined")
     args = p.parse_args(argv)
     rows, missing = [], []
     for source in args.sources:
@@ -163,8 +193,11 @@ def main(argv=None) -> int:
     out = Path(args.out or Path("benchmarks") / name)
     table = summarize(rows)
     command = "python scripts/shapes_tables.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    md = markdown(args.title or f"ShapesWorld: {name}", table, missing, command)
-    write_study(out, {"sweep": [str(s) for s in args.sources], "rows": rows, "table": table, "unfinished": missing}, md)
+    beside = {str(b): {k: t for k, t in json.loads(b.read_text())["table"].items() if t["representation"] == "nerf"}
+              for b in args.beside}
+    md = markdown(args.title or f"ShapesWorld: {name}", table, missing, command, beside)
+    write_study(out, {"sweep": [str(s) for s in args.sources], "rows": rows, "table": table, "unfinished": missing,
+                      **({"beside": beside} if beside else {})}, md)
     print(md)
     return 0
 
