@@ -110,9 +110,9 @@ def check_override_keys(argv: list[str]) -> None:
             value = override.value()
         except HydraException:  # Hydra reports its own syntax errors
             continue
-        key = override.key_or_group
+        key = override.key_or_group  # without its + or ~: an addition is new by intent
         values = value.list if isinstance(value, ChoiceSweep) else [value]
-        found = [unknown_key(key)] + [unknown_option(key.lstrip("+~"), v) for v in values]
+        found = [unknown_key("+" + key if override.is_add() else key)] + [unknown_option(key, v) for v in values]
         problems += [p for p in found if p]
     if problems:
         _exit("\n       ".join(problems))

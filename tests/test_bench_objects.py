@@ -61,3 +61,30 @@ def test_jsonl_timestamps_only_when_asked(tmp_path):
         assert ("unix_time" in line) == on
         if on:
             assert before <= line["unix_time"] <= time.time()
+
+
+def test_every_rows_job_passes_the_cli_checks_and_validates(tmp_path):
+    """Each (row, mode) job command is accepted as the CLI would accept it: its keys (the bench's
+    +logger.timestamps addition among them) pass check_override_keys, and its config composes and
+    validates against the random repositories the bench writes (MVDream's UNet beside SD's)."""
+    import argparse
+
+    from bench_sd_gpu import write_random_mvdream
+
+    from src.api import compose
+    from src.hooks import check_override_keys
+    from src.trainer import validate
+
+    repo = write_random_mvdream(tmp_path / "sd", "tiny")
+    args = argparse.Namespace(window=2, job_timeout_min=3, repo=str(repo), dtype="float32", device="cpu",
+                              compile="none", fast_extra=[], clip=str(bo.write_random_clip(tmp_path / "clip", "tiny")))
+    for row in bo.ROWS:
+        for mode in bo.MODES:
+            cmd = bo.job_command(row, mode, args, tmp_path / "work")
+            assert cmd[1:5] == ["-m", "src.train", "-m", "hydra/launcher=submitit_local"]
+            overrides = [c for c in cmd[5:] if not c.startswith("hydra.")]
+            check_override_keys(overrides)  # exits 2 on a key no config has
+            cfg = compose(overrides)
+            validate(cfg)
+            assert cfg.backbone.name == ("mvdream" if row.backbone == "mvdream" else "diffusers"), row.name
+            assert cfg.backbone.fast is (mode == "fast") and cfg.logger.timestamps is True
