@@ -219,3 +219,18 @@ def test_sds_on_the_shipped_model_moves_a_nerf_toward_the_red_cone(tmp_path):
         trainer.train_step(step)
     after = trainer.evaluate()
     assert after["rmse"] < SDS_RMSE_GAIN * before["rmse"], (before, after)
+
+
+def test_gaussians_on_the_learned_world_take_that_worlds_layout():
+    """backbone=shapes_ldm representation=gaussians: the model's world is the default ShapesWorld,
+    so its Gaussians take ShapesWorld's layout (conf/tuning/representation/shapes_gaussians.yaml:
+    scene scale of its cameras, count, densification) with the model's own background
+    (benchmarks/shapes_ldm_gaussians.md has what each layout gave)."""
+    from src.api import compose
+
+    exact = compose(["representation=gaussians"]).representation
+    learned = compose(["backbone=shapes_ldm", "representation=gaussians"])
+    for key in ("n_gaussians", "scene_scale", "sh_degree", "sh_degree_interval", "densify"):
+        assert learned.representation[key] == exact[key], key
+    assert list(learned.representation.background.color) == list(learned.backbone.world.background)
+    assert learned.representation.export.video_resolution is None and learned.trainer.max_steps == 1000
