@@ -234,3 +234,21 @@ def test_gaussians_on_the_learned_world_take_that_worlds_layout():
         assert learned.representation[key] == exact[key], key
     assert list(learned.representation.background.color) == list(learned.backbone.world.background)
     assert learned.representation.export.video_resolution is None and learned.trainer.max_steps == 1000
+
+
+def test_lora_psi_accepts_the_learned_sd_backbone_whatever_the_python():
+    """LoRA's host check reads its members as attributes. nn.Module serves its buffers
+    (``alphas_cumprod``) through __getattr__, which inspect.getattr_static does not see, and from
+    Python 3.12 isinstance against a runtime-checkable Protocol looks members up that way: on the
+    GPU machine's Python 3.12 that refused VSD, ESD and SIM on every Stable Diffusion backbone."""
+    import inspect
+
+    from scripts.prior_quality import load
+    from src.backbones.mog import GaussianMixture
+    from src.scoremodels.lora import host_lacks
+
+    bb, _ = load(str(SHIPPED))
+    assert inspect.getattr_static(bb, "alphas_cumprod", None) is None  # what a static lookup misses
+    assert host_lacks(bb) == []
+    toy = GaussianMixture(means=[[0.0, 0.0]], covs=[1.0], tags=[["y"]], default_prompt="y")
+    assert "unet" in host_lacks(toy) and "adapters" in host_lacks(toy)

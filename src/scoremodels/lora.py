@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -55,7 +55,6 @@ DEFAULT_RANK = 4
 DEFAULT_LR = 1e-4
 
 
-@runtime_checkable
 class LoRAHost(Protocol):
     """What LoRA's psi needs of the prior it adapts (the ``backbone`` its guidance passes)."""
 
@@ -74,6 +73,16 @@ class LoRAHost(Protocol):
 
     def unet_forward(self, x_t: Tensor, t: Tensor, emb: Tensor) -> Tensor:
         """The UNet's epsilon, float32, with whatever adapter state is set."""
+
+
+def host_lacks(backbone) -> list[str]:
+    """LoRAHost's members that ``backbone`` lacks, looked up as attributes. Not isinstance against a
+    runtime-checkable Protocol: from Python 3.12 that reads members statically
+    (inspect.getattr_static) and misses what nn.Module serves through __getattr__ (its buffers:
+    ``alphas_cumprod``), so it refused every Stable Diffusion backbone."""
+    members = set(LoRAHost.__annotations__) | {n for n, v in vars(LoRAHost).items()
+                                                if callable(v) and not n.startswith("_")}
+    return sorted(n for n in members if not hasattr(backbone, n))
 
 
 class LoRAScore(ScoreModel):
@@ -96,9 +105,9 @@ class LoRAScore(ScoreModel):
                              "(its DSM step has no Jacobian term)")
         from peft import LoraConfig
 
-        if not isinstance(backbone, LoRAHost):
+        if lacks := host_lacks(backbone):
             raise ValueError(f"score_model=lora needs a Stable Diffusion backbone (backbone=sd21|sd15|"
-                             f"diffusers), not {type(backbone).__name__}")
+                             f"diffusers), not {type(backbone).__name__} (it has no {', '.join(lacks)})")
         hold(self, "backbone", backbone)  # a reference, not a submodule (see docstring)
         cam_dim = representation.cam_dim
         unet = backbone.unet
