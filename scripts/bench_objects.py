@@ -187,14 +187,19 @@ def window_overrides(row: Row, window: int) -> tuple[list[str], list[tuple[int, 
     return [*row.overrides, *schedule(pts, n), f"trainer.max_steps={n}"], phases
 
 
+def job_dir(row: Row, mode: str, work: Path) -> Path:
+    """The one-job sweep dir of (row, mode)."""
+    return work / f"{row.name}_{mode}"
+
+
 def job_command(row: Row, mode: str, args, work: Path) -> list[str]:
-    """The sweep command of one (row, mode): a one-job multirun in work/<row>_<mode>."""
+    """The sweep command of one (row, mode): a one-job multirun in its job_dir."""
     overrides, _ = window_overrides(row, args.window)
-    sweep_dir = work / f"{row.name}_{mode}"
+    sweep_dir = job_dir(row, mode, work)
     fast = mode != "eager"
     cmd = [sys.executable, "-m", "src.train", "-m", "hydra/launcher=submitit_local",
            f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=run", f"hydra.launcher.timeout_min={int(args.job_timeout_min)}",
-           *backbone_overrides(argparse.Namespace(backbone=row.backbone, repo=args.repo)), f"backbone.dtype={args.dtype}",
+           *backbone_overrides(row.backbone, args.repo), f"backbone.dtype={args.dtype}",
            f"backbone.embedding_cache={work / 'emb'}", f"device={args.device}", f"prompt='{PROMPT}'",
            *overrides, f"backbone.fast={str(fast).lower()}",
            *([f"backbone.compile={args.compile}"] if fast and args.compile != "none" else []),
@@ -211,7 +216,7 @@ def job_command(row: Row, mode: str, args, work: Path) -> list[str]:
 def run_job(row: Row, mode: str, args, work: Path) -> dict:
     """One (row, mode) through the sweep launcher; its timings from the run's metrics.jsonl."""
     _, phases = window_overrides(row, args.window)
-    sweep_dir = work / f"{row.name}_{mode}"
+    sweep_dir = job_dir(row, mode, work)
     shutil.rmtree(sweep_dir, ignore_errors=True)
     cmd = job_command(row, mode, args, work)
     env = {**os.environ, "DISTILLERY_LOCAL_PARALLELISM": "1", "HF_HUB_OFFLINE": "1",
@@ -368,10 +373,10 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-objects-"))
     work.mkdir(parents=True, exist_ok=True)
     args.repo = str(args.repo or work / f"random-{args.arch}")
-    if not (Path(args.repo) / "unet").is_dir():
-        write_random_sd(Path(args.repo), args.arch)
     if "mvdream" in args.rows and not (Path(args.repo) / "mvdream_unet").is_dir():
-        write_random_mvdream(Path(args.repo), args.arch)  # the same SD repository plus MVDream's UNet
+        write_random_mvdream(Path(args.repo), args.arch)  # the SD repository plus MVDream's UNet
+    elif not (Path(args.repo) / "unet").is_dir():
+        write_random_sd(Path(args.repo), args.arch)
     args.clip = str(args.clip or work / f"random-clip-{args.arch}")
     if "dive3d_sd" in args.rows:
         write_random_clip(Path(args.clip), args.arch)

@@ -149,12 +149,12 @@ def write_random_mvdream(root: Path, arch: str = "sd21", seed: int = 0) -> Path:
     return root
 
 
-def backbone_overrides(args) -> list[str]:
+def backbone_overrides(backbone: str, repo) -> list[str]:
     """``--backbone``: SD through backbone=diffusers, or MVDream on sets of 4 views (camera=multiview)."""
-    if args.backbone == "mvdream":
-        return ["backbone=mvdream", f"backbone.path={args.repo}", f"backbone.checkpoint={args.repo}/mvdream_unet",
+    if backbone == "mvdream":
+        return ["backbone=mvdream", f"backbone.path={repo}", f"backbone.checkpoint={repo}/mvdream_unet",
                 "camera=multiview"]
-    return ["backbone=diffusers", f"backbone.path={args.repo}"]
+    return ["backbone=diffusers", f"backbone.path={repo}"]
 
 
 def compose(overrides: list[str]):
@@ -214,7 +214,7 @@ def bench_step(job: dict, args, workdir: Path) -> dict:
 
     method, res, mode = job["method"], job["resolution"], job["mode"]
     cfg = compose([
-        *backbone_overrides(args), f"backbone.dtype={args.dtype}",
+        *backbone_overrides(args.backbone, args.repo), f"backbone.dtype={args.dtype}",
         f"backbone.embedding_cache={workdir / 'emb'}", "representation=nerf",
         f"representation.renderer={job.get('renderer', args.renderer)}", f"guidance={method}",
         f"camera.height={res}", f"camera.width={res}", f"device={args.device}",
