@@ -260,6 +260,22 @@ def test_shapes_tables_joins_an_earlier_table_with_new_runs_and_refuses_a_run_tw
     assert not (tmp_path / "u.json").exists()
 
 
+def test_shapes_tables_a_run_cut_off_in_one_source_and_finished_in_another_is_not_listed_unfinished(tmp_path):
+    """A study resumed on a second machine: the first sweep dir keeps the cut-off run (no
+    metrics.json), the second has it finished; the table counts it once and lists no unfinished run,
+    while a run unfinished everywhere stays listed."""
+    first, second = tmp_path / "gpu", tmp_path / "cpu"
+    fake_run(first, ["guidance=sds", "seed=0"], {"status": "finished", "mode_id": 13, "precision": 1.0})
+    fake_run(first, ["guidance=sds", "seed=1"], None)
+    fake_run(first, ["guidance=sds", "seed=2"], None)
+    fake_run(second, ["guidance=sds", "seed=1"], {"status": "finished", "mode_id": 12, "precision": 0.5})
+    assert shapes_tables.main([str(first), str(second), "--out", str(tmp_path / "t")]) == 0
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert data["table"]["sds/nerf"]["mode_ids"] == [13, 12]
+    assert [Path(m.split(" (")[0]).name for m in data["unfinished"]] == ["guidance=sds,seed=2"]
+    assert [r["run"] for r in data["rows"]] == ["guidance=sds,seed=0", "guidance=sds,seed=1"]
+
+
 # -- the report that answers the question (issue 30): the toy shapes_modes sweep, faked ------------
 # sweeps/shapes_modes.yaml's toy section: SDS and FSD x seeds 0-2 on "a cone" (4 equally likely
 # cones: class ids 12-15 = red, green, blue, yellow cone in the default ShapesWorld)

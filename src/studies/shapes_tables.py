@@ -64,7 +64,7 @@ def collect(sweep_dir: Path) -> tuple[list[dict], list[str]]:
             missing.append(f"{run.dir} ({run.status}{': ' + run.error if run.error else ''})")
             continue
         row = {"method": ov.get("guidance", "?"), "representation": ov.get("representation", "nerf"),
-               "prior": prior_of(run.dir, ov), "seed": int(ov.get("seed", 0)),
+               "prior": prior_of(run.dir, ov), "seed": int(ov.get("seed", 0)), "run": run.dir.name,
                **({"experiment": ov["experiment"]} if ov.get("experiment") else {})}
         row.update({k: run.metrics.get(k) for k in KEYS if k in run.metrics})
         row.update(machine_of(run.dir))
@@ -181,6 +181,9 @@ def main(argv=None) -> int:
     for source in args.sources:
         more, lost = rows_of_table(source) if source.suffix == ".json" else collect(source)
         rows, missing = rows + more, missing + lost
+    # a run cut off in one source and finished in another (a study resumed on a second machine) is done
+    done = {r["run"] for r in rows if r.get("run")}
+    missing = [m for m in missing if Path(m.split(" (")[0]).name not in done]
     twice = sorted(k for k, n in Counter(map(row_order, rows)).items() if n > 1)
     if twice:  # one seed's run counted twice would weigh double in the means
         print(f"error: runs in more than one source: {twice}", file=sys.stderr)
